@@ -1,0 +1,416 @@
+//! The hub: which local connections listen to which channels, and fan-out to them.
+//!
+//! Each connection gets a bounded queue ([`Inbox`]). Fan-out puts a shared `Arc<Publication>`
+//! into every subscriber's queue with `try_send`: no allocation per subscriber, no waiting. A
+//! subscriber whose queue is full is marked lagged and its session disconnects it with a
+//! position it can recover from; publishers and other subscribers never wait for it.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::ChannelName;
+use crate::engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishRequest, Published};
+use crate::namespace::Namespaces;
+use crate::position::Position;
+use crate::publication::Publication;
+
+const SHARDS: usize = 64;
+
+/// What the hub pushes to a connection.
+#[derive(Debug, Clone)]
+pub enum Push {
+    Publication(Arc<Publication>),
+}
+
+/// The receiving end of one connection: its queue and the signal that it fell behind.
+#[derive(Debug)]
+pub struct Inbox {
+    pub queue: mpsc::Receiver<Push>,
+    /// Cancelled when a push found the queue full; the connection must then be closed with a
+    /// recoverable position, since it missed that push.
+    pub lagged: CancellationToken,
+}
+
+/// One connection as the hub knows it; the session holds it and passes it to every call.
+#[derive(Debug, Clone)]
+pub struct SubscriberHandle {
+    id: u64,
+    queue: mpsc::Sender<Push>,
+    lagged: CancellationToken,
+}
+
+impl SubscriberHandle {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// The outcome of a subscribe.
+#[derive(Debug)]
+pub struct Subscribed {
+    /// The channel's position when the subscription started: every later publication is
+    /// delivered live, every earlier one missed since `since` is in `missed`.
+    pub position: Position,
+    /// Present when a `since` position was given: whether `missed` is exactly everything after it.
+    pub recovered: Option<bool>,
+    /// Publications after `since`, oldest first (empty when not recovered).
+    pub missed: Vec<Arc<Publication>>,
+}
+
+/// Hub failures.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+type Subscribers = HashMap<ChannelName, Vec<SubscriberHandle>>;
+
+/// The local fan-out hub of one node.
+pub struct Hub {
+    engine: Arc<dyn Engine>,
+    namespaces: Arc<Namespaces>,
+    shards: Box<[Mutex<Subscribers>]>,
+    hasher: RandomState,
+    next_subscriber_id: AtomicU64,
+}
+
+impl Hub {
+    /// A hub on `engine`, which it attaches itself to.
+    pub fn new(engine: Arc<dyn Engine>, namespaces: Arc<Namespaces>) -> Arc<Self> {
+        let hub = Arc::new(Self {
+            engine,
+            namespaces,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            next_subscriber_id: AtomicU64::new(1),
+        });
+        let fan_out: Weak<dyn FanOut> = Arc::downgrade(&(hub.clone() as Arc<dyn FanOut>));
+        hub.engine.attach(fan_out);
+        hub
+    }
+
+    pub fn namespaces(&self) -> &Namespaces {
+        &self.namespaces
+    }
+
+    /// A new connection with a queue of `queue_capacity` pushes.
+    pub fn connect(&self, queue_capacity: usize) -> (SubscriberHandle, Inbox) {
+        let (sender, receiver) = mpsc::channel(queue_capacity.max(1));
+        let lagged = CancellationToken::new();
+        let id = self.next_subscriber_id.fetch_add(1, Ordering::Relaxed);
+        (SubscriberHandle { id, queue: sender, lagged: lagged.clone() }, Inbox { queue: receiver, lagged })
+    }
+
+    fn shard(&self, channel: &ChannelName) -> std::sync::MutexGuard<'_, Subscribers> {
+        let shard = &self.shards[self.hasher.hash_one(channel) as usize % SHARDS];
+        shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Subscribes `subscriber` to `channel`. Live publications start queueing at once; with
+    /// `since`, what was missed after it comes back in [`Subscribed::missed`]. Publications may
+    /// appear both there and in the queue: a [`crate::PositionTracker`] passes each once.
+    pub async fn subscribe(
+        &self,
+        subscriber: &SubscriberHandle,
+        channel: &ChannelName,
+        since: Option<&Position>,
+    ) -> Result<Subscribed, HubError> {
+        let first_here = {
+            let mut shard = self.shard(channel);
+            let subscribers = shard.entry(channel.clone()).or_default();
+            if !subscribers.iter().any(|existing| existing.id == subscriber.id) {
+                subscribers.push(subscriber.clone());
+            }
+            subscribers.len() == 1
+        };
+        if first_here {
+            if let Err(error) = self.engine.subscribe(std::slice::from_ref(channel)).await {
+                self.remove(subscriber, channel);
+                return Err(error.into());
+            }
+        }
+        let query = since.map_or(HistoryQuery::top_only(), |since| HistoryQuery::after(since.offset));
+        let page = match self.engine.history(channel, query).await {
+            Ok(page) => page,
+            Err(error) => {
+                self.unsubscribe(subscriber, channel).await;
+                return Err(error.into());
+            }
+        };
+        Ok(match since {
+            None => Subscribed { position: page.top, recovered: None, missed: Vec::new() },
+            Some(since) => {
+                let recovered = is_recoverable(since, &page);
+                let missed = if recovered { page.publications } else { Vec::new() };
+                Subscribed { position: page.top, recovered: Some(recovered), missed }
+            }
+        })
+    }
+
+    /// Stops delivering `channel` to `subscriber`; returns whether it was subscribed.
+    pub async fn unsubscribe(&self, subscriber: &SubscriberHandle, channel: &ChannelName) -> bool {
+        let (was_subscribed, last_here) = self.remove(subscriber, channel);
+        if last_here {
+            // Failing to drop interest only costs the engine some unneeded traffic.
+            let _ = self.engine.unsubscribe(std::slice::from_ref(channel)).await;
+        }
+        was_subscribed
+    }
+
+    /// Removes the subscriber locally; returns (was subscribed, channel now has none here).
+    fn remove(&self, subscriber: &SubscriberHandle, channel: &ChannelName) -> (bool, bool) {
+        let mut shard = self.shard(channel);
+        let Some(subscribers) = shard.get_mut(channel) else {
+            return (false, false);
+        };
+        let Some(index) = subscribers.iter().position(|existing| existing.id == subscriber.id) else {
+            return (false, false);
+        };
+        subscribers.swap_remove(index);
+        let now_empty = subscribers.is_empty();
+        if now_empty {
+            shard.remove(channel);
+        }
+        (true, now_empty)
+    }
+
+    pub async fn publish(&self, request: PublishRequest) -> Result<Published, HubError> {
+        let mut outcomes = self.engine.publish(vec![request]).await;
+        match outcomes.pop() {
+            Some(outcome) => Ok(outcome?),
+            None => Err(EngineError::Failed("engine returned no outcome for a publish".into()).into()),
+        }
+    }
+
+    /// Publishes several requests in one engine call; outcomes in request order.
+    pub async fn publish_batch(&self, requests: Vec<PublishRequest>) -> Vec<Result<Published, HubError>> {
+        let count = requests.len();
+        let mut outcomes: Vec<_> =
+            self.engine.publish(requests).await.into_iter().map(|outcome| outcome.map_err(HubError::from)).collect();
+        outcomes.resize_with(count, || Err(EngineError::Failed("engine returned too few outcomes".into()).into()));
+        outcomes
+    }
+
+    pub async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryPage, HubError> {
+        Ok(self.engine.history(channel, query).await?)
+    }
+
+    /// Local subscriber count of one channel.
+    pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
+        self.shard(channel).get(channel).map_or(0, Vec::len)
+    }
+
+    /// Channels with local subscribers and their counts, sorted by name.
+    pub fn channels(&self) -> Vec<(ChannelName, usize)> {
+        let mut channels: Vec<_> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                shard.iter().map(|(channel, subscribers)| (channel.clone(), subscribers.len())).collect::<Vec<_>>()
+            })
+            .collect();
+        channels.sort_by(|a, b| a.0.cmp(&b.0));
+        channels
+    }
+
+    /// Runs the engine's housekeeping.
+    pub async fn sweep(&self) {
+        self.engine.sweep().await;
+    }
+}
+
+/// A recovery from `since` is exact when the epoch is the same, the client is not ahead, and
+/// history still holds everything after `since`.
+fn is_recoverable(since: &Position, page: &HistoryPage) -> bool {
+    since.epoch == page.top.epoch && since.offset <= page.top.offset && since.offset + 1 >= page.oldest
+}
+
+impl FanOut for Hub {
+    fn deliver(&self, publication: Arc<Publication>) {
+        let shard = self.shard(&publication.channel);
+        let Some(subscribers) = shard.get(&publication.channel) else {
+            return;
+        };
+        for subscriber in subscribers {
+            match subscriber.queue.try_send(Push::Publication(publication.clone())) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => subscriber.lagged.cancel(),
+                // The session is ending and will unsubscribe.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryEngine;
+    use crate::namespace::NamespaceOptions;
+    use crate::position::PositionTracker;
+    use bytes::Bytes;
+
+    fn hub(options: NamespaceOptions) -> Arc<Hub> {
+        let namespaces = Arc::new(Namespaces::new(options, HashMap::new()));
+        Hub::new(Arc::new(MemoryEngine::new(namespaces.clone())), namespaces)
+    }
+
+    fn channel(name: &str) -> ChannelName {
+        ChannelName::new(name).unwrap()
+    }
+
+    async fn publish(hub: &Hub, name: &str, data: &str) -> Published {
+        let request =
+            PublishRequest { channel: channel(name), data: Bytes::from(data.to_string()), idempotency_key: None };
+        hub.publish(request).await.unwrap()
+    }
+
+    fn drain(inbox: &mut Inbox) -> Vec<(String, u64)> {
+        let mut seen = Vec::new();
+        while let Ok(Push::Publication(p)) = inbox.queue.try_recv() {
+            seen.push((p.channel.to_string(), p.position.offset));
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn fans_out_in_order_to_every_subscriber_of_the_channel() {
+        let hub = hub(NamespaceOptions::default());
+        let (alice, mut alice_inbox) = hub.connect(16);
+        let (bob, mut bob_inbox) = hub.connect(16);
+        hub.subscribe(&alice, &channel("a"), None).await.unwrap();
+        hub.subscribe(&bob, &channel("a"), None).await.unwrap();
+        hub.subscribe(&bob, &channel("b"), None).await.unwrap();
+        publish(&hub, "a", "1").await;
+        publish(&hub, "b", "1").await;
+        publish(&hub, "a", "2").await;
+        assert_eq!(drain(&mut alice_inbox), [("a".into(), 1), ("a".into(), 2)]);
+        assert_eq!(drain(&mut bob_inbox), [("a".into(), 1), ("b".into(), 1), ("a".into(), 2)]);
+        assert_eq!(hub.channels(), [(channel("a"), 2), (channel("b"), 1)]);
+    }
+
+    #[tokio::test]
+    async fn unsubscribe_stops_delivery_and_forgets_empty_channels() {
+        let hub = hub(NamespaceOptions::default());
+        let (alice, mut inbox) = hub.connect(16);
+        hub.subscribe(&alice, &channel("a"), None).await.unwrap();
+        assert!(hub.unsubscribe(&alice, &channel("a")).await);
+        assert!(!hub.unsubscribe(&alice, &channel("a")).await);
+        publish(&hub, "a", "1").await;
+        assert!(drain(&mut inbox).is_empty());
+        assert!(hub.channels().is_empty());
+    }
+
+    #[tokio::test]
+    async fn subscribing_twice_delivers_once() {
+        let hub = hub(NamespaceOptions::default());
+        let (alice, mut inbox) = hub.connect(16);
+        hub.subscribe(&alice, &channel("a"), None).await.unwrap();
+        hub.subscribe(&alice, &channel("a"), None).await.unwrap();
+        publish(&hub, "a", "1").await;
+        assert_eq!(drain(&mut inbox).len(), 1);
+        assert_eq!(hub.subscriber_count(&channel("a")), 1);
+    }
+
+    #[tokio::test]
+    async fn recovery_returns_exactly_what_was_missed() {
+        let hub = hub(NamespaceOptions::default());
+        let first = publish(&hub, "a", "1").await.position;
+        publish(&hub, "a", "2").await;
+        publish(&hub, "a", "3").await;
+        let (alice, _inbox) = hub.connect(16);
+        let subscribed = hub.subscribe(&alice, &channel("a"), Some(&first)).await.unwrap();
+        assert_eq!(subscribed.recovered, Some(true));
+        let offsets: Vec<u64> = subscribed.missed.iter().map(|p| p.position.offset).collect();
+        assert_eq!(offsets, [2, 3]);
+        assert_eq!(subscribed.position.offset, 3);
+    }
+
+    #[tokio::test]
+    async fn recovery_fails_plainly_on_a_lost_epoch_or_a_gap() {
+        let hub = hub(NamespaceOptions { history_size: 2, ..Default::default() });
+        let first = publish(&hub, "a", "1").await.position;
+        let (alice, _inbox) = hub.connect(16);
+        let stale = Position { epoch: crate::Epoch::new("gone"), offset: 1 };
+        let subscribed = hub.subscribe(&alice, &channel("a"), Some(&stale)).await.unwrap();
+        assert_eq!((subscribed.recovered, subscribed.missed.len()), (Some(false), 0));
+
+        for data in ["2", "3", "4"] {
+            publish(&hub, "a", data).await;
+        }
+        let subscribed = hub.subscribe(&alice, &channel("a"), Some(&first)).await.unwrap();
+        assert_eq!(subscribed.recovered, Some(false), "offset 2 fell out of a history of 2");
+        let ahead = Position { epoch: first.epoch.clone(), offset: 99 };
+        let subscribed = hub.subscribe(&alice, &channel("a"), Some(&ahead)).await.unwrap();
+        assert_eq!(subscribed.recovered, Some(false));
+        let at_top = Position { epoch: first.epoch.clone(), offset: 4 };
+        let subscribed = hub.subscribe(&alice, &channel("a"), Some(&at_top)).await.unwrap();
+        assert_eq!((subscribed.recovered, subscribed.missed.len()), (Some(true), 0));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_marks_only_that_subscriber_lagged() {
+        let hub = hub(NamespaceOptions::default());
+        let (slow, slow_inbox) = hub.connect(2);
+        let (fast, mut fast_inbox) = hub.connect(64);
+        hub.subscribe(&slow, &channel("a"), None).await.unwrap();
+        hub.subscribe(&fast, &channel("a"), None).await.unwrap();
+        for i in 0..10 {
+            publish(&hub, "a", &i.to_string()).await;
+        }
+        assert!(slow_inbox.lagged.is_cancelled());
+        assert_eq!(drain(&mut fast_inbox).len(), 10);
+    }
+
+    #[tokio::test]
+    async fn tracker_merges_recovery_and_live_without_gap_or_duplicate() {
+        let hub = hub(NamespaceOptions::default());
+        let since = publish(&hub, "a", "1").await.position;
+        publish(&hub, "a", "2").await;
+        let (alice, mut inbox) = hub.connect(64);
+        let subscribed = hub.subscribe(&alice, &channel("a"), Some(&since)).await.unwrap();
+        publish(&hub, "a", "3").await;
+        let mut tracker = PositionTracker::default();
+        tracker.track(channel("a"), since);
+        let mut delivered = Vec::new();
+        for publication in &subscribed.missed {
+            if tracker.advance(publication) {
+                delivered.push(publication.position.offset);
+            }
+        }
+        while let Ok(Push::Publication(publication)) = inbox.queue.try_recv() {
+            if tracker.advance(&publication) {
+                delivered.push(publication.position.offset);
+            }
+        }
+        assert_eq!(delivered, [2, 3]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_publishers_keep_contiguous_offsets_in_delivery_order() {
+        let hub = hub(NamespaceOptions::default());
+        let (alice, mut inbox) = hub.connect(10_000);
+        hub.subscribe(&alice, &channel("a"), None).await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let hub = hub.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..500 {
+                    publish(&hub, "a", "x").await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let offsets: Vec<u64> = drain(&mut inbox).into_iter().map(|(_, offset)| offset).collect();
+        assert_eq!(offsets, (1..=4000).collect::<Vec<_>>());
+    }
+}

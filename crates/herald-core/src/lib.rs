@@ -1,0 +1,29 @@
+//! Herald's core: the concepts every transport and engine share, and the hub that joins them.
+//!
+//! - [`channel`]: channel names and their namespaces;
+//! - [`namespace`]: per-namespace options (history size and TTL, client publish, ...);
+//! - [`position`]: epochs, positions and the per-subscription position tracker;
+//! - [`publication`]: the publication as the hub hands it around, with its shared encoded form;
+//! - [`engine`]: the trait an engine implements (publish with positions, cross-node fan-out,
+//!   history, idempotency), the seam for memory, Redis and NATS;
+//! - [`memory`]: the single-node in-memory engine;
+//! - [`hub`]: local subscribers, fan-out through bounded per-connection queues, recovery.
+//!
+//! The core knows no HTTP, no socket, no wire format and no backend: it is pure logic on top of
+//! tokio's synchronisation primitives, so it can be tested without any IO.
+
+pub mod channel;
+pub mod engine;
+pub mod hub;
+pub mod memory;
+pub mod namespace;
+pub mod position;
+pub mod publication;
+
+pub use channel::{ChannelName, InvalidChannelName};
+pub use engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishError, PublishRequest};
+pub use hub::{Hub, HubError, Inbox, Push, Subscribed, SubscriberHandle};
+pub use memory::MemoryEngine;
+pub use namespace::{NamespaceOptions, Namespaces};
+pub use position::{Epoch, Position, PositionTracker};
+pub use publication::{Payload, Publication};

@@ -1,0 +1,65 @@
+//! Namespace options: what the channels of one namespace keep and allow.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::channel::ChannelName;
+
+/// Options of the channels of one namespace (`chat:*` for namespace `chat`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceOptions {
+    /// Publications kept per channel for recovery and history; 0 keeps none.
+    pub history_size: usize,
+    /// How long a publication stays in history.
+    pub history_ttl: Duration,
+    /// Whether clients (not only the server API) may publish.
+    pub client_publish: bool,
+    /// How long an idempotency key is remembered after its publish.
+    pub idempotency_window: Duration,
+}
+
+impl Default for NamespaceOptions {
+    fn default() -> Self {
+        Self {
+            history_size: 100,
+            history_ttl: Duration::from_secs(600),
+            client_publish: true,
+            idempotency_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// All namespaces: the default one (channels without `:`) and the named ones.
+///
+/// A channel whose namespace is not configured gets the default namespace's options, so a
+/// fresh server accepts `chat:lobby` without any configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Namespaces {
+    default: NamespaceOptions,
+    named: HashMap<String, NamespaceOptions>,
+}
+
+impl Namespaces {
+    pub fn new(default: NamespaceOptions, named: HashMap<String, NamespaceOptions>) -> Self {
+        Self { default, named }
+    }
+
+    pub fn options_for(&self, channel: &ChannelName) -> &NamespaceOptions {
+        channel.namespace().and_then(|namespace| self.named.get(namespace)).unwrap_or(&self.default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_pick_their_namespace_or_the_default() {
+        let chat = NamespaceOptions { history_size: 7, ..Default::default() };
+        let namespaces =
+            Namespaces::new(NamespaceOptions::default(), HashMap::from([("chat".to_string(), chat.clone())]));
+        assert_eq!(namespaces.options_for(&ChannelName::new("chat:lobby").unwrap()), &chat);
+        assert_eq!(namespaces.options_for(&ChannelName::new("news:x").unwrap()), &NamespaceOptions::default());
+        assert_eq!(namespaces.options_for(&ChannelName::new("chat").unwrap()), &NamespaceOptions::default());
+    }
+}

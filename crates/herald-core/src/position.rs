@@ -1,0 +1,151 @@
+//! Positions in a channel's stream: `(epoch, offset)`, and a tracker of the positions a
+//! subscription has reached (what an SSE id or a poll cursor encodes).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::channel::ChannelName;
+use crate::publication::Publication;
+
+/// Names one continuous history of a channel. It changes only when history was lost, which
+/// tells clients holding an old position that a gap may exist.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Epoch(Arc<str>);
+
+impl Epoch {
+    pub fn new(epoch: &str) -> Self {
+        Self(Arc::from(epoch))
+    }
+
+    /// A fresh random epoch: 8 characters of `[0-9a-z]`, URL-safe.
+    pub fn random() -> Self {
+        const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        let epoch: String = (0..8).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect();
+        Self(Arc::from(epoch))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A place in one channel's stream: the offset of the last publication covered (0 = before the
+/// first) within one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Position {
+    pub epoch: Epoch,
+    pub offset: u64,
+}
+
+/// The positions one subscription has reached, per channel; decides which publications are new.
+///
+/// Live publications can arrive twice around a recovery (once from history, once live) and,
+/// with remote engines, late. The tracker passes each publication once, in offset order.
+#[derive(Debug, Default, Clone)]
+pub struct PositionTracker {
+    positions: HashMap<ChannelName, Position>,
+}
+
+impl PositionTracker {
+    /// Starts (or restarts) tracking `channel` at `position`.
+    pub fn track(&mut self, channel: ChannelName, position: Position) {
+        self.positions.insert(channel, position);
+    }
+
+    pub fn forget(&mut self, channel: &ChannelName) -> Option<Position> {
+        self.positions.remove(channel)
+    }
+
+    pub fn get(&self, channel: &ChannelName) -> Option<&Position> {
+        self.positions.get(channel)
+    }
+
+    pub fn is_tracked(&self, channel: &ChannelName) -> bool {
+        self.positions.contains_key(channel)
+    }
+
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ChannelName, &Position)> {
+        self.positions.iter()
+    }
+
+    /// Whether `publication` is the next thing to deliver on its channel; if so the position
+    /// moves to it. Publications of untracked channels, already passed offsets or another epoch
+    /// are refused.
+    pub fn advance(&mut self, publication: &Publication) -> bool {
+        let Some(position) = self.positions.get_mut(&publication.channel) else {
+            return false;
+        };
+        if position.epoch != publication.position.epoch || publication.position.offset <= position.offset {
+            return false;
+        }
+        position.offset = publication.position.offset;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publication::Payload;
+
+    fn publication(channel: &str, epoch: &Epoch, offset: u64) -> Publication {
+        Publication::new(
+            ChannelName::new(channel).unwrap(),
+            Position { epoch: epoch.clone(), offset },
+            Payload::from_static(b"1"),
+            0,
+        )
+    }
+
+    #[test]
+    fn advances_once_per_offset_and_only_forward() {
+        let epoch = Epoch::new("e1");
+        let channel = ChannelName::new("a").unwrap();
+        let mut tracker = PositionTracker::default();
+        tracker.track(channel.clone(), Position { epoch: epoch.clone(), offset: 2 });
+        assert!(!tracker.advance(&publication("a", &epoch, 1)));
+        assert!(!tracker.advance(&publication("a", &epoch, 2)));
+        assert!(tracker.advance(&publication("a", &epoch, 3)));
+        assert!(!tracker.advance(&publication("a", &epoch, 3)));
+        assert!(tracker.advance(&publication("a", &epoch, 4)));
+        assert_eq!(tracker.get(&channel).unwrap().offset, 4);
+    }
+
+    #[test]
+    fn refuses_other_epochs_and_untracked_channels() {
+        let epoch = Epoch::new("e1");
+        let mut tracker = PositionTracker::default();
+        tracker.track(ChannelName::new("a").unwrap(), Position { epoch: epoch.clone(), offset: 0 });
+        assert!(!tracker.advance(&publication("a", &Epoch::new("e2"), 1)));
+        assert!(!tracker.advance(&publication("b", &epoch, 1)));
+    }
+
+    #[test]
+    fn random_epochs_are_url_safe_and_differ() {
+        let a = Epoch::random();
+        assert_eq!(a.as_str().len(), 8);
+        assert!(a.as_str().bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(a, Epoch::random());
+    }
+}

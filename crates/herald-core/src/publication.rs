@@ -1,0 +1,88 @@
+//! The publication as the hub hands it around: one allocation shared by every subscriber, with a
+//! slot for its encoded form so it is serialized once, not once per subscriber.
+
+use std::any::Any;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+
+use crate::channel::ChannelName;
+use crate::position::Position;
+
+/// The published data, opaque to the core (the server keeps JSON text in it).
+pub type Payload = Bytes;
+
+/// One publication in one channel.
+pub struct Publication {
+    pub channel: ChannelName,
+    pub position: Position,
+    pub data: Payload,
+    /// Milliseconds since the Unix epoch when the engine accepted it.
+    pub time_ms: u64,
+    /// The edge's encoded form, made by whichever subscriber needs it first.
+    encoded: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+impl Publication {
+    pub fn new(channel: ChannelName, position: Position, data: Payload, time_ms: u64) -> Self {
+        Self { channel, position, data, time_ms, encoded: OnceLock::new() }
+    }
+
+    /// The encoded form of this publication, made by `encode` on first use and shared after.
+    ///
+    /// The core does not know wire formats; the server picks one type `T` holding all the forms
+    /// it needs. Should another `T` ever be asked for, it is encoded afresh (slower, still right).
+    pub fn encoded<T>(&self, encode: impl FnOnce(&Publication) -> T) -> T
+    where
+        T: Any + Clone + Send + Sync,
+    {
+        let mut encode = Some(encode);
+        let cached = self.encoded.get_or_init(|| {
+            let encode = encode.take().expect("get_or_init runs its closure at most once");
+            Box::new(encode(self))
+        });
+        match (cached.downcast_ref::<T>(), encode) {
+            (Some(value), _) => value.clone(),
+            // Another type is cached, so our closure never ran and is still here.
+            (None, Some(encode)) => encode(self),
+            (None, None) => unreachable!("a value encoded just now has the asked-for type"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Publication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publication")
+            .field("channel", &self.channel)
+            .field("position", &self.position)
+            .field("data", &self.data)
+            .field("time_ms", &self.time_ms)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::position::Epoch;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn encodes_once() {
+        let publication = Publication::new(
+            ChannelName::new("a").unwrap(),
+            Position { epoch: Epoch::new("e"), offset: 1 },
+            Payload::from_static(b"{}"),
+            5,
+        );
+        let calls = AtomicUsize::new(0);
+        for _ in 0..3 {
+            let encoded = publication.encoded(|p| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Bytes::from(format!("{}@{}", p.channel, p.position.offset))
+            });
+            assert_eq!(encoded, Bytes::from_static(b"a@1"));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}
