@@ -129,11 +129,9 @@ impl Hub {
             }
             subscribers.len() == 1
         };
-        if first_here {
-            if let Err(error) = self.engine.subscribe(std::slice::from_ref(channel)).await {
-                self.remove(subscriber, channel);
-                return Err(error.into());
-            }
+        if first_here && let Err(error) = self.engine.subscribe(std::slice::from_ref(channel)).await {
+            self.remove(subscriber, channel);
+            return Err(error.into());
         }
         let query = since.map_or(HistoryQuery::top_only(), |since| HistoryQuery::after(since.offset));
         let page = match self.engine.history(channel, query).await {

@@ -21,7 +21,7 @@ pub mod position;
 pub mod publication;
 
 pub use channel::{ChannelName, InvalidChannelName};
-pub use engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishError, PublishRequest};
+pub use engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishError, PublishRequest, Published};
 pub use hub::{Hub, HubError, Inbox, Push, Subscribed, SubscriberHandle};
 pub use memory::MemoryEngine;
 pub use namespace::{NamespaceOptions, Namespaces};

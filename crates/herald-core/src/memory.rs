@@ -124,14 +124,14 @@ impl MemoryEngine {
         let options = self.namespaces.options_for(&request.channel);
         self.with_stream(&request.channel, |stream, now| {
             stream.expire(now, options);
-            if let Some(key) = &request.idempotency_key {
-                if let Some(&offset) = stream.idempotency.offsets.get(key) {
-                    return Published {
-                        channel: request.channel.clone(),
-                        position: Position { epoch: stream.epoch.clone(), offset },
-                        duplicate: true,
-                    };
-                }
+            if let Some(key) = &request.idempotency_key
+                && let Some(&offset) = stream.idempotency.offsets.get(key)
+            {
+                return Published {
+                    channel: request.channel.clone(),
+                    position: Position { epoch: stream.epoch.clone(), offset },
+                    duplicate: true,
+                };
             }
             stream.top += 1;
             let position = stream.top();

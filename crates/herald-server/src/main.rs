@@ -1,3 +1,127 @@
-fn main() {
-    println!("Hello, world!");
+//! The `herald` binary: command-line flags, logging, signals. Everything else is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use herald_server::config::{Overrides, Settings};
+use herald_server::server;
+
+/// Herald: a real-time messaging server. Backends publish to channels; Herald delivers each
+/// publication to every subscriber over WebSocket (and, as they land, SSE, NDJSON, polling and
+/// webhooks), with history so reconnecting clients miss nothing.
+#[derive(Parser)]
+#[command(name = "herald", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server. With no configuration it listens on 127.0.0.1:8750 with the in-memory
+    /// engine, an open server API (loopback only), and prints the address to open.
+    Serve(ConfigArgs),
+    /// Read and validate the configuration, print the effective settings, and exit.
+    CheckConfig(ConfigArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Address to listen on [env: HERALD_LISTEN] [default: 127.0.0.1:8750]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Directory for Herald's data, created if missing [env: HERALD_DATA_DIR] [default: ./herald-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file. Environment variables HERALD_<KEY> (nested keys joined by `__`,
+    /// e.g. HERALD_API__KEYS='["..."]') override it; flags override both.
+    #[arg(long, value_name = "FILE", env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Serve /ws/echo, an echo route on the WebSocket stack, for conformance test runs only.
+    #[arg(long)]
+    ws_echo_route: bool,
+}
+
+impl ConfigArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let overrides = Overrides {
+            listen: self.listen.clone(),
+            data_dir: self.data_dir.clone(),
+            ws_echo_route: self.ws_echo_route,
+        };
+        Ok(Settings::load(self.config.as_deref(), &overrides)?)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let outcome = match cli.command {
+        Command::Serve(args) => args.settings().and_then(serve),
+        Command::CheckConfig(args) => {
+            args.settings().map(|settings| println!("configuration is valid:\n{settings:#?}"))
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let dev_mode = settings.api_dev_mode();
+        let no_keys = settings.api_keys.is_empty();
+        let running = server::start(settings).await?;
+        let address = running.local_addr();
+        if dev_mode {
+            tracing::warn!(
+                "DEV MODE: no [api] keys configured; the server API (/api/*) is open to anyone who can reach {address}"
+            );
+        } else if no_keys {
+            tracing::warn!("no [api] keys configured on a non-loopback address: the server API refuses every call");
+        }
+        println!("Herald is listening on http://{address}");
+        println!("Open http://{address}/ in a browser; WebSocket clients connect to ws://{address}/ws");
+        let shutdown = running.shutdown_token();
+        tokio::select! {
+            () = terminate_signal() => tracing::info!("shutting down: finishing in-flight work"),
+            () = shutdown.cancelled() => {}
+        }
+        running.shutdown().await.context("shutdown failed")?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn terminate_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
 }

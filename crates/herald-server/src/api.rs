@@ -1,0 +1,251 @@
+//! The server API under `/api`: publish, broadcast, channels and history, for backends holding
+//! an API key (`Authorization: Bearer <key>`).
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use herald_core::{ChannelName, HistoryQuery, PublishRequest, Published};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use subtle::ConstantTimeEq;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::transport::ws::present_raw_value;
+use crate::wire::{WirePosition, publications_array};
+
+/// Publications per history page at most.
+const MAX_HISTORY_PAGE: usize = 1000;
+/// Channels per broadcast at most.
+const MAX_BROADCAST_CHANNELS: usize = 1000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/publish", post(publish))
+        .route("/broadcast", post(broadcast))
+        .route("/channels", get(channels))
+        // A wildcard, since channel names may contain '/': `/api/channels/a/b/history`.
+        .route("/channels/{*channel_and_action}", get(channel_resource))
+}
+
+/// Proof that the request may use the server API: a configured key, or dev mode.
+pub struct ApiAccess;
+
+impl FromRequestParts<AppState> for ApiAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
+        if app.settings.api_dev_mode() {
+            return Ok(Self);
+        }
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(presented) = presented else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the server API needs `Authorization: Bearer <api key>`",
+            ));
+        };
+        // Every key is compared, in constant time, so timing tells nothing about which matched.
+        let matched = app
+            .settings
+            .api_keys
+            .iter()
+            .fold(0u8, |matched, key| matched | presented.as_bytes().ct_eq(key.as_bytes()).unwrap_u8());
+        if matched == 1 {
+            Ok(Self)
+        } else {
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API key is not valid"))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody<'a> {
+    channel: String,
+    #[serde(borrow, default, deserialize_with = "present_raw_value")]
+    data: Option<&'a RawValue>,
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody<'a> {
+    channels: Vec<String>,
+    #[serde(borrow, default, deserialize_with = "present_raw_value")]
+    data: Option<&'a RawValue>,
+    idempotency_key: Option<String>,
+}
+
+fn read_json<'a, T: Deserialize<'a>>(body: &'a Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.as_ref().map_err(|rejection| {
+        let code =
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "bad_request" };
+        ApiError::new(rejection.status(), code, rejection.body_text())
+    })?;
+    serde_json::from_slice(body).map_err(|error| ApiError::bad_request("bad_request", format!("invalid body: {error}")))
+}
+
+fn channel_name(name: &str) -> Result<ChannelName, ApiError> {
+    ChannelName::new(name).map_err(|error| ApiError::bad_request("invalid_channel", format!("{name:?}: {error}")))
+}
+
+fn payload(app: &AppState, data: Option<&RawValue>) -> Result<Bytes, ApiError> {
+    let data = data.ok_or_else(|| ApiError::bad_request("missing_field", "missing field `data`"))?;
+    let limit = app.settings.limits.max_message_size.get();
+    if data.get().len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!("data is {} bytes; the limit is {limit}", data.get().len()),
+        ));
+    }
+    Ok(Bytes::copy_from_slice(data.get().as_bytes()))
+}
+
+fn published_json(published: &Published) -> serde_json::Value {
+    let mut json = serde_json::json!({
+        "channel": published.channel.as_str(),
+        "offset": published.position.offset,
+        "epoch": published.position.epoch.as_str(),
+    });
+    if published.duplicate {
+        json["duplicate"] = true.into();
+    }
+    json
+}
+
+async fn publish(
+    _access: ApiAccess,
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: PublishBody = read_json(&body)?;
+    let request = PublishRequest {
+        channel: channel_name(&body.channel)?,
+        data: payload(&app, body.data)?,
+        idempotency_key: body.idempotency_key,
+    };
+    let published = app.hub.publish(request).await?;
+    Ok(Json(published_json(&published)))
+}
+
+async fn broadcast(
+    _access: ApiAccess,
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: BroadcastBody = read_json(&body)?;
+    if body.channels.is_empty() || body.channels.len() > MAX_BROADCAST_CHANNELS {
+        return Err(ApiError::bad_request(
+            "invalid_channels",
+            format!("`channels` must list 1 to {MAX_BROADCAST_CHANNELS} channels"),
+        ));
+    }
+    let channels = body.channels.iter().map(|name| channel_name(name)).collect::<Result<Vec<_>, _>>()?;
+    let data = payload(&app, body.data)?;
+    let requests = channels
+        .into_iter()
+        .map(|channel| PublishRequest { channel, data: data.clone(), idempotency_key: body.idempotency_key.clone() })
+        .collect();
+    let results: Vec<serde_json::Value> = app
+        .hub
+        .publish_batch(requests)
+        .await
+        .into_iter()
+        .zip(&body.channels)
+        .map(|(outcome, channel)| match outcome {
+            Ok(published) => published_json(&published),
+            Err(error) => {
+                let error = ApiError::from(error);
+                serde_json::json!({ "channel": channel, "error": error.body })
+            }
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "results": results })))
+}
+
+async fn channels(_access: ApiAccess, State(app): State<AppState>) -> Json<serde_json::Value> {
+    let channels: Vec<serde_json::Value> = app
+        .hub
+        .channels()
+        .into_iter()
+        .map(|(channel, subscribers)| serde_json::json!({ "channel": channel.as_str(), "subscribers": subscribers }))
+        .collect();
+    Json(serde_json::json!({ "channels": channels }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    since: Option<u64>,
+    epoch: Option<String>,
+    limit: Option<usize>,
+    reverse: Option<bool>,
+}
+
+async fn channel_resource(
+    access: ApiAccess,
+    State(app): State<AppState>,
+    Path(channel_and_action): Path<String>,
+    query: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Some((channel, action)) = channel_and_action.rsplit_once('/') else {
+        return Err(ApiError::not_found());
+    };
+    match action {
+        "history" => {
+            let Query(params) =
+                query.map_err(|rejection| ApiError::bad_request("bad_request", rejection.body_text()))?;
+            history(access, app, channel_name(channel)?, params).await
+        }
+        "presence" => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_available",
+            "presence is not available in this build yet",
+        )),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+async fn history(
+    _access: ApiAccess,
+    app: AppState,
+    channel: ChannelName,
+    params: HistoryParams,
+) -> Result<Response, ApiError> {
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_HISTORY_PAGE {
+        return Err(ApiError::bad_request("invalid_limit", format!("`limit` must be 1 to {MAX_HISTORY_PAGE}")));
+    }
+    let query = HistoryQuery { since: params.since, limit, reverse: params.reverse.unwrap_or(false) };
+    let page = app.hub.history(&channel, query).await?;
+    if let Some(epoch) = &params.epoch
+        && epoch != page.top.epoch.as_str()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "epoch_mismatch",
+            format!("history of {channel} is now epoch {}; epoch {epoch} is gone", page.top.epoch),
+        ));
+    }
+    let body = format!(
+        "{{\"channel\":{},\"publications\":{},\"position\":{},\"oldest\":{}}}",
+        serde_json::Value::from(channel.as_str()),
+        publications_array(&page.publications),
+        serde_json::to_string(&WirePosition::from(&page.top)).unwrap_or_default(),
+        page.oldest,
+    );
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}

@@ -1,0 +1,462 @@
+//! Configuration in two steps: a raw shape read from TOML, `HERALD_*` environment variables and
+//! command-line flags (in that order of precedence, lowest first), then [`Settings`]: validated,
+//! typed, and complete before any port is bound. A bad value is reported with its key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use herald_core::{NamespaceOptions, Namespaces};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
+pub const DEFAULT_DATA_DIR: &str = "./herald-data";
+
+/// The configuration file and environment as written, before validation.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub allow_private_webhook_targets: Option<bool>,
+    pub engine: Option<String>,
+    pub shutdown_grace: Option<String>,
+    #[serde(default)]
+    pub api: RawApi,
+    pub auth: Option<RawAuth>,
+    #[serde(default)]
+    pub namespaces: HashMap<String, RawNamespace>,
+    #[serde(default)]
+    pub websocket: RawWebSocket,
+    #[serde(default)]
+    pub limits: RawLimits,
+    pub redis: Option<RawRedis>,
+    pub nats: Option<RawNats>,
+    pub storage: Option<RawStorage>,
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub hmac_secret: Option<String>,
+    pub public_key_pem: Option<String>,
+    pub jwks: Option<String>,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNamespace {
+    pub history_size: Option<usize>,
+    pub history_ttl: Option<String>,
+    pub durable: Option<bool>,
+    pub presence: Option<bool>,
+    pub join_leave: Option<bool>,
+    pub client_publish: Option<bool>,
+    pub anonymous: Option<bool>,
+    pub idempotency_window: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebSocket {
+    pub ping_interval: Option<String>,
+    pub pong_timeout: Option<String>,
+    pub write_timeout: Option<String>,
+    pub outbox_capacity: Option<usize>,
+    pub echo_route: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_message_size: Option<usize>,
+    pub max_channels_per_connection: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    #[serde(default)]
+    pub urls: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNats {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub kind: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: String,
+    #[serde(default)]
+    pub channels: Vec<String>,
+    #[serde(default)]
+    pub events: Vec<String>,
+    pub secret: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Command-line flags that override the file and environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub ws_echo_route: bool,
+}
+
+/// A configuration problem, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration: {0}")]
+    Read(String),
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+/// Validated, typed settings: everything the server needs, checked before anything starts.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None`: any origin (dev). Otherwise browser requests from other origins get `403`.
+    pub allowed_origins: Option<Vec<String>>,
+    pub engine: EngineKind,
+    pub api_keys: Vec<String>,
+    pub namespaces: Namespaces,
+    pub websocket: WebSocketSettings,
+    pub limits: Limits,
+    /// How long shutdown waits for connections to finish before giving up on them.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebSocketSettings {
+    /// A ping is sent after this long without one.
+    pub ping_interval: Duration,
+    /// A peer heard from neither this long after a ping is considered dead.
+    pub pong_timeout: Duration,
+    /// A write that does not complete in this time ends the connection (slow or dead reader).
+    pub write_timeout: Duration,
+    /// Pushes queued per connection before it counts as too slow.
+    pub outbox_capacity: NonZeroUsize,
+    /// Serves `/ws/echo`, an echo route on the same WebSocket stack, for conformance runs.
+    pub echo_route: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest client message (WebSocket message, publish body data) in bytes.
+    pub max_message_size: NonZeroUsize,
+    pub max_channels_per_connection: NonZeroUsize,
+}
+
+impl Settings {
+    /// Reads the optional file, then `HERALD_*` variables, then `overrides`, and validates.
+    pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        if let Some(path) = config_file {
+            if !path.is_file() {
+                return Err(ConfigError::Read(format!("config file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(herald_env());
+        let raw: RawConfig = figment.extract().map_err(describe_figment_error)?;
+        Self::from_raw(raw, overrides)
+    }
+
+    /// Parses a TOML document (no environment), for tests and tools.
+    pub fn from_toml(toml: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let raw: RawConfig = Figment::from(Serialized::defaults(RawConfig::default()))
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(describe_figment_error)?;
+        Self::from_raw(raw, overrides)
+    }
+
+    pub fn from_raw(raw: RawConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let listen_text = overrides.listen.clone().or(raw.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| invalid("listen", format!("{listen_text:?} is not an address like 127.0.0.1:8750")))?;
+        let data_dir = overrides.data_dir.clone().or(raw.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+
+        let engine = match raw.engine.as_deref().unwrap_or("memory") {
+            "memory" => EngineKind::Memory,
+            "redis" | "nats" => {
+                return Err(invalid("engine", "the redis and nats engines are not available in this build yet"));
+            }
+            other => return Err(invalid("engine", format!("{other:?} is not one of \"memory\", \"redis\", \"nats\""))),
+        };
+        if raw.auth.is_some() {
+            return Err(invalid("auth", "client authentication is not available in this build yet; remove [auth]"));
+        }
+        if !raw.webhooks.is_empty() {
+            return Err(invalid("webhooks", "webhooks are not available in this build yet"));
+        }
+        if let Some(storage) = &raw.storage {
+            match storage.kind.as_deref().unwrap_or("sqlite") {
+                "sqlite" => {}
+                "postgres" => {
+                    return Err(invalid("storage.kind", "postgres storage is not available in this build yet"));
+                }
+                other => {
+                    return Err(invalid("storage.kind", format!("{other:?} is not one of \"sqlite\", \"postgres\"")));
+                }
+            }
+        }
+        if let Some(origins) = &raw.allowed_origins {
+            for (index, origin) in origins.iter().enumerate() {
+                if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
+                    return Err(invalid(
+                        format!("allowed_origins[{index}]"),
+                        format!("{origin:?} is not an origin like https://app.example (scheme and host, no path)"),
+                    ));
+                }
+            }
+        }
+        for (index, key) in raw.api.keys.iter().enumerate() {
+            if key.len() < 16 {
+                return Err(invalid(format!("api.keys[{index}]"), "an API key must be at least 16 characters"));
+            }
+        }
+
+        let mut default_namespace = NamespaceOptions::default();
+        let mut named = HashMap::new();
+        for (name, raw_namespace) in &raw.namespaces {
+            let key = format!("namespaces.{name}");
+            if name != "default"
+                && (name.is_empty() || name.contains(':') || herald_core::ChannelName::new(name).is_err())
+            {
+                return Err(invalid(key, "a namespace name is a channel-name prefix without ':'"));
+            }
+            let options = namespace_options(&key, raw_namespace)?;
+            if name == "default" {
+                default_namespace = options;
+            } else {
+                named.insert(name.clone(), options);
+            }
+        }
+
+        let websocket = WebSocketSettings {
+            ping_interval: duration("websocket.ping_interval", raw.websocket.ping_interval.as_deref(), "25s")?,
+            pong_timeout: duration("websocket.pong_timeout", raw.websocket.pong_timeout.as_deref(), "10s")?,
+            write_timeout: duration("websocket.write_timeout", raw.websocket.write_timeout.as_deref(), "10s")?,
+            outbox_capacity: non_zero("websocket.outbox_capacity", raw.websocket.outbox_capacity.unwrap_or(1024))?,
+            echo_route: overrides.ws_echo_route || raw.websocket.echo_route.unwrap_or(false),
+        };
+        let limits = Limits {
+            max_message_size: non_zero("limits.max_message_size", raw.limits.max_message_size.unwrap_or(64 * 1024))?,
+            max_channels_per_connection: non_zero(
+                "limits.max_channels_per_connection",
+                raw.limits.max_channels_per_connection.unwrap_or(1024),
+            )?,
+        };
+
+        Ok(Self {
+            listen,
+            data_dir,
+            allowed_origins: raw.allowed_origins,
+            engine,
+            api_keys: raw.api.keys,
+            namespaces: Namespaces::new(default_namespace, named),
+            websocket,
+            limits,
+            shutdown_grace: duration("shutdown_grace", raw.shutdown_grace.as_deref(), "10s")?,
+        })
+    }
+
+    /// No API keys and a loopback address: the server API is open to local callers.
+    pub fn api_dev_mode(&self) -> bool {
+        self.api_keys.is_empty() && self.listen.ip().is_loopback()
+    }
+}
+
+fn namespace_options(key: &str, raw: &RawNamespace) -> Result<NamespaceOptions, ConfigError> {
+    let defaults = NamespaceOptions::default();
+    for (flag, value) in [("durable", raw.durable), ("presence", raw.presence), ("join_leave", raw.join_leave)] {
+        if value == Some(true) {
+            return Err(invalid(format!("{key}.{flag}"), "not available in this build yet"));
+        }
+    }
+    if raw.anonymous == Some(false) {
+        return Err(invalid(format!("{key}.anonymous"), "client authentication is not available in this build yet"));
+    }
+    Ok(NamespaceOptions {
+        history_size: raw.history_size.unwrap_or(defaults.history_size),
+        history_ttl: match &raw.history_ttl {
+            Some(text) => parse_duration(&format!("{key}.history_ttl"), text)?,
+            None => defaults.history_ttl,
+        },
+        client_publish: raw.client_publish.unwrap_or(defaults.client_publish),
+        idempotency_window: match &raw.idempotency_window {
+            Some(text) => parse_duration(&format!("{key}.idempotency_window"), text)?,
+            None => defaults.idempotency_window,
+        },
+    })
+}
+
+fn duration(key: &str, text: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+    parse_duration(key, text.unwrap_or(default))
+}
+
+fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|error| invalid(key, format!("{text:?} is not a duration like \"30s\" or \"24h\" ({error})")))?;
+    if duration.is_zero() {
+        return Err(invalid(key, "must be longer than zero"));
+    }
+    Ok(duration)
+}
+
+fn non_zero(key: &str, value: usize) -> Result<NonZeroUsize, ConfigError> {
+    NonZeroUsize::new(value).ok_or_else(|| invalid(key, "must be at least 1"))
+}
+
+/// `HERALD_LISTEN`, `HERALD_DATA_DIR`, `HERALD_API__KEYS=[...]`, ...: nested keys split on `__`.
+/// Only configuration keys are read, so unrelated `HERALD_*` variables (tests') are ignored.
+fn herald_env() -> Env {
+    const TOP_LEVEL_KEYS: &[&str] = &[
+        "listen",
+        "data_dir",
+        "allowed_origins",
+        "allow_private_webhook_targets",
+        "engine",
+        "shutdown_grace",
+        "api",
+        "auth",
+        "namespaces",
+        "websocket",
+        "limits",
+        "redis",
+        "nats",
+        "storage",
+    ];
+    Env::prefixed("HERALD_").split("__").filter(|key| {
+        let top = key.as_str().split('.').next().unwrap_or_default();
+        TOP_LEVEL_KEYS.contains(&top)
+    })
+}
+
+fn describe_figment_error(error: figment::Error) -> ConfigError {
+    let mut messages = Vec::new();
+    for error in error {
+        let key = error.path.join(".");
+        let source = error.metadata.as_ref().map(|metadata| metadata.name.to_string());
+        let kind = error.kind.to_string();
+        messages.push(match (key.is_empty(), source) {
+            (false, Some(source)) => format!("config key `{key}` (from {source}): {kind}"),
+            (false, None) => format!("config key `{key}`: {kind}"),
+            (true, Some(source)) => format!("{source}: {kind}"),
+            (true, None) => kind,
+        });
+    }
+    ConfigError::Read(messages.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> Result<Settings, String> {
+        Settings::from_toml(toml, &Overrides::default()).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn defaults_run_on_loopback_with_the_memory_engine() {
+        let settings = parse("").unwrap();
+        assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(settings.engine, EngineKind::Memory);
+        assert!(settings.api_dev_mode());
+        assert_eq!(settings.limits.max_message_size.get(), 65536);
+    }
+
+    #[test]
+    fn the_brief_s_keys_are_read() {
+        let settings = parse(
+            r#"
+            listen = "127.0.0.1:9000"
+            data_dir = "/tmp/x"
+            allowed_origins = ["https://app.example"]
+            engine = "memory"
+            [api]
+            keys = ["0123456789abcdef"]
+            [namespaces.chat]
+            history_size = 7
+            history_ttl = "24h"
+            client_publish = false
+            [namespaces.default]
+            history_size = 3
+            [storage]
+            kind = "sqlite"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(settings.listen.port(), 9000);
+        assert!(!settings.api_dev_mode());
+        let chat = settings.namespaces.options_for(&herald_core::ChannelName::new("chat:a").unwrap());
+        assert_eq!((chat.history_size, chat.client_publish), (7, false));
+        assert_eq!(chat.history_ttl, Duration::from_secs(86400));
+        let other = settings.namespaces.options_for(&herald_core::ChannelName::new("a").unwrap());
+        assert_eq!(other.history_size, 3);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_reason() {
+        let error = parse("[namespaces.chat]\nhistory_ttl = \"soon\"").unwrap_err();
+        assert!(error.contains("namespaces.chat.history_ttl") && error.contains("not a duration"), "{error}");
+        let error = parse("listen = \"nowhere\"").unwrap_err();
+        assert!(error.contains("`listen`"), "{error}");
+        let error = parse("[namespaces.chat]\nhistory_size = \"big\"").unwrap_err();
+        assert!(error.contains("namespaces.chat.history_size"), "{error}");
+        let error = parse("lisen = \"127.0.0.1:1\"").unwrap_err();
+        assert!(error.contains("lisen"), "{error}");
+        let error = parse("engine = \"kafka\"").unwrap_err();
+        assert!(error.contains("`engine`") && error.contains("kafka"), "{error}");
+        let error = parse("[api]\nkeys = [\"short\"]").unwrap_err();
+        assert!(error.contains("api.keys[0]"), "{error}");
+        let error = parse("[websocket]\noutbox_capacity = 0").unwrap_err();
+        assert!(error.contains("websocket.outbox_capacity"), "{error}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let overrides = Overrides { listen: Some("127.0.0.1:0".into()), ..Default::default() };
+        let settings = Settings::from_toml("listen = \"127.0.0.1:9000\"", &overrides).unwrap();
+        assert_eq!(settings.listen.port(), 0);
+    }
+}

@@ -1,0 +1,14 @@
+//! The Herald server: configuration, the HTTP router, one module per transport, the server API.
+//!
+//! The binary (`main.rs`) parses flags and calls [`server::start`]; tests call it too, on an
+//! ephemeral port.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod pages;
+pub mod server;
+pub mod transport;
+pub mod wire;
+pub mod wiring;

@@ -1,0 +1,116 @@
+//! Running the server: bind, serve, and shut down gracefully.
+//!
+//! Shutdown: stop accepting, let in-flight requests finish, tell WebSocket clients to reconnect
+//! (each session watches the cancellation token), then wait for every tracked task, at most the
+//! grace period.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{self, AppState};
+use crate::config::Settings;
+use crate::wiring;
+
+/// How often engine housekeeping (history expiry, idle channels) runs.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A server that is accepting connections.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    done: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Cancelling this token starts a graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Shuts down gracefully and waits until it is complete.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server has stopped (after its shutdown token was cancelled).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.done.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Prepares the data directory, binds the configured address and starts serving.
+pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|source| StartError::DataDir { path: settings.data_dir.display().to_string(), source })?;
+    let addr = settings.listen;
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    start_on(listener, settings).map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Serves on an already bound listener.
+pub fn start_on(listener: TcpListener, settings: Settings) -> std::io::Result<RunningServer> {
+    let local_addr = listener.local_addr()?;
+    let grace = settings.shutdown_grace;
+    let hub = wiring::hub(&settings);
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let app = AppState::new(hub.clone(), Arc::new(settings), shutdown.clone(), tasks.clone());
+
+    let sweeper_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                () = sweeper_shutdown.cancelled() => break,
+                _ = tick.tick() => hub.sweep().await,
+            }
+        }
+    });
+
+    let router = app::router(app);
+    let serve_shutdown = shutdown.clone();
+    let done = tokio::spawn(async move {
+        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(serve_shutdown.clone().cancelled_owned())
+            .into_future();
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => {
+                serve_shutdown.cancel();
+                result?;
+            }
+            () = serve_shutdown.cancelled() => {}
+        }
+        tasks.close();
+        let drained = tokio::time::timeout(grace, async {
+            let _ = (&mut serve).await;
+            tasks.wait().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?grace, "shutdown grace period over; closing the remaining connections");
+        }
+        Ok(())
+    });
+    Ok(RunningServer { local_addr, shutdown, done })
+}

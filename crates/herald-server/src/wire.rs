@@ -1,0 +1,115 @@
+//! The JSON wire forms shared by every transport: publications, positions and errors.
+//!
+//! A publication is encoded once, on first need, and the same bytes go to every subscriber.
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use herald_core::{Epoch, Position, Publication};
+use serde::{Deserialize, Serialize};
+
+/// The encoded forms of one publication, cached inside it.
+#[derive(Clone)]
+pub struct EncodedPublication {
+    /// `{"channel":..,"offset":..,"epoch":..,"data":..,"time":..}` as a WebSocket text payload.
+    pub json: Utf8Bytes,
+}
+
+impl EncodedPublication {
+    pub fn of(publication: &Publication) -> Self {
+        publication.encoded(|publication| Self { json: Utf8Bytes::from(publication_json(publication)) })
+    }
+
+    pub fn bytes(&self) -> Bytes {
+        Bytes::from(self.json.clone())
+    }
+}
+
+fn publication_json(publication: &Publication) -> String {
+    let data = std::str::from_utf8(&publication.data).unwrap_or("null");
+    let mut json = String::with_capacity(64 + publication.channel.as_str().len() + data.len());
+    json.push_str("{\"channel\":");
+    push_json_string(&mut json, publication.channel.as_str());
+    json.push_str(",\"offset\":");
+    json.push_str(&publication.position.offset.to_string());
+    json.push_str(",\"epoch\":");
+    push_json_string(&mut json, publication.position.epoch.as_str());
+    json.push_str(",\"data\":");
+    json.push_str(data);
+    json.push_str(",\"time\":");
+    json.push_str(&publication.time_ms.to_string());
+    json.push('}');
+    json
+}
+
+fn push_json_string(out: &mut String, text: &str) {
+    out.push_str(&serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_string()));
+}
+
+/// A position on the wire: `{"epoch":"…","offset":N}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WirePosition {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+impl From<&Position> for WirePosition {
+    fn from(position: &Position) -> Self {
+        Self { epoch: position.epoch.to_string(), offset: position.offset }
+    }
+}
+
+impl From<&WirePosition> for Position {
+    fn from(position: &WirePosition) -> Self {
+        Position { epoch: Epoch::new(&position.epoch), offset: position.offset }
+    }
+}
+
+/// `{"code":"snake_case","message":"human words"}`, the inside of every error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorBody {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// A JSON array of encoded publications, written without re-encoding any of them.
+pub fn publications_array<'a>(publications: impl IntoIterator<Item = &'a std::sync::Arc<Publication>>) -> String {
+    let mut array = String::from("[");
+    for (index, publication) in publications.into_iter().enumerate() {
+        if index > 0 {
+            array.push(',');
+        }
+        array.push_str(&EncodedPublication::of(publication).json);
+    }
+    array.push(']');
+    array
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::ChannelName;
+
+    #[test]
+    fn publication_json_has_the_contract_shape() {
+        let publication = Publication::new(
+            ChannelName::new("chat:lobby").unwrap(),
+            Position { epoch: Epoch::new("b7x1"), offset: 42 },
+            Bytes::from_static(br#"{"text":"hi"}"#),
+            1764355200123,
+        );
+        let encoded = EncodedPublication::of(&publication);
+        assert_eq!(
+            encoded.json.as_str(),
+            r#"{"channel":"chat:lobby","offset":42,"epoch":"b7x1","data":{"text":"hi"},"time":1764355200123}"#
+        );
+        let value: serde_json::Value = serde_json::from_str(&encoded.json).unwrap();
+        assert_eq!(value["data"]["text"], "hi");
+    }
+}
