@@ -150,12 +150,32 @@ pub struct Settings {
     /// `None`: any origin (dev). Otherwise browser requests from other origins get `403`.
     pub allowed_origins: Option<Vec<String>>,
     pub engine: EngineKind,
-    pub api_keys: Vec<String>,
+    pub api_keys: ApiKeys,
     pub namespaces: Namespaces,
     pub websocket: WebSocketSettings,
     pub limits: Limits,
     /// How long shutdown waits for connections to finish before giving up on them.
     pub shutdown_grace: Duration,
+}
+
+/// Server API keys; their `Debug` form shows how many, never the keys.
+#[derive(Clone, Default)]
+pub struct ApiKeys(pub Vec<String>);
+
+impl ApiKeys {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &String> {
+        self.0.iter()
+    }
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} key(s), not shown", self.0.len())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,7 +312,7 @@ impl Settings {
             data_dir,
             allowed_origins: raw.allowed_origins,
             engine,
-            api_keys: raw.api.keys,
+            api_keys: ApiKeys(raw.api.keys),
             namespaces: Namespaces::new(default_namespace, named),
             websocket,
             limits,
@@ -367,8 +387,9 @@ fn herald_env() -> Env {
         "storage",
     ];
     Env::prefixed("HERALD_").split("__").filter(|key| {
-        let top = key.as_str().split('.').next().unwrap_or_default();
-        TOP_LEVEL_KEYS.contains(&top)
+        // Keys are lowercased after this filter runs.
+        let top = key.as_str().split('.').next().unwrap_or_default().to_ascii_lowercase();
+        TOP_LEVEL_KEYS.contains(&top.as_str())
     })
 }
 

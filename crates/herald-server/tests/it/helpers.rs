@@ -1,0 +1,198 @@
+//! Shared test helpers: a server on port 0, a small WebSocket client, HTTP shortcuts.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use herald_server::config::{Overrides, Settings};
+use herald_server::server::{self, RunningServer};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Long enough for a loaded 2-core machine, short enough that a hang fails fast.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    running: Option<RunningServer>,
+    _data_dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with_config("").await
+    }
+
+    pub async fn with_config(toml: &str) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(data_dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let settings = Settings::from_toml(toml, &overrides).expect("test config is valid");
+        let running = server::start(settings).await.expect("server starts");
+        Self { addr: running.local_addr(), running: Some(running), _data_dir: data_dir, http: reqwest::Client::new() }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub async fn client(&self) -> WsClient {
+        WsClient::connect(&self.ws_url()).await
+    }
+
+    /// Publishes through the server API; returns the reply body.
+    pub async fn publish(&self, channel: &str, data: Value) -> Value {
+        let response = self
+            .http
+            .post(self.url("/api/publish"))
+            .json(&json!({ "channel": channel, "data": data }))
+            .send()
+            .await
+            .expect("publish request");
+        assert_eq!(response.status(), 200, "publish failed");
+        response.json().await.expect("publish reply is JSON")
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    /// Subscriber count of `channel` per `GET /api/channels`.
+    pub async fn subscriber_count(&self, channel: &str) -> u64 {
+        let (_, body) = self.get_json("/api/channels").await;
+        body["channels"]
+            .as_array()
+            .expect("channels array")
+            .iter()
+            .find(|entry| entry["channel"] == channel)
+            .map_or(0, |entry| entry["subscribers"].as_u64().expect("count"))
+    }
+
+    /// Polls until `channel` has `count` subscribers, or fails after [`WAIT`].
+    pub async fn wait_for_subscribers(&self, channel: &str, count: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let now = self.subscriber_count(channel).await;
+            if now == count {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{channel} has {now} subscribers, expected {count}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
+        self.running.as_ref().expect("running").shutdown_token()
+    }
+}
+
+/// A WebSocket client speaking Herald's JSON protocol, holding pushes that arrive while it
+/// waits for a reply.
+pub struct WsClient {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    pushes: VecDeque<Value>,
+}
+
+/// What the server sent, as the client saw it.
+#[derive(Debug)]
+pub enum Received {
+    Json(Value),
+    Close(Option<(u16, String)>),
+    Ended,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Self {
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket connects");
+        Self { stream, next_id: 1, pushes: VecDeque::new() }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream.send(Message::text(text)).await.expect("send");
+    }
+
+    /// Sends `command` with a fresh id; returns the reply with that id.
+    pub async fn command(&mut self, mut command: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        command["id"] = id.into();
+        self.send_text(&command.to_string()).await;
+        loop {
+            match self.receive_raw().await {
+                Received::Json(value) if value["id"] == id => return value,
+                Received::Json(value) => self.pushes.push_back(value),
+                other => panic!("connection ended while waiting for reply {id}: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        let reply = self.command(json!({ "op": "subscribe", "channel": channel })).await;
+        assert!(reply.get("result").is_some(), "subscribe failed: {reply}");
+        reply["result"].clone()
+    }
+
+    /// The next push (a message without `id`).
+    pub async fn next_push(&mut self) -> Value {
+        if let Some(push) = self.pushes.pop_front() {
+            return push;
+        }
+        match self.receive_raw().await {
+            Received::Json(value) => value,
+            other => panic!("expected a push, got {other:?}"),
+        }
+    }
+
+    /// The next frame from the server, within [`WAIT`].
+    pub async fn receive_raw(&mut self) -> Received {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.stream.next()).await.expect("server answered in time");
+            return match frame {
+                Some(Ok(Message::Text(text))) => {
+                    Received::Json(serde_json::from_str(&text).expect("server sends JSON"))
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    Received::Close(frame.map(|frame| (u16::from(frame.code), frame.reason.to_string())))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Binary(_))) => panic!("server sent a binary frame"),
+                Some(Err(_)) | None => Received::Ended,
+            };
+        }
+    }
+
+    /// Reads until the close frame; returns the pushes before it and the close code and reason.
+    pub async fn read_until_close(&mut self) -> (Vec<Value>, Option<(u16, String)>) {
+        let mut pushes: Vec<Value> = self.pushes.drain(..).collect();
+        loop {
+            match self.receive_raw().await {
+                Received::Json(value) => pushes.push(value),
+                Received::Close(frame) => return (pushes, frame),
+                Received::Ended => return (pushes, None),
+            }
+        }
+    }
+}

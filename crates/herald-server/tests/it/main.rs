@@ -1,0 +1,10 @@
+//! Integration tests: the real server on an ephemeral loopback port, driven by real clients
+//! (tokio-tungstenite, reqwest, Python `websockets`), never by the server's own types.
+
+mod api;
+mod binary;
+mod bad_input;
+mod helpers;
+mod python_client;
+mod shutdown;
+mod websocket;
