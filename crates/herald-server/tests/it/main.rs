@@ -2,8 +2,8 @@
 //! (tokio-tungstenite, reqwest, Python `websockets`), never by the server's own types.
 
 mod api;
-mod binary;
 mod bad_input;
+mod binary;
 mod helpers;
 mod python_client;
 mod shutdown;

@@ -191,9 +191,8 @@ async fn history_pages_through_a_channel() {
     let offsets: Vec<u64> =
         reply["result"]["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
     assert_eq!(offsets, [3, 4, 5]);
-    let reply = client
-        .command(json!({"op": "history", "channel": "log", "since": {"epoch": "other", "offset": 2}}))
-        .await;
+    let reply =
+        client.command(json!({"op": "history", "channel": "log", "since": {"epoch": "other", "offset": 2}})).await;
     assert_eq!(reply["error"]["code"], "epoch_mismatch");
 }
 
@@ -252,8 +251,7 @@ async fn a_slow_subscriber_is_cut_off_with_a_recoverable_position_and_hurts_nobo
 
 #[tokio::test]
 async fn a_silent_peer_is_dropped_and_an_answering_one_is_kept() {
-    let server =
-        TestServer::with_config("[websocket]\nping_interval = \"200ms\"\npong_timeout = \"200ms\"").await;
+    let server = TestServer::with_config("[websocket]\nping_interval = \"200ms\"\npong_timeout = \"200ms\"").await;
     // This client never reads, so it never answers the server's pings.
     let mut silent = server.client().await;
     silent.subscribe("quiet").await;
