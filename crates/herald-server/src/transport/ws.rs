@@ -157,8 +157,7 @@ where
                     if received == 0 {
                         return Ending::Shutdown;
                     }
-                    let frames = batch.drain(..).filter_map(|push| self.push_frame(push)).collect();
-                    if let Err(ending) = self.send(frames).await {
+                    if let Err(ending) = self.write_pushes(&mut batch).await {
                         return ending;
                     }
                 }
@@ -174,10 +173,24 @@ where
         }
     }
 
-    /// The frame for a push, if this connection should see it (each publication once, in order).
-    fn push_frame(&mut self, push: Push) -> Option<Message> {
-        match push {
-            Push::Publication(publication) => self.publication_frame(&publication),
+    /// Writes a batch of pushes with one flush, within the write timeout. Each publication is
+    /// written once, in order, as the bytes shared by every subscriber.
+    async fn write_pushes(&mut self, batch: &mut Vec<Push>) -> Result<(), Ending> {
+        let (positions, sink) = (&mut self.positions, &mut self.sink);
+        let write = async move {
+            let mut written = false;
+            for push in batch.drain(..) {
+                let Push::Publication(publication) = push;
+                if positions.advance(&publication) {
+                    sink.feed(Message::Text(EncodedPublication::of(&publication).json)).await?;
+                    written = true;
+                }
+            }
+            if written { sink.flush().await } else { Ok(()) }
+        };
+        match timeout(self.app.settings.websocket.write_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(Ending::WriteFailed),
         }
     }
 
