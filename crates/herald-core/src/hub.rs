@@ -124,23 +124,30 @@ impl Hub {
         let first_here = {
             let mut shard = self.shard(channel);
             let subscribers = shard.entry(channel.clone()).or_default();
-            if !subscribers.iter().any(|existing| existing.id == subscriber.id) {
+            let added = !subscribers.iter().any(|existing| existing.id == subscriber.id);
+            if added {
                 subscribers.push(subscriber.clone());
             }
-            subscribers.len() == 1
+            added && subscribers.len() == 1
         };
         if first_here && let Err(error) = self.engine.subscribe(std::slice::from_ref(channel)).await {
             self.remove(subscriber, channel);
             return Err(error.into());
         }
-        let query = since.map_or(HistoryQuery::top_only(), |since| HistoryQuery::after(since.offset));
-        let page = match self.engine.history(channel, query).await {
-            Ok(page) => page,
+        match self.catch_up(channel, since).await {
+            Ok(subscribed) => Ok(subscribed),
             Err(error) => {
                 self.unsubscribe(subscriber, channel).await;
-                return Err(error.into());
+                Err(error)
             }
-        };
+        }
+    }
+
+    /// What [`Hub::subscribe`] answers, without subscribing: the channel's position and, with
+    /// `since`, what was missed after it. For one-off reads such as a short poll.
+    pub async fn catch_up(&self, channel: &ChannelName, since: Option<&Position>) -> Result<Subscribed, HubError> {
+        let query = since.map_or(HistoryQuery::top_only(), |since| HistoryQuery::after(since.offset));
+        let page = self.engine.history(channel, query).await?;
         Ok(match since {
             None => Subscribed { position: page.top, recovered: None, missed: Vec::new() },
             Some(since) => {
@@ -155,10 +162,28 @@ impl Hub {
     pub async fn unsubscribe(&self, subscriber: &SubscriberHandle, channel: &ChannelName) -> bool {
         let (was_subscribed, last_here) = self.remove(subscriber, channel);
         if last_here {
-            // Failing to drop interest only costs the engine some unneeded traffic.
-            let _ = self.engine.unsubscribe(std::slice::from_ref(channel)).await;
+            self.release_interest(std::slice::from_ref(channel)).await;
         }
         was_subscribed
+    }
+
+    /// Stops local delivery of `channels` to `subscriber` at once, without awaiting: for places
+    /// that cannot await (a guard's `Drop`). Returns the channels left with no local subscriber,
+    /// whose engine interest the caller releases with [`Hub::release_interest`].
+    pub fn detach<'a>(
+        &self,
+        subscriber: &SubscriberHandle,
+        channels: impl IntoIterator<Item = &'a ChannelName>,
+    ) -> Vec<ChannelName> {
+        channels.into_iter().filter(|channel| self.remove(subscriber, channel).1).cloned().collect()
+    }
+
+    /// Tells the engine this node no longer has subscribers on `channels` (see [`Hub::detach`]).
+    pub async fn release_interest(&self, channels: &[ChannelName]) {
+        if !channels.is_empty() {
+            // Failing to drop interest only costs the engine some unneeded traffic.
+            let _ = self.engine.unsubscribe(channels).await;
+        }
     }
 
     /// Removes the subscriber locally; returns (was subscribed, channel now has none here).
@@ -306,15 +331,101 @@ mod tests {
         assert!(hub.channels().is_empty());
     }
 
+    /// The memory engine, recording the interest the hub declares and able to publish in the
+    /// middle of a history read (to force a publication into both history and the live queue).
+    struct RecordingEngine {
+        inner: MemoryEngine,
+        interest: Mutex<HashMap<ChannelName, i64>>,
+        publish_during_history: Mutex<Option<PublishRequest>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Engine for RecordingEngine {
+        fn attach(&self, fan_out: Weak<dyn FanOut>) {
+            self.inner.attach(fan_out);
+        }
+        async fn publish(&self, batch: Vec<PublishRequest>) -> Vec<Result<Published, EngineError>> {
+            self.inner.publish(batch).await
+        }
+        async fn subscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
+            for channel in channels {
+                *self.interest.lock().unwrap().entry(channel.clone()).or_default() += 1;
+            }
+            self.inner.subscribe(channels).await
+        }
+        async fn unsubscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
+            for channel in channels {
+                *self.interest.lock().unwrap().entry(channel.clone()).or_default() -= 1;
+            }
+            self.inner.unsubscribe(channels).await
+        }
+        async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryPage, EngineError> {
+            let extra = self.publish_during_history.lock().unwrap().take();
+            if let Some(request) = extra {
+                self.inner.publish(vec![request]).await;
+            }
+            self.inner.history(channel, query).await
+        }
+    }
+
+    fn recording_hub() -> (Arc<Hub>, Arc<RecordingEngine>) {
+        let namespaces = Arc::new(Namespaces::default());
+        let engine = Arc::new(RecordingEngine {
+            inner: MemoryEngine::new(namespaces.clone()),
+            interest: Mutex::new(HashMap::new()),
+            publish_during_history: Mutex::new(None),
+        });
+        (Hub::new(engine.clone(), namespaces), engine)
+    }
+
     #[tokio::test]
-    async fn subscribing_twice_delivers_once() {
-        let hub = hub(NamespaceOptions::default());
+    async fn subscribing_twice_delivers_once_and_declares_interest_once() {
+        let (hub, engine) = recording_hub();
         let (alice, mut inbox) = hub.connect(16);
+        let (bob, _bob_inbox) = hub.connect(16);
         hub.subscribe(&alice, &channel("a"), None).await.unwrap();
         hub.subscribe(&alice, &channel("a"), None).await.unwrap();
+        hub.subscribe(&bob, &channel("a"), None).await.unwrap();
         publish(&hub, "a", "1").await;
         assert_eq!(drain(&mut inbox).len(), 1);
-        assert_eq!(hub.subscriber_count(&channel("a")), 1);
+        assert_eq!(hub.subscriber_count(&channel("a")), 2);
+        assert_eq!(engine.interest.lock().unwrap()[&channel("a")], 1);
+        hub.unsubscribe(&alice, &channel("a")).await;
+        assert_eq!(engine.interest.lock().unwrap()[&channel("a")], 1, "bob is still here");
+        let emptied = hub.detach(&bob, [&channel("a")]);
+        assert_eq!(emptied, [channel("a")]);
+        hub.release_interest(&emptied).await;
+        assert_eq!(engine.interest.lock().unwrap()[&channel("a")], 0);
+    }
+
+    #[tokio::test]
+    async fn a_publication_in_both_history_and_the_live_queue_is_delivered_once() {
+        let (hub, engine) = recording_hub();
+        let since = publish(&hub, "a", "1").await.position;
+        publish(&hub, "a", "2").await;
+        // Lands after the subscriber is registered and before history is read: in both.
+        *engine.publish_during_history.lock().unwrap() =
+            Some(PublishRequest { channel: channel("a"), data: Bytes::from_static(b"3"), idempotency_key: None });
+        let (alice, mut inbox) = hub.connect(64);
+        let subscribed = hub.subscribe(&alice, &channel("a"), Some(&since)).await.unwrap();
+        publish(&hub, "a", "4").await;
+        let missed: Vec<u64> = subscribed.missed.iter().map(|p| p.position.offset).collect();
+        assert_eq!(missed, [2, 3], "history holds the publication made during the read");
+        let mut tracker = PositionTracker::default();
+        tracker.track(channel("a"), since);
+        let mut delivered = Vec::new();
+        let queued = std::iter::from_fn(|| match inbox.queue.try_recv() {
+            Ok(Push::Publication(publication)) => Some(publication),
+            Err(_) => None,
+        });
+        let everything: Vec<Arc<Publication>> = subscribed.missed.iter().cloned().chain(queued).collect();
+        assert_eq!(everything.len(), 4, "offset 3 arrives twice: from history and live");
+        for publication in everything {
+            if tracker.advance(&publication) {
+                delivered.push(publication.position.offset);
+            }
+        }
+        assert_eq!(delivered, [2, 3, 4]);
     }
 
     #[tokio::test]
@@ -391,7 +502,7 @@ mod tests {
         assert_eq!(delivered, [2, 3]);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_publishers_keep_contiguous_offsets_in_delivery_order() {
         let hub = hub(NamespaceOptions::default());
         let (alice, mut inbox) = hub.connect(10_000);

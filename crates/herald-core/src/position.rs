@@ -89,6 +89,14 @@ impl PositionTracker {
         self.positions.iter()
     }
 
+    /// Whether `publication` is new on a tracked channel of the same epoch (what
+    /// [`PositionTracker::advance`] would accept), without moving.
+    pub fn is_new(&self, publication: &Publication) -> bool {
+        self.positions.get(&publication.channel).is_some_and(|position| {
+            position.epoch == publication.position.epoch && publication.position.offset > position.offset
+        })
+    }
+
     /// Whether `publication` is the next thing to deliver on its channel; if so the position
     /// moves to it. Publications of untracked channels, already passed offsets or another epoch
     /// are refused.

@@ -1,7 +1,7 @@
 //! The server API under `/api`: publish, broadcast, channels and history, for backends holding
 //! an API key (`Authorization: Bearer <key>`).
 
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -9,15 +9,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use herald_core::{ChannelName, HistoryQuery, PublishRequest, Published};
+use herald_core::{ChannelName, HistoryQuery, PublishRequest};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::transport::ws::present_raw_value;
-use crate::wire::{WirePosition, publications_array};
+use crate::wire::{WirePosition, idempotency_key, json_payload, present_raw_value, publications_array, published_json};
 
 /// Publications per history page at most.
 const MAX_HISTORY_PAGE: usize = 1000;
@@ -97,6 +96,10 @@ fn read_json<'a, T: Deserialize<'a>>(body: &'a Result<Bytes, BytesRejection>) ->
     serde_json::from_slice(body).map_err(|error| ApiError::bad_request("bad_request", format!("invalid body: {error}")))
 }
 
+fn checked_idempotency_key(key: Option<String>) -> Result<Option<String>, ApiError> {
+    idempotency_key(key).map_err(|body| ApiError { status: StatusCode::BAD_REQUEST, body })
+}
+
 fn channel_name(name: &str) -> Result<ChannelName, ApiError> {
     ChannelName::new(name).map_err(|error| ApiError::bad_request("invalid_channel", format!("{name:?}: {error}")))
 }
@@ -111,19 +114,7 @@ fn payload(app: &AppState, data: Option<&RawValue>) -> Result<Bytes, ApiError> {
             format!("data is {} bytes; the limit is {limit}", data.get().len()),
         ));
     }
-    Ok(Bytes::copy_from_slice(data.get().as_bytes()))
-}
-
-fn published_json(published: &Published) -> serde_json::Value {
-    let mut json = serde_json::json!({
-        "channel": published.channel.as_str(),
-        "offset": published.position.offset,
-        "epoch": published.position.epoch.as_str(),
-    });
-    if published.duplicate {
-        json["duplicate"] = true.into();
-    }
-    json
+    Ok(json_payload(data))
 }
 
 async fn publish(
@@ -135,7 +126,7 @@ async fn publish(
     let request = PublishRequest {
         channel: channel_name(&body.channel)?,
         data: payload(&app, body.data)?,
-        idempotency_key: body.idempotency_key,
+        idempotency_key: checked_idempotency_key(body.idempotency_key)?,
     };
     let published = app.hub.publish(request).await?;
     Ok(Json(published_json(&published)))
@@ -155,9 +146,10 @@ async fn broadcast(
     }
     let channels = body.channels.iter().map(|name| channel_name(name)).collect::<Result<Vec<_>, _>>()?;
     let data = payload(&app, body.data)?;
+    let key = checked_idempotency_key(body.idempotency_key)?;
     let requests = channels
         .into_iter()
-        .map(|channel| PublishRequest { channel, data: data.clone(), idempotency_key: body.idempotency_key.clone() })
+        .map(|channel| PublishRequest { channel, data: data.clone(), idempotency_key: key.clone() })
         .collect();
     let results: Vec<serde_json::Value> = app
         .hub
@@ -198,9 +190,11 @@ struct HistoryParams {
 async fn channel_resource(
     access: ApiAccess,
     State(app): State<AppState>,
-    Path(channel_and_action): Path<String>,
-    query: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(channel_and_action) =
+        path.map_err(|rejection| ApiError::bad_request("bad_request", rejection.body_text()))?;
     let Some((channel, action)) = channel_and_action.rsplit_once('/') else {
         return Err(ApiError::not_found());
     };

@@ -4,15 +4,17 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use herald_core::Hub;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Settings;
 use crate::error::ApiError;
+use crate::transport::limits::StreamLimiter;
 use crate::{api, pages, transport};
 
 /// What every handler shares. Cheap to clone.
@@ -26,6 +28,8 @@ pub struct AppInner {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Admission of long-lived HTTP subscriptions per client IP.
+    pub stream_limiter: Arc<StreamLimiter>,
 }
 
 impl std::ops::Deref for AppState {
@@ -37,7 +41,8 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(hub: Arc<Hub>, settings: Arc<Settings>, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
-        Self(Arc::new(AppInner { hub, settings, shutdown, tasks }))
+        let stream_limiter = StreamLimiter::new(settings.limits.max_streams_per_ip);
+        Self(Arc::new(AppInner { hub, settings, shutdown, tasks, stream_limiter }))
     }
 }
 
@@ -47,18 +52,37 @@ pub fn router(app: AppState) -> Router {
     let mut router = Router::new()
         .route("/", get(pages::index))
         .route("/ws", get(transport::ws::upgrade))
+        .route("/sse", get(transport::streaming::sse))
+        .route("/stream", get(transport::streaming::ndjson))
+        .route("/poll", get(transport::poll::poll))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .nest("/api", api::router().layer(DefaultBodyLimit::max(body_limit)));
     if app.settings.websocket.echo_route {
         router = router.route("/ws/echo", get(transport::ws::echo));
     }
+    let cors = cors_layer(&app.settings);
     router
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
         })
+        .layer(cors)
         .with_state(app)
+}
+
+/// CORS for browser use of every endpoint: the configured origins, or any origin in dev mode.
+fn cors_layer(settings: &Settings) -> CorsLayer {
+    let origins = match &settings.allowed_origins {
+        None => AllowOrigin::any(),
+        Some(origins) => AllowOrigin::list(origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok())),
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("last-event-id")])
+        .expose_headers([transport::poll::CURSOR_HEADER])
+        .max_age(std::time::Duration::from_secs(3600))
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -35,6 +35,10 @@ pub struct RawConfig {
     pub websocket: RawWebSocket,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub streaming: RawStreaming,
+    #[serde(default)]
+    pub poll: RawPoll,
     pub redis: Option<RawRedis>,
     pub nats: Option<RawNats>,
     pub storage: Option<RawStorage>,
@@ -87,6 +91,23 @@ pub struct RawWebSocket {
 pub struct RawLimits {
     pub max_message_size: Option<usize>,
     pub max_channels_per_connection: Option<usize>,
+    pub max_channels_per_request: Option<usize>,
+    pub max_streams_per_ip: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStreaming {
+    pub heartbeat_interval: Option<String>,
+    pub retry: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoll {
+    pub default_timeout: Option<String>,
+    pub max_timeout: Option<String>,
+    pub max_messages: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -153,6 +174,8 @@ pub struct Settings {
     pub api_keys: ApiKeys,
     pub namespaces: Namespaces,
     pub websocket: WebSocketSettings,
+    pub streaming: StreamingSettings,
+    pub poll: PollSettings,
     pub limits: Limits,
     /// How long shutdown waits for connections to finish before giving up on them.
     pub shutdown_grace: Duration,
@@ -197,11 +220,35 @@ pub struct WebSocketSettings {
     pub echo_route: bool,
 }
 
+/// SSE and NDJSON streams.
+#[derive(Debug, Clone)]
+pub struct StreamingSettings {
+    /// A heartbeat (SSE comment, NDJSON heartbeat line) after this long without output.
+    pub heartbeat_interval: Duration,
+    /// The reconnect delay suggested to `EventSource` clients (`retry:`).
+    pub retry: Duration,
+}
+
+/// Long- and short-polling.
+#[derive(Debug, Clone)]
+pub struct PollSettings {
+    /// How long a poll without `timeout` waits.
+    pub default_timeout: Duration,
+    /// Longer `timeout` values are cut to this.
+    pub max_timeout: Duration,
+    /// Publications per poll response at most.
+    pub max_messages: NonZeroUsize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest client message (WebSocket message, publish body data) in bytes.
     pub max_message_size: NonZeroUsize,
     pub max_channels_per_connection: NonZeroUsize,
+    /// Channels in one SSE, NDJSON or poll request at most.
+    pub max_channels_per_request: NonZeroUsize,
+    /// Concurrent SSE/NDJSON streams and parked long-polls per client IP; `None`: no limit.
+    pub max_streams_per_ip: Option<NonZeroUsize>,
 }
 
 impl Settings {
@@ -305,7 +352,32 @@ impl Settings {
                 "limits.max_channels_per_connection",
                 raw.limits.max_channels_per_connection.unwrap_or(1024),
             )?,
+            max_channels_per_request: non_zero(
+                "limits.max_channels_per_request",
+                raw.limits.max_channels_per_request.unwrap_or(64),
+            )?,
+            max_streams_per_ip: raw
+                .limits
+                .max_streams_per_ip
+                .map(|limit| non_zero("limits.max_streams_per_ip", limit))
+                .transpose()?,
         };
+        let streaming = StreamingSettings {
+            heartbeat_interval: duration(
+                "streaming.heartbeat_interval",
+                raw.streaming.heartbeat_interval.as_deref(),
+                "15s",
+            )?,
+            retry: duration("streaming.retry", raw.streaming.retry.as_deref(), "1s")?,
+        };
+        let poll = PollSettings {
+            default_timeout: duration("poll.default_timeout", raw.poll.default_timeout.as_deref(), "25s")?,
+            max_timeout: duration("poll.max_timeout", raw.poll.max_timeout.as_deref(), "60s")?,
+            max_messages: non_zero("poll.max_messages", raw.poll.max_messages.unwrap_or(100))?,
+        };
+        if poll.default_timeout > poll.max_timeout {
+            return Err(invalid("poll.default_timeout", "must not be longer than poll.max_timeout"));
+        }
 
         Ok(Self {
             listen,
@@ -315,6 +387,8 @@ impl Settings {
             api_keys: ApiKeys(raw.api.keys),
             namespaces: Namespaces::new(default_namespace, named),
             websocket,
+            streaming,
+            poll,
             limits,
             shutdown_grace: duration("shutdown_grace", raw.shutdown_grace.as_deref(), "10s")?,
         })
@@ -382,6 +456,8 @@ fn herald_env() -> Env {
         "namespaces",
         "websocket",
         "limits",
+        "streaming",
+        "poll",
         "redis",
         "nats",
         "storage",

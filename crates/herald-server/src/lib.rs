@@ -6,6 +6,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod cursor;
 pub mod error;
 pub mod pages;
 pub mod server;

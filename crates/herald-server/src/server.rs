@@ -94,8 +94,11 @@ pub fn start_on(listener: TcpListener, settings: Settings) -> std::io::Result<Ru
             .with_graceful_shutdown(serve_shutdown.clone().cancelled_owned())
             .into_future();
         tokio::pin!(serve);
+        let mut served = false;
         tokio::select! {
             result = &mut serve => {
+                // Stopped on its own (or its graceful shutdown finished first).
+                served = true;
                 serve_shutdown.cancel();
                 result?;
             }
@@ -103,7 +106,9 @@ pub fn start_on(listener: TcpListener, settings: Settings) -> std::io::Result<Ru
         }
         tasks.close();
         let drained = tokio::time::timeout(grace, async {
-            let _ = (&mut serve).await;
+            if !served {
+                let _ = (&mut serve).await;
+            }
             tasks.wait().await;
         })
         .await;

@@ -2,10 +2,11 @@
 //!
 //! A publication is encoded once, on first need, and the same bytes go to every subscriber.
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use herald_core::{Epoch, Position, Publication};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// The encoded forms of one publication, cached inside it.
 #[derive(Clone)]
@@ -43,6 +44,54 @@ fn publication_json(publication: &Publication) -> String {
 
 fn push_json_string(out: &mut String, text: &str) {
     out.push_str(&serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_string()));
+}
+
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+/// The bytes of published JSON data, made safe for every framing: raw CR and LF can only be
+/// insignificant whitespace in valid JSON (inside strings they must be escaped), so they are
+/// dropped, and the data fits on one NDJSON line or SSE `data:` line.
+pub fn json_payload(data: &RawValue) -> Bytes {
+    let text = data.get();
+    if text.contains(['\n', '\r']) {
+        Bytes::from(text.replace(['\n', '\r'], ""))
+    } else {
+        Bytes::copy_from_slice(text.as_bytes())
+    }
+}
+
+/// Checks an optional idempotency key.
+pub fn idempotency_key(key: Option<String>) -> Result<Option<String>, ErrorBody> {
+    match key {
+        Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN => Err(ErrorBody::new(
+            "invalid_idempotency_key",
+            format!("an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+        )),
+        key => Ok(key),
+    }
+}
+
+/// The answer to a publish: `{"channel","offset","epoch"}`, plus `"duplicate":true` when an
+/// idempotency key made it a repeat.
+pub fn published_json(published: &herald_core::Published) -> serde_json::Value {
+    let mut json = serde_json::json!({
+        "channel": published.channel.as_str(),
+        "offset": published.position.offset,
+        "epoch": published.position.epoch.as_str(),
+    });
+    if published.duplicate {
+        json["duplicate"] = true.into();
+    }
+    json
+}
+
+/// Keeps a JSON `null` as `Some(null)`: `null` is valid data, unlike a missing field.
+pub fn present_raw_value<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// A position on the wire: `{"epoch":"…","offset":N}`.
@@ -95,6 +144,15 @@ pub fn publications_array<'a>(publications: impl IntoIterator<Item = &'a std::sy
 mod tests {
     use super::*;
     use herald_core::ChannelName;
+
+    #[test]
+    fn payloads_lose_raw_line_breaks_and_keep_escaped_ones() {
+        let raw: Box<RawValue> = serde_json::from_str("{\n  \"a\": \"x\\ny\"\r\n}").unwrap();
+        let payload = json_payload(&raw);
+        assert_eq!(&payload[..], br#"{  "a": "x\ny"}"#);
+        let value: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(value["a"], "x\ny");
+    }
 
     #[test]
     fn publication_json_has_the_contract_shape() {

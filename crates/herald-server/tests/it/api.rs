@@ -6,7 +6,7 @@ use crate::helpers::TestServer;
 
 const KEY: &str = "test-key-0123456789abcdef";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_keys_configured_the_api_needs_one() {
     let server = TestServer::with_config(&format!("[api]\nkeys = [\"another-key-0123456789\", \"{KEY}\"]")).await;
     let body = json!({"channel": "a", "data": 1});
@@ -27,7 +27,7 @@ async fn with_keys_configured_the_api_needs_one() {
     assert_eq!(response.status(), 401);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_answers_channel_offset_and_epoch_and_honours_idempotency_keys() {
     let server = TestServer::start().await;
     let first = server.publish("orders", json!({"id": 1})).await;
@@ -46,7 +46,7 @@ async fn publish_answers_channel_offset_and_epoch_and_honours_idempotency_keys()
     assert_eq!(history["publications"].as_array().unwrap().len(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_publishes_to_every_channel() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -64,7 +64,7 @@ async fn broadcast_publishes_to_every_channel() {
     assert_eq!(channels, [json!("x"), json!("y")]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channels_lists_subscriber_counts() {
     let server = TestServer::start().await;
     let mut a = server.client().await;
@@ -83,7 +83,7 @@ async fn channels_lists_subscriber_counts() {
     assert_eq!(server.subscriber_count("room:1").await, 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_paginates_forward_and_backward() {
     let server = TestServer::start().await;
     for n in 1..=7 {
@@ -114,7 +114,7 @@ async fn history_paginates_forward_and_backward() {
     assert_eq!((status, body["error"]["code"].clone()), (400, json!("bad_request")));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_json_errors_with_the_right_status() {
     let server = TestServer::with_config("[limits]\nmax_message_size = 1024").await;
     let post = |body: String| {
@@ -150,7 +150,7 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
     assert_eq!(body["error"]["code"], "websocket_upgrade_required");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_the_front_page_answer() {
     let server = TestServer::start().await;
     assert_eq!(server.get_json("/healthz").await, (200, json!({"status": "ok"})));
@@ -159,7 +159,7 @@ async fn health_and_the_front_page_answer() {
     assert!(page.contains("Herald") && page.contains("/ws"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_origin_is_refused_when_origins_are_configured() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let server = TestServer::with_config("allowed_origins = [\"https://app.example\"]").await;

@@ -15,7 +15,7 @@ async fn reply_to(client: &mut WsClient, text: &str) -> Value {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_incomplete_commands_get_error_replies() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -51,7 +51,7 @@ async fn malformed_and_incomplete_commands_get_error_replies() {
     assert_eq!(reply, json!({"id": 11, "result": {}}));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_data_is_data() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -59,7 +59,7 @@ async fn null_data_is_data() {
     assert_eq!(reply["result"]["offset"], 1, "{reply}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_frames_get_an_error_and_the_connection_goes_on() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -69,7 +69,7 @@ async fn binary_frames_get_an_error_and_the_connection_goes_on() {
     assert_eq!(client.command(json!({"op": "ping"})).await["result"], json!({}));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_where_clients_may_not_is_refused() {
     let server = TestServer::with_config("[namespaces.news]\nclient_publish = false").await;
     let mut client = server.client().await;
@@ -79,7 +79,7 @@ async fn publishing_where_clients_may_not_is_refused() {
     assert_eq!(reply["result"]["offset"], 1, "other namespaces allow it: {reply}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_closes_with_1009_and_others_are_unaffected() {
     let server = TestServer::with_config("[limits]\nmax_message_size = 1024").await;
     let mut bystander = server.client().await;
@@ -96,7 +96,7 @@ async fn an_oversized_message_closes_with_1009_and_others_are_unaffected() {
     assert_eq!(reply["result"]["offset"], 1, "{reply}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_channels_per_connection_is_refused() {
     let server = TestServer::with_config("[limits]\nmax_channels_per_connection = 2").await;
     let mut client = server.client().await;
@@ -106,7 +106,7 @@ async fn too_many_channels_per_connection_is_refused() {
     assert_eq!(reply["error"]["code"], "too_many_channels");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_random_and_mutated_frames_leave_the_server_answering() {
     let server = TestServer::with_config("[limits]\nmax_message_size = 4096").await;
     let valid = [
@@ -118,17 +118,16 @@ async fn thousands_of_random_and_mutated_frames_leave_the_server_answering() {
     ];
     let mut rng = fastrand::Rng::with_seed(0x4845_5241_4c44);
     let mut client = server.client().await;
-    let mut sent = 0;
-    let mut reconnects = 0;
-    while sent < 3000 {
-        let frame = match rng.u8(..4) {
+    let mut oversized = 0;
+    for sent in 1..=3000 {
+        let (frame, too_big) = match rng.u8(..4) {
             0 => {
                 let len = rng.usize(..300);
-                Message::binary((0..len).map(|_| rng.u8(..)).collect::<Vec<u8>>())
+                (Message::binary((0..len).map(|_| rng.u8(..)).collect::<Vec<u8>>()), false)
             }
             1 => {
                 let len = rng.usize(..200);
-                Message::text((0..len).map(|_| rng.char(' '..='~')).collect::<String>())
+                (Message::text((0..len).map(|_| rng.char(' '..='~')).collect::<String>()), false)
             }
             _ => {
                 let mut text: Vec<char> = valid[rng.usize(..valid.len())].chars().collect();
@@ -146,29 +145,30 @@ async fn thousands_of_random_and_mutated_frames_leave_the_server_answering() {
                         _ => {}
                     }
                 }
-                if rng.u8(..50) == 0 {
+                let too_big = rng.u8(..50) == 0;
+                if too_big {
                     text.extend(std::iter::repeat_n('x', 5000));
                 }
-                Message::text(text.into_iter().collect::<String>())
+                (Message::text(text.into_iter().collect::<String>()), too_big)
             }
         };
-        sent += 1;
-        let mut open = client.stream.send(frame).await.is_ok();
-        if open && sent % 100 == 0 {
-            open = answers_sync_ping(&mut client).await;
-        }
-        if !open {
-            // The server closed this connection (e.g. an oversized frame): carry on with a new one.
-            reconnects += 1;
+        client.stream.send(frame).await.expect("the connection is open");
+        if too_big {
+            // Only an oversized frame ends a connection, and it ends it with 1009.
+            oversized += 1;
+            let (_, close) = client.read_until_close().await;
+            assert_eq!(close.map(|(code, _)| code), Some(1009), "frame {sent}");
             client = server.client().await;
+        } else if sent % 50 == 0 {
+            assert!(answers_sync_ping(&mut client).await, "the connection still answers after frame {sent}");
         }
     }
-    // Drain what is pending, then check the last connection (if still open) and a new one.
+    assert!(oversized > 10, "the mix includes oversized frames: {oversized}");
+    assert!(answers_sync_ping(&mut client).await);
     let mut fresh = server.client().await;
     assert_eq!(fresh.command(json!({"op": "ping"})).await["result"], json!({}));
     let reply = fresh.command(json!({"op": "publish", "channel": "fuzz:b", "data": 1})).await;
     assert!(reply["result"]["offset"].is_u64(), "{reply}");
-    assert!(reconnects < 200, "only oversized frames should end a connection: {reconnects}");
 }
 
 /// Sends a ping with a reserved id and reads until its reply; false if the connection ended.

@@ -74,7 +74,7 @@ fn environment_overrides_the_file_and_flags_override_both() {
     assert!(String::from_utf8(output.stdout).unwrap().contains("127.0.0.1:3333"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_prints_its_address_and_sigterm_stops_it_gracefully() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut child = herald()

@@ -102,10 +102,6 @@ impl TestServer {
             running.shutdown().await.expect("clean shutdown");
         }
     }
-
-    pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
-        self.running.as_ref().expect("running").shutdown_token()
-    }
 }
 
 /// A WebSocket client speaking Herald's JSON protocol, holding pushes that arrive while it
@@ -179,7 +175,11 @@ impl WsClient {
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Binary(_))) => panic!("server sent a binary frame"),
-                Some(Err(_)) | None => Received::Ended,
+                Some(Err(error)) => {
+                    eprintln!("client read error: {error}");
+                    Received::Ended
+                }
+                None => Received::Ended,
             };
         }
     }

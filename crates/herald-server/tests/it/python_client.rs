@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::helpers::{TestServer, WAIT};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_websockets_client_receives_publications_and_recovers() {
     let Ok(python) = std::env::var("HERALD_TEST_PYTHON") else {
         eprintln!("skipped: HERALD_TEST_PYTHON is unset (scripts/test sets it up)");

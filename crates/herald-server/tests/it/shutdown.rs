@@ -2,9 +2,9 @@
 
 use serde_json::json;
 
-use crate::helpers::{Received, TestServer};
+use crate::helpers::TestServer;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_tells_websocket_clients_to_reconnect_then_closes() {
     let server = TestServer::start().await;
     let mut clients = Vec::new();
@@ -31,13 +31,16 @@ async fn shutdown_tells_websocket_clients_to_reconnect_then_closes() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_completes_even_when_a_client_never_reads() {
     let server = TestServer::start().await;
     let mut deaf = server.client().await;
     deaf.subscribe("a").await;
-    let token = server.shutdown_token();
-    token.cancel();
-    tokio::time::timeout(crate::helpers::WAIT, server.shutdown()).await.expect("shutdown completes");
-    assert!(matches!(deaf.receive_raw().await, Received::Json(_) | Received::Close(_) | Received::Ended));
+    // Fill the deaf client's socket buffers, so the server's writes to it block.
+    let payload = "x".repeat(32 * 1024);
+    for _ in 0..200 {
+        server.publish("a", json!(payload)).await;
+    }
+    tokio::time::timeout(crate::helpers::WAIT, server.shutdown()).await.expect("shutdown completes in time");
+    drop(deaf);
 }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestServer, WsClient};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publication_from_the_api_reaches_a_websocket_subscriber() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -28,7 +28,7 @@ async fn a_publication_from_the_api_reaches_a_websocket_subscriber() {
     assert!(push.get("id").is_none());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publications_from_a_websocket_client_reach_other_clients() {
     let server = TestServer::start().await;
     let mut alice = server.client().await;
@@ -41,7 +41,7 @@ async fn publications_from_a_websocket_client_reach_other_clients() {
     assert_eq!(push["data"], json!([1, "two", null]));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishers_are_delivered_in_offset_order() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -74,7 +74,7 @@ async fn concurrent_publishers_are_delivered_in_offset_order() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_subscribers_all_receive_every_message() {
     let server = TestServer::start().await;
     let subscribers = 1000;
@@ -118,7 +118,7 @@ async fn a_thousand_subscribers_all_receive_every_message() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_stops_delivery() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -135,7 +135,7 @@ async fn unsubscribe_stops_delivery() {
     assert_eq!(reply["error"]["code"], "not_subscribed");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_with_since_returns_exactly_the_missed_publications() {
     let server = TestServer::start().await;
     let mut first = server.client().await;
@@ -160,7 +160,7 @@ async fn recovery_with_since_returns_exactly_the_missed_publications() {
     assert_eq!(received, [json!(2), json!(3), json!(4), json!(5), json!(6)]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_from_a_lost_epoch_says_recovered_false() {
     let server = TestServer::start().await;
     server.publish("news", json!(1)).await;
@@ -173,7 +173,7 @@ async fn recovery_from_a_lost_epoch_says_recovered_false() {
     assert_eq!(client.next_push().await["data"], 2, "live delivery continues from the current position");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_through_a_channel() {
     let server = TestServer::start().await;
     for n in 1..=5 {
@@ -196,12 +196,12 @@ async fn history_pages_through_a_channel() {
     assert_eq!(reply["error"]["code"], "epoch_mismatch");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_cut_off_with_a_recoverable_position_and_hurts_nobody() {
-    let server = TestServer::with_config(
-        "[websocket]\noutbox_capacity = 8\nwrite_timeout = \"60s\"\n[namespaces.default]\nhistory_size = 5000",
-    )
-    .await;
+    // The default write timeout (10 s) is longer than this test takes: the cut-off must come
+    // from the overflowing queue even while a write to the slow client is blocked.
+    let server =
+        TestServer::with_config("[websocket]\noutbox_capacity = 8\n[namespaces.default]\nhistory_size = 5000").await;
     let mut slow = server.client().await;
     slow.subscribe("firehose").await;
     let mut fast = server.client().await;
@@ -249,7 +249,7 @@ async fn a_slow_subscriber_is_cut_off_with_a_recoverable_position_and_hurts_nobo
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_peer_is_dropped_and_an_answering_one_is_kept() {
     let server = TestServer::with_config("[websocket]\nping_interval = \"200ms\"\npong_timeout = \"200ms\"").await;
     // This client never reads, so it never answers the server's pings.

@@ -1,0 +1,186 @@
+//! What the HTTP transports (SSE, NDJSON, poll) share: reading `channel=` and `since=` (or
+//! `Last-Event-ID`), subscribing every channel with recovery, the cursor, and cleaning up at
+//! once when the subscription is dropped, wherever that happens.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use herald_core::{ChannelName, Inbox, Position, PositionTracker, Publication, SubscriberHandle};
+
+use crate::app::AppState;
+use crate::cursor::Cursor;
+use crate::error::ApiError;
+use crate::wire::WirePosition;
+
+/// A parsed `?channel=A&channel=B&since=CURSOR[&timeout=S][&token=JWT]` query.
+#[derive(Debug)]
+pub struct SubscriptionQuery {
+    pub channels: Vec<ChannelName>,
+    pub cursor: Option<Cursor>,
+    pub timeout: Option<String>,
+}
+
+impl SubscriptionQuery {
+    /// Parses the query; `Last-Event-ID` (what a reconnecting `EventSource` sends) wins over
+    /// `since`, since the browser keeps the original URL.
+    pub fn parse(
+        query: Option<&str>,
+        headers: &HeaderMap,
+        app: &AppState,
+        accepts_timeout: bool,
+    ) -> Result<Self, ApiError> {
+        let mut channels: Vec<ChannelName> = Vec::new();
+        let mut since = None;
+        let mut timeout = None;
+        for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            match &*key {
+                "channel" => {
+                    let channel = ChannelName::new(&value)
+                        .map_err(|error| ApiError::bad_request("invalid_channel", format!("{:?}: {error}", &*value)))?;
+                    if !channels.contains(&channel) {
+                        channels.push(channel);
+                    }
+                }
+                "since" => since = Some(value.into_owned()),
+                "timeout" if accepts_timeout => timeout = Some(value.into_owned()),
+                // Client tokens are checked once auth exists; without [auth] everyone is anonymous.
+                "token" => {}
+                other => {
+                    return Err(ApiError::bad_request(
+                        "unknown_parameter",
+                        format!("unknown query parameter {other:?}"),
+                    ));
+                }
+            }
+        }
+        if channels.is_empty() {
+            return Err(ApiError::bad_request("missing_channel", "give at least one channel: ?channel=NAME"));
+        }
+        let limit = app.settings.limits.max_channels_per_request.get();
+        if channels.len() > limit {
+            return Err(ApiError::bad_request("too_many_channels", format!("at most {limit} channels per request")));
+        }
+        let last_event_id = headers.get("last-event-id").and_then(|value| value.to_str().ok());
+        let cursor = match last_event_id.filter(|id| !id.is_empty()).or(since.as_deref().filter(|s| !s.is_empty())) {
+            Some(text) => Some(
+                Cursor::decode(text)
+                    .map_err(|error| ApiError::bad_request("invalid_cursor", format!("{error}; start without one")))?,
+            ),
+            None => None,
+        };
+        Ok(Self { channels, cursor, timeout })
+    }
+}
+
+/// A channel whose position could not be recovered: the client should reload its state.
+#[derive(Debug, Clone)]
+pub struct Unrecovered {
+    pub channel: ChannelName,
+    pub position: Position,
+}
+
+impl Unrecovered {
+    /// `{"channel":..,"recovered":false,"position":{..}}`
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "channel": self.channel.as_str(),
+            "recovered": false,
+            "position": WirePosition::from(&self.position),
+        })
+    }
+}
+
+/// A subscription of one HTTP request to its channels.
+pub struct HttpSubscription {
+    app: AppState,
+    subscriber: SubscriberHandle,
+    /// Channels in request order; those registered in the hub when `live`.
+    channels: Vec<ChannelName>,
+    live: bool,
+    pub positions: PositionTracker,
+}
+
+/// What opening found: publications missed since the cursor (oldest first per channel) and
+/// channels that could not be recovered.
+pub struct Opening {
+    pub missed: Vec<Arc<Publication>>,
+    pub unrecovered: Vec<Unrecovered>,
+}
+
+impl HttpSubscription {
+    /// Subscribes to every channel of `query`. When `live`, publications start queueing in the
+    /// returned inbox at once; otherwise (short poll) only the missed ones are read.
+    pub async fn open(
+        app: &AppState,
+        query: &SubscriptionQuery,
+        live: bool,
+        queue_capacity: usize,
+    ) -> Result<(Self, Inbox, Opening), ApiError> {
+        let (subscriber, inbox) = app.hub.connect(queue_capacity);
+        let mut subscription =
+            Self { app: app.clone(), subscriber, channels: Vec::new(), live, positions: PositionTracker::default() };
+        let mut opening = Opening { missed: Vec::new(), unrecovered: Vec::new() };
+        for channel in &query.channels {
+            let since = query.cursor.as_ref().and_then(|cursor| cursor.position_for(channel));
+            let subscribed = if live {
+                // Registered before the await, so a failure or a drop midway still cleans up.
+                subscription.channels.push(channel.clone());
+                app.hub.subscribe(&subscription.subscriber, channel, since).await?
+            } else {
+                subscription.channels.push(channel.clone());
+                app.hub.catch_up(channel, since).await?
+            };
+            let start = match (since, subscribed.recovered) {
+                (Some(since), Some(true)) => since.clone(),
+                _ => subscribed.position.clone(),
+            };
+            if subscribed.recovered == Some(false) {
+                opening
+                    .unrecovered
+                    .push(Unrecovered { channel: channel.clone(), position: subscribed.position.clone() });
+            }
+            subscription.positions.track(channel.clone(), start);
+            opening.missed.extend(subscribed.missed);
+        }
+        Ok((subscription, inbox, opening))
+    }
+
+    /// The cursor after everything delivered so far.
+    pub fn cursor(&self) -> String {
+        Cursor::encode(&self.positions, &self.channels)
+    }
+}
+
+impl Drop for HttpSubscription {
+    fn drop(&mut self) {
+        if !self.live {
+            return;
+        }
+        // Local delivery stops now; the engine hears of it from a tracked task.
+        let emptied = self.app.hub.detach(&self.subscriber, &self.channels);
+        if !emptied.is_empty() {
+            let hub = self.app.hub.clone();
+            self.app.tasks.spawn(async move { hub.release_interest(&emptied).await });
+        }
+    }
+}
+
+/// `400 invalid_timeout` for what is not a number of seconds.
+pub fn parse_timeout(
+    text: Option<&str>,
+    default: std::time::Duration,
+    max: std::time::Duration,
+) -> Result<std::time::Duration, ApiError> {
+    let Some(text) = text else { return Ok(default) };
+    let seconds: f64 = text.trim().parse().map_err(|_| {
+        ApiError::bad_request("invalid_timeout", format!("timeout {text:?} is not a number of seconds"))
+    })?;
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_timeout",
+            format!("timeout {text:?} must be 0 (short poll) or a positive number of seconds"),
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds.min(max.as_secs_f64())))
+}

@@ -1,0 +1,181 @@
+//! The client commands of the JSON protocol: parsing, and what each does to the session.
+
+use std::borrow::Cow;
+
+use herald_core::{ChannelName, HistoryQuery, Position, PublishRequest};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::MAX_HISTORY_LIMIT;
+use super::session::Session;
+use crate::wire::{
+    ErrorBody, WirePosition, idempotency_key, json_payload, present_raw_value, publications_array, published_json,
+};
+
+impl<T> Session<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Handles one command; returns the frames to send: the reply, then any pushes it caused.
+    pub(super) async fn handle_command(&mut self, text: &str) -> Vec<Message> {
+        let command = match serde_json::from_str::<CommandFrame<'_>>(text) {
+            Ok(command) => command,
+            Err(error) => {
+                let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|frame| frame.id);
+                return vec![error_reply(id, ErrorBody::new("bad_request", format!("invalid command: {error}")))];
+            }
+        };
+        let Some(id) = command.id else {
+            return vec![error_reply(None, ErrorBody::new("missing_id", "every command needs a numeric \"id\""))];
+        };
+        let outcome = match command.op.as_deref() {
+            None => Err(ErrorBody::new("missing_field", "missing field \"op\"")),
+            Some("ping") => Ok(vec![result_reply(id, "{}".to_string())]),
+            Some("subscribe") => self.subscribe(id, &command).await,
+            Some("unsubscribe") => self.unsubscribe(id, &command).await,
+            Some("publish") => self.publish(id, &command).await,
+            Some("history") => self.history(id, &command).await,
+            Some("presence") => Err(ErrorBody::new("not_available", "presence is not available in this build yet")),
+            Some(other) => Err(ErrorBody::new("unknown_op", format!("unknown op {other:?}"))),
+        };
+        outcome.unwrap_or_else(|error| vec![error_reply(Some(id), error)])
+    }
+
+    async fn subscribe(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
+        let channel = command.channel()?;
+        if self.positions.is_tracked(&channel) {
+            return Err(ErrorBody::new("already_subscribed", format!("already subscribed to {channel}")));
+        }
+        let limit = self.app.settings.limits.max_channels_per_connection.get();
+        if self.positions.len() >= limit {
+            return Err(ErrorBody::new("too_many_channels", format!("at most {limit} channels per connection")));
+        }
+        let since = command.since.as_ref().map(Position::from);
+        let subscribed = self
+            .app
+            .hub
+            .subscribe(&self.subscriber, &channel, since.as_ref())
+            .await
+            .map_err(|error| ErrorBody::new("engine_unavailable", error.to_string()))?;
+        let start = match (since, subscribed.recovered) {
+            (Some(since), Some(true)) => since,
+            _ => subscribed.position.clone(),
+        };
+        self.positions.track(channel.clone(), start);
+        let mut result = serde_json::json!({
+            "channel": channel.as_str(),
+            "position": WirePosition::from(&subscribed.position),
+        });
+        if let Some(recovered) = subscribed.recovered {
+            result["recovered"] = recovered.into();
+        }
+        let mut frames = vec![result_reply(id, result.to_string())];
+        frames.extend(subscribed.missed.iter().filter_map(|publication| self.publication_frame(publication)));
+        Ok(frames)
+    }
+
+    async fn unsubscribe(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
+        let channel = command.channel()?;
+        if self.positions.forget(&channel).is_none() {
+            return Err(ErrorBody::new("not_subscribed", format!("not subscribed to {channel}")));
+        }
+        self.app.hub.unsubscribe(&self.subscriber, &channel).await;
+        Ok(vec![result_reply(id, "{}".to_string())])
+    }
+
+    async fn publish(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
+        let channel = command.channel()?;
+        let data = command.data.ok_or_else(|| ErrorBody::new("missing_field", "missing field \"data\""))?;
+        if !self.app.hub.namespaces().options_for(&channel).client_publish {
+            return Err(ErrorBody::new("permission_denied", format!("clients may not publish to {channel}")));
+        }
+        let request = PublishRequest {
+            channel,
+            data: json_payload(data),
+            idempotency_key: idempotency_key(command.idempotency_key.clone())?,
+        };
+        let published = self
+            .app
+            .hub
+            .publish(request)
+            .await
+            .map_err(|error| ErrorBody::new("engine_unavailable", error.to_string()))?;
+        Ok(vec![result_reply(id, published_json(&published).to_string())])
+    }
+
+    async fn history(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
+        let channel = command.channel()?;
+        let limit = command.limit.unwrap_or(MAX_HISTORY_LIMIT).min(MAX_HISTORY_LIMIT);
+        let query = HistoryQuery {
+            since: command.since.as_ref().map(|since| since.offset),
+            limit,
+            reverse: command.reverse.unwrap_or(false),
+        };
+        let page = self
+            .app
+            .hub
+            .history(&channel, query)
+            .await
+            .map_err(|error| ErrorBody::new("engine_unavailable", error.to_string()))?;
+        if let Some(since) = &command.since
+            && since.epoch != page.top.epoch.as_str()
+        {
+            return Err(ErrorBody::new(
+                "epoch_mismatch",
+                format!("history of {channel} is now epoch {}; the position's epoch is gone", page.top.epoch),
+            ));
+        }
+        let position = serde_json::to_string(&WirePosition::from(&page.top)).unwrap_or_default();
+        let result = format!(
+            "{{\"channel\":{},\"publications\":{},\"position\":{position},\"oldest\":{}}}",
+            serde_json::Value::from(channel.as_str()),
+            publications_array(&page.publications),
+            page.oldest,
+        );
+        Ok(vec![result_reply(id, result)])
+    }
+}
+
+pub(super) fn result_reply(id: u64, result_json: String) -> Message {
+    Message::Text(Utf8Bytes::from(format!("{{\"id\":{id},\"result\":{result_json}}}")))
+}
+
+pub(super) fn error_reply(id: Option<u64>, error: ErrorBody) -> Message {
+    let reply = match id {
+        Some(id) => serde_json::json!({ "id": id, "error": error }),
+        None => serde_json::json!({ "error": error }),
+    };
+    Message::Text(Utf8Bytes::from(reply.to_string()))
+}
+
+/// A client command: `{"id":N,"op":"...", ...}`. Fields are checked per op, so an error can
+/// say exactly what is missing.
+#[derive(Deserialize)]
+struct CommandFrame<'a> {
+    id: Option<u64>,
+    #[serde(borrow)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
+    since: Option<WirePosition>,
+    #[serde(borrow, default, deserialize_with = "present_raw_value")]
+    data: Option<&'a RawValue>,
+    idempotency_key: Option<String>,
+    limit: Option<usize>,
+    reverse: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<u64>,
+}
+
+impl CommandFrame<'_> {
+    fn channel(&self) -> Result<ChannelName, ErrorBody> {
+        let name =
+            self.channel.as_deref().ok_or_else(|| ErrorBody::new("missing_field", "missing field \"channel\""))?;
+        ChannelName::new(name).map_err(|error| ErrorBody::new("invalid_channel", error.to_string()))
+    }
+}

@@ -1,0 +1,138 @@
+//! WebSocket transport: `GET /ws`, the native JSON protocol (see `docs/protocol.md`), and
+//! `GET /ws/echo` for the conformance suite.
+//!
+//! The RFC 6455 handshake is answered here on hyper's upgrade, so that Herald owns the socket:
+//! each connection's task is tracked from the start (shutdown waits for it), the buffers are
+//! sized for cheap idle connections, and a connection closed for bad input can linger on its
+//! raw socket until the peer has read the close frame.
+//!
+//! - [`session`]: the per-connection loop, bounded writes, goodbyes;
+//! - [`commands`]: the client commands;
+//! - [`echo`]: the echo route.
+
+mod commands;
+mod echo;
+mod session;
+
+use std::future::Future;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::transport::origin::check_origin;
+
+/// The socket type of every Herald WebSocket.
+pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Close codes Herald uses (documented in `docs/protocol.md`).
+pub mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The client fell too far behind; reconnect and recover from the last position seen.
+    pub const SLOW_CONSUMER: u16 = 4001;
+    /// Nothing heard from the client within the ping interval plus the pong timeout.
+    pub const NO_PONG: u16 = 4002;
+}
+
+/// Publications per `history` reply at most.
+const MAX_HISTORY_LIMIT: usize = 100;
+
+pub async fn upgrade(State(app): State<AppState>, request: Request) -> Response {
+    if let Err(error) = check_origin(&app.settings, request.headers()) {
+        return error.into_response();
+    }
+    let session_app = app.clone();
+    accept(app, request, move |socket| session::run(session_app, socket)).unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn echo(State(app): State<AppState>, request: Request) -> Response {
+    let echo_app = app.clone();
+    accept(app, request, move |socket| echo::run(echo_app, socket)).unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Checks the handshake, answers `101 Switching Protocols`, and runs `serve` on the socket in a
+/// tracked task once hyper hands it over.
+fn accept<F, Fut>(app: AppState, mut request: Request, serve: F) -> Result<Response, ApiError>
+where
+    F: FnOnce(Socket) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let accept_key = check_handshake(request.headers())?;
+    if app.shutdown.is_cancelled() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "server is shutting down"));
+    }
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let config = socket_config(&app);
+    let shutdown = app.shutdown.clone();
+    app.tasks.spawn(async move {
+        let upgraded = tokio::select! {
+            upgraded = on_upgrade => upgraded,
+            () = shutdown.cancelled() => return,
+        };
+        match upgraded {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                serve(socket).await;
+            }
+            Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key);
+    Ok(response)
+}
+
+/// The RFC 6455 opening handshake's checks; returns the `Sec-WebSocket-Accept` value.
+fn check_handshake(headers: &HeaderMap) -> Result<HeaderValue, ApiError> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .any(|value| value.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err(ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_upgrade_required",
+            "this endpoint speaks WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`",
+        ));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|value| value.to_str().ok()) != Some("13") {
+        return Err(ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_version_unsupported",
+            "only WebSocket version 13 is supported (Sec-WebSocket-Version: 13)",
+        ));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|key| key.len() == 24)
+        .ok_or_else(|| ApiError::bad_request("bad_handshake", "missing or malformed Sec-WebSocket-Key"))?;
+    HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+        .map_err(|_| ApiError::bad_request("bad_handshake", "malformed Sec-WebSocket-Key"))
+}
+
+/// Buffer sizes and limits of every Herald WebSocket: small buffers so idle connections stay
+/// cheap, a bounded write buffer, and the configured message size limit.
+fn socket_config(app: &AppState) -> WebSocketConfig {
+    let max_message = app.settings.limits.max_message_size.get();
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(max_message.saturating_mul(MAX_HISTORY_LIMIT + 10).max(16 * 1024 * 1024))
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}

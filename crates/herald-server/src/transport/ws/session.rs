@@ -1,0 +1,307 @@
+//! One WebSocket connection: a single task running one `select!` over shutdown, the lagged
+//! signal, frames in, pushes out, and the heartbeat; then a goodbye that fits the ending.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use herald_core::{ChannelName, Inbox, PositionTracker, Publication, Push, SubscriberHandle};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use super::close_code;
+use super::commands::error_reply;
+use crate::app::AppState;
+use crate::wire::{EncodedPublication, ErrorBody, WirePosition};
+
+/// Pushes written per flush at most.
+const WRITE_BATCH: usize = 256;
+/// How long a closing connection waits for its goodbye to be written and for the peer's close.
+pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+pub(super) async fn run<T>(app: AppState, socket: WebSocketStream<T>)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let (subscriber, mut inbox) = app.hub.connect(app.settings.websocket.outbox_capacity.get());
+    let guard = WriteGuard {
+        timeout: app.settings.websocket.write_timeout,
+        lagged: inbox.lagged.clone(),
+        shutdown: app.shutdown.clone(),
+    };
+    let mut session = Session { app, subscriber, positions: PositionTracker::default(), socket, guard };
+    let ending = session.serve(&mut inbox).await;
+    session.finish(ending, inbox).await;
+}
+
+pub(in crate::transport::ws) struct Session<T> {
+    pub(super) app: AppState,
+    pub(super) subscriber: SubscriberHandle,
+    /// What this connection has been sent, per channel: the positions it recovers from.
+    pub(super) positions: PositionTracker,
+    socket: WebSocketStream<T>,
+    guard: WriteGuard,
+}
+
+/// Why a session ended, which decides how it says goodbye.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    PeerClosed,
+    PeerGone,
+    Shutdown,
+    Lagged,
+    NoPong,
+    WriteFailed,
+    TooBig,
+    InvalidUtf8,
+    ProtocolError,
+}
+
+impl Ending {
+    pub(super) fn from_read_error(error: tungstenite::Error) -> Self {
+        match error {
+            tungstenite::Error::Capacity(_) => Self::TooBig,
+            tungstenite::Error::Utf8(_) => Self::InvalidUtf8,
+            tungstenite::Error::Protocol(_) => Self::ProtocolError,
+            _ => Self::PeerGone,
+        }
+    }
+
+    /// The close code, reason, and whether the client should reconnect; `None`: no goodbye.
+    fn goodbye(self) -> Option<(u16, &'static str, bool)> {
+        match self {
+            Self::PeerClosed | Self::PeerGone | Self::WriteFailed => None,
+            Self::Shutdown => Some((close_code::GOING_AWAY, "server shutting down", true)),
+            Self::Lagged => {
+                Some((close_code::SLOW_CONSUMER, "slow consumer: reconnect and recover from your last position", true))
+            }
+            Self::NoPong => Some((close_code::NO_PONG, "no pong within the timeout", true)),
+            Self::TooBig => Some((close_code::MESSAGE_TOO_BIG, "message too big", false)),
+            Self::InvalidUtf8 => Some((close_code::INVALID_DATA, "text frame is not valid UTF-8", false)),
+            Self::ProtocolError => Some((close_code::PROTOCOL_ERROR, "websocket protocol error", false)),
+        }
+    }
+
+    /// The read side failed: the socket still holds input the WebSocket layer will not read.
+    fn read_failed(self) -> bool {
+        matches!(self, Self::TooBig | Self::InvalidUtf8 | Self::ProtocolError)
+    }
+}
+
+/// Bounds every write: it fails after the write timeout, and gives way at once when the
+/// connection lags or the server shuts down, so a blocked socket never hides either.
+struct WriteGuard {
+    timeout: Duration,
+    lagged: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+impl WriteGuard {
+    async fn run(&self, write: impl Future<Output = Result<(), tungstenite::Error>>) -> Result<(), Ending> {
+        tokio::select! {
+            biased;
+            written = timeout(self.timeout, write) => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) | Err(_) => Err(Ending::WriteFailed),
+            },
+            () = self.lagged.cancelled() => Err(Ending::Lagged),
+            () = self.shutdown.cancelled() => Err(Ending::Shutdown),
+        }
+    }
+}
+
+impl<T> Session<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn serve(&mut self, inbox: &mut Inbox) -> Ending {
+        let settings = &self.app.settings.websocket;
+        let (ping_interval, dead_after) = (settings.ping_interval, settings.ping_interval + settings.pong_timeout);
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let shutdown = self.app.shutdown.clone();
+        let mut batch = Vec::with_capacity(16);
+        loop {
+            // Branch futures are dropped before a handler runs, so handlers may use the socket.
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ending::Shutdown,
+                () = inbox.lagged.cancelled() => return Ending::Lagged,
+                frame = self.socket.next() => {
+                    last_heard = Instant::now();
+                    let outcome = match frame {
+                        None => return Ending::PeerGone,
+                        Some(Err(error)) => return Ending::from_read_error(error),
+                        Some(Ok(Message::Close(_))) => return Ending::PeerClosed,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+                        Some(Ok(Message::Binary(_))) => {
+                            let error = ErrorBody::new("binary_not_supported", "send commands as JSON text frames");
+                            self.send(vec![error_reply(None, error)]).await
+                        }
+                        Some(Ok(Message::Text(text))) => {
+                            let replies = self.handle_command(&text).await;
+                            self.send(replies).await
+                        }
+                    };
+                    if let Err(ending) = outcome {
+                        return ending;
+                    }
+                }
+                received = inbox.queue.recv_many(&mut batch, WRITE_BATCH) => {
+                    if received == 0 {
+                        return Ending::Shutdown;
+                    }
+                    if let Err(ending) = self.write_pushes(&mut batch).await {
+                        return ending;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() >= dead_after {
+                        return Ending::NoPong;
+                    }
+                    if let Err(ending) = self.send(vec![Message::Ping(bytes::Bytes::new())]).await {
+                        return ending;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The frame for a publication this connection has not seen yet, moving its position.
+    pub(super) fn publication_frame(&mut self, publication: &Publication) -> Option<Message> {
+        self.positions.advance(publication).then(|| Message::Text(EncodedPublication::of(publication).json))
+    }
+
+    /// Writes a batch of pushes with one flush. Each publication is written once, in order,
+    /// as the bytes shared by every subscriber; a position moves only once its frame is queued
+    /// in the socket, so the positions always say what the client will have received.
+    async fn write_pushes(&mut self, batch: &mut Vec<Push>) -> Result<(), Ending> {
+        let (positions, socket) = (&mut self.positions, &mut self.socket);
+        let write = async move {
+            let mut written = false;
+            for push in batch.drain(..) {
+                let Push::Publication(publication) = push;
+                if positions.is_new(&publication) {
+                    socket.feed(Message::Text(EncodedPublication::of(&publication).json)).await?;
+                    positions.advance(&publication);
+                    written = true;
+                }
+            }
+            if written { socket.flush().await } else { Ok(()) }
+        };
+        self.guard.run(write).await
+    }
+
+    /// Writes frames with one flush.
+    async fn send(&mut self, frames: Vec<Message>) -> Result<(), Ending> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let socket = &mut self.socket;
+        let write = async move {
+            for frame in frames {
+                socket.feed(frame).await?;
+            }
+            socket.flush().await
+        };
+        self.guard.run(write).await
+    }
+
+    /// Unsubscribes everywhere, then says goodbye the way the ending calls for. On shutdown
+    /// the pushes already queued go out first: in-flight work is finished.
+    async fn finish(mut self, ending: Ending, mut inbox: Inbox) {
+        let channels: Vec<ChannelName> = self.positions.iter().map(|(channel, _)| channel.clone()).collect();
+        for channel in &channels {
+            self.app.hub.unsubscribe(&self.subscriber, channel).await;
+        }
+        let ending = match ending {
+            // A write that failed while the queue overflowed: the client is too slow.
+            Ending::WriteFailed if inbox.lagged.is_cancelled() => Ending::Lagged,
+            other => other,
+        };
+        let mut frames = Vec::new();
+        if ending == Ending::Shutdown {
+            while let Ok(push) = inbox.queue.try_recv() {
+                let Push::Publication(publication) = push;
+                frames.extend(self.publication_frame(&publication));
+            }
+        }
+        let Some((code, reason, reconnect)) = ending.goodbye() else {
+            if ending == Ending::PeerClosed {
+                // The library queued its close reply while reading; send it.
+                let _ = timeout(CLOSE_WAIT, self.socket.flush()).await;
+            }
+            return;
+        };
+        if ending != Ending::NoPong {
+            let positions: serde_json::Map<String, serde_json::Value> = self
+                .positions
+                .iter()
+                .map(|(channel, position)| {
+                    (channel.to_string(), serde_json::to_value(WirePosition::from(position)).unwrap_or_default())
+                })
+                .collect();
+            let push = serde_json::json!({
+                "disconnect": { "code": code, "reason": reason, "reconnect": reconnect, "positions": positions }
+            });
+            frames.push(Message::Text(Utf8Bytes::from(push.to_string())));
+        }
+        let socket = &mut self.socket;
+        let write = async move {
+            for frame in frames {
+                socket.feed(frame).await?;
+            }
+            socket.flush().await
+        };
+        let _ = timeout(CLOSE_WAIT, write).await;
+        close_and_linger(&mut self.socket, code, reason, ending.read_failed()).await;
+    }
+}
+
+/// After a read error on the echo route: the close code that fits it, then lingering.
+pub(super) async fn goodbye_after_error<T>(socket: &mut WebSocketStream<T>, ending: Ending)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some((code, reason, _)) = ending.goodbye() {
+        close_and_linger(socket, code, reason, ending.read_failed()).await;
+    }
+}
+
+/// Sends the close frame, then reads on until the peer's close frame or the end of its input:
+/// a socket closed with unread input is reset by the kernel, and the peer would lose our close
+/// frame. When the WebSocket layer has given up reading, the raw socket is shut for writing
+/// and drained instead.
+async fn close_and_linger<T>(socket: &mut WebSocketStream<T>, code: u16, reason: &str, read_failed: bool)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let close = CloseFrame { code: code.into(), reason: Utf8Bytes::from(reason) };
+    let linger = async {
+        if socket.close(Some(close)).await.is_err() && !read_failed {
+            return;
+        }
+        if !read_failed {
+            while let Some(Ok(frame)) = socket.next().await {
+                if matches!(frame, Message::Close(_)) {
+                    return;
+                }
+            }
+        }
+        // Our side is done (FIN after the close frame), then what the peer still sends is
+        // read and dropped until it closes too.
+        let _ = socket.get_mut().shutdown().await;
+        let mut discard = [0u8; 4096];
+        while let Ok(read) = socket.get_mut().read(&mut discard).await {
+            if read == 0 {
+                return;
+            }
+        }
+    };
+    let _ = timeout(CLOSE_WAIT, linger).await;
+}
