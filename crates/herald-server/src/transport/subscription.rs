@@ -120,6 +120,7 @@ impl HttpSubscription {
         let mut subscription =
             Self { app: app.clone(), subscriber, channels: Vec::new(), live, positions: PositionTracker::default() };
         let mut opening = Opening { missed: Vec::new(), unrecovered: Vec::new() };
+        let mut missed_per_channel = Vec::with_capacity(query.channels.len());
         for channel in &query.channels {
             let since = query.cursor.as_ref().and_then(|cursor| cursor.position_for(channel));
             let subscribed = if live {
@@ -140,8 +141,9 @@ impl HttpSubscription {
                     .push(Unrecovered { channel: channel.clone(), position: subscribed.position.clone() });
             }
             subscription.positions.track(channel.clone(), start);
-            opening.missed.extend(subscribed.missed);
+            missed_per_channel.push(subscribed.missed);
         }
+        opening.missed = merge_by_time(missed_per_channel);
         Ok((subscription, inbox, opening))
     }
 
@@ -163,6 +165,27 @@ impl Drop for HttpSubscription {
             self.app.tasks.spawn(async move { hub.release_interest(&emptied).await });
         }
     }
+}
+
+/// Interleaves per-channel lists of missed publications by publication time, the order they
+/// were published in across channels, while keeping each channel's own order whatever the
+/// clocks say (a merge, never a sort within a channel).
+fn merge_by_time(mut lists: Vec<Vec<Arc<Publication>>>) -> Vec<Arc<Publication>> {
+    if lists.len() == 1 {
+        return lists.pop().unwrap_or_default();
+    }
+    let total = lists.iter().map(Vec::len).sum();
+    let mut merged = Vec::with_capacity(total);
+    let mut heads = vec![0usize; lists.len()];
+    while merged.len() < total {
+        let next = (0..lists.len())
+            .filter(|&list| heads[list] < lists[list].len())
+            .min_by_key(|&list| lists[list][heads[list]].time_ms)
+            .expect("some list has publications left");
+        merged.push(lists[next][heads[next]].clone());
+        heads[next] += 1;
+    }
+    merged
 }
 
 /// `400 invalid_timeout` for what is not a number of seconds.

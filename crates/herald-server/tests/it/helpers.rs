@@ -196,3 +196,107 @@ impl WsClient {
         }
     }
 }
+
+/// One Server-Sent Event as a client parses it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<u64>,
+    pub comment: Option<String>,
+}
+
+/// A streaming HTTP response read as lines: enough for SSE and NDJSON clients in tests.
+pub struct LineStream {
+    pub response_headers: reqwest::header::HeaderMap,
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: Vec<u8>,
+}
+
+impl LineStream {
+    pub async fn open(request: reqwest::RequestBuilder) -> Self {
+        let response = request.send().await.expect("stream request");
+        assert_eq!(response.status(), 200, "stream refused: {:?}", response.text().await);
+        let response_headers = response.headers().clone();
+        Self { response_headers, body: Box::pin(response.bytes_stream()), buffer: Vec::new() }
+    }
+
+    /// The next line without its `\n`, within [`WAIT`]; `None` when the body ended.
+    pub async fn next_line(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Some(String::from_utf8(line[..line.len() - 1].to_vec()).expect("UTF-8 line"));
+            }
+            match tokio::time::timeout(WAIT, self.body.next()).await.expect("the stream answered in time") {
+                Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// The next JSON line (NDJSON).
+    pub async fn next_json(&mut self) -> Option<Value> {
+        let line = self.next_line().await?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|error| panic!("line {line:?} is not JSON: {error}")))
+    }
+
+    /// The next SSE event (comments and `retry:` included, as their own events).
+    pub async fn next_event(&mut self) -> Option<SseEvent> {
+        let mut event = SseEvent::default();
+        loop {
+            let line = self.next_line().await?;
+            if line.is_empty() {
+                if event != SseEvent::default() {
+                    return Some(event);
+                }
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+            match field {
+                "" => event.comment = Some(value),
+                "event" => event.event = Some(value),
+                "id" => event.id = Some(value),
+                "data" => event.data = Some(value),
+                "retry" => event.retry = value.parse().ok(),
+                other => panic!("unexpected SSE field {other:?}"),
+            }
+        }
+    }
+
+    /// The next SSE event that carries data (skipping heartbeats and bare id events).
+    pub async fn next_data_event(&mut self) -> Option<SseEvent> {
+        loop {
+            let event = self.next_event().await?;
+            if event.data.is_some() {
+                return Some(event);
+            }
+        }
+    }
+}
+
+impl TestServer {
+    pub async fn sse(&self, query: &str) -> LineStream {
+        LineStream::open(self.http.get(self.url(&format!("/sse?{query}")))).await
+    }
+
+    pub async fn ndjson(&self, query: &str) -> LineStream {
+        LineStream::open(self.http.get(self.url(&format!("/stream?{query}")))).await
+    }
+
+    /// `GET /poll?{query}`: the status, the `Herald-Cursor` header, and the body if any.
+    pub async fn poll(&self, query: &str) -> (u16, String, Option<Value>) {
+        let response = self.http.get(self.url(&format!("/poll?{query}"))).send().await.expect("poll");
+        let status = response.status().as_u16();
+        let cursor = response
+            .headers()
+            .get("herald-cursor")
+            .map(|value| value.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = response.bytes().await.expect("poll body");
+        let body = (!body.is_empty()).then(|| serde_json::from_slice(&body).expect("poll body is JSON"));
+        (status, cursor, body)
+    }
+}
