@@ -130,8 +130,11 @@ fn check_handshake(headers: &HeaderMap) -> Result<HeaderValue, ApiError> {
 fn socket_config(app: &AppState) -> WebSocketConfig {
     let max_message = app.settings.limits.max_message_size.get();
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(8 * 1024)
+        // Allocated up front for every connection, and clients mostly send small commands.
+        .read_buffer_size(512)
+        // Queued frames are written once this much is pending (or on flush); the buffer keeps
+        // its capacity, so this also bounds what a connection holds after a burst.
+        .write_buffer_size(4 * 1024)
         .max_write_buffer_size(max_message.saturating_mul(MAX_HISTORY_LIMIT + 10).max(16 * 1024 * 1024))
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))

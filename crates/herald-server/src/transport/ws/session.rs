@@ -2,6 +2,7 @@
 //! signal, frames in, pushes out, and the heartbeat; then a goodbye that fits the ending.
 
 use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -35,7 +36,8 @@ where
     };
     let mut session = Session { app, subscriber, positions: PositionTracker::default(), socket, guard };
     let ending = session.serve(&mut inbox).await;
-    session.finish(ending, inbox).await;
+    // Boxed: the goodbye is rare, and this keeps it out of every idle connection's state.
+    Box::pin(session.finish(ending, inbox)).await;
 }
 
 pub(in crate::transport::ws) struct Session<T> {
@@ -102,6 +104,11 @@ struct WriteGuard {
 
 impl WriteGuard {
     async fn run(&self, write: impl Future<Output = Result<(), tungstenite::Error>>) -> Result<(), Ending> {
+        tokio::pin!(write);
+        // Most writes complete at once: no timer and no waiters for them.
+        if let Poll::Ready(written) = futures_util::poll!(&mut write) {
+            return written.map_err(|_| Ending::WriteFailed);
+        }
         tokio::select! {
             biased;
             written = timeout(self.timeout, write) => match written {
@@ -124,14 +131,18 @@ where
         let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
-        let shutdown = self.app.shutdown.clone();
-        let mut batch = Vec::with_capacity(16);
+        // Made once, not per wake-up: each `cancelled()` registers a waiter.
+        let (shutdown, lagged) = (self.app.shutdown.clone(), inbox.lagged.clone());
+        let shutdown = shutdown.cancelled();
+        let lagged = lagged.cancelled();
+        tokio::pin!(shutdown, lagged);
+        let mut batch = Vec::new();
         loop {
             // Branch futures are dropped before a handler runs, so handlers may use the socket.
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Ending::Shutdown,
-                () = inbox.lagged.cancelled() => return Ending::Lagged,
+                () = &mut shutdown => return Ending::Shutdown,
+                () = &mut lagged => return Ending::Lagged,
                 frame = self.socket.next() => {
                     last_heard = Instant::now();
                     let outcome = match frame {
@@ -144,7 +155,9 @@ where
                             self.send(vec![error_reply(None, error)]).await
                         }
                         Some(Ok(Message::Text(text))) => {
-                            let replies = self.handle_command(&text).await;
+                            // Boxed: commands are rare next to pushes, and their futures are
+                            // large; this keeps them out of every idle connection's state.
+                            let replies = Box::pin(self.handle_command(&text)).await;
                             self.send(replies).await
                         }
                     };
@@ -304,4 +317,31 @@ where
         }
     };
     let _ = timeout(CLOSE_WAIT, linger).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Overrides, Settings};
+    use std::sync::Arc;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// Every open connection holds this future; what commands and goodbyes need is boxed
+    /// elsewhere, so the idle state stays small.
+    #[tokio::test]
+    async fn an_idle_connection_s_task_state_stays_small() {
+        let settings = Arc::new(Settings::from_toml("", &Overrides::default()).unwrap());
+        let app = AppState::new(
+            crate::wiring::hub(&settings),
+            settings,
+            CancellationToken::new(),
+            tokio_util::task::TaskTracker::new(),
+        );
+        let (io, _peer) = tokio::io::duplex(64);
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        let session = run(app, socket);
+        let size = std::mem::size_of_val(&session);
+        eprintln!("session future: {size} bytes");
+        assert!(size < 2048, "the per-connection future grew to {size} bytes");
+    }
 }

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Herald side by side with other real-time servers, in one invocation, on this machine.
+#
+#   bench/compare.sh                   # every scenario, every server
+#   bench/compare.sh --quick           # short runs, smaller counts (a few minutes)
+#   SCENARIOS="2 3" SERVERS="herald nats" bench/compare.sh
+#
+# The server runs pinned to core 0 and the load generator to core 1 (`taskset`); each run
+# starts a fresh server so memory figures are its own. Peers are set up by this script: node
+# `ws` and Socket.IO broadcast servers (npm, bench/peers), nats-server with WebSocket (Debian).
+# Results: bench/results/<time>/results.jsonl and a Markdown table (also printed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=false
+[ "${1:-}" = "--quick" ] && quick=true
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7"}
+SERVERS=${SERVERS:-"herald ws-broadcast socketio nats"}
+SERVER_CORE=${SERVER_CORE:-0}
+GENERATOR_CORE=${GENERATOR_CORE:-1}
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+# --- set-up -----------------------------------------------------------------------------------
+need_apt=()
+command -v nats-server >/dev/null || need_apt+=(nats-server)
+command -v wrk >/dev/null || need_apt+=(wrk)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+[ -d bench/peers/node_modules/ws ] && [ -d bench/peers/node_modules/socket.io ] ||
+  (cd bench/peers && npm install --no-audit --no-fund --silent)
+cargo build --release --locked -p herald-server -p herald-bench
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+herald="$target_dir/release/herald"
+generator="$target_dir/release/herald-bench"
+out="bench/results/$(date -u +%Y%m%d-%H%M%S)"
+mkdir -p "$out"
+results="$out/results.jsonl"
+work=$(mktemp -d)
+PID=""
+trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$work"' EXIT
+
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "server on port $1 did not start" >&2
+  return 1
+}
+
+# Starts server $1 pinned to the server core; sets PID, SUB_URL, PUB_URL.
+start_server() {
+  case "$1" in
+    herald)
+      RUST_LOG=warn taskset -c "$SERVER_CORE" "$herald" serve --listen 127.0.0.1:8750 --data-dir "$work/data" \
+        > "$work/herald.log" 2>&1 &
+      PID=$!; SUB_URL=http://127.0.0.1:8750; PUB_URL=$SUB_URL; wait_port 8750 ;;
+    ws-broadcast)
+      taskset -c "$SERVER_CORE" node bench/peers/ws-broadcast.js 8761 > "$work/ws.log" 2>&1 &
+      PID=$!; SUB_URL=http://127.0.0.1:8761; PUB_URL=$SUB_URL/publish; wait_port 8761 ;;
+    socketio)
+      taskset -c "$SERVER_CORE" node bench/peers/socketio.js 8762 > "$work/socketio.log" 2>&1 &
+      PID=$!; SUB_URL=http://127.0.0.1:8762; PUB_URL=$SUB_URL/publish; wait_port 8762 ;;
+    nats)
+      cat > "$work/nats.conf" <<CONF
+listen: 127.0.0.1:4333
+max_connections: 100000
+websocket { listen: "127.0.0.1:8763", no_tls: true, compression: false }
+CONF
+      taskset -c "$SERVER_CORE" nats-server -c "$work/nats.conf" > "$work/nats.log" 2>&1 &
+      PID=$!; SUB_URL=http://127.0.0.1:8763; PUB_URL=127.0.0.1:4333; wait_port 8763 ;;
+  esac
+}
+
+stop_server() {
+  kill "$PID" 2>/dev/null || true
+  wait "$PID" 2>/dev/null || true
+  PID=""
+  sleep 0.5
+}
+
+# run LABEL SERVER TRANSPORT [generator flags...]: one fresh server, one generator run.
+run() {
+  local label=$1 server=$2 transport=$3
+  shift 3
+  case " $SERVERS " in *" $server "*) ;; *) return 0 ;; esac
+  start_server "$server"
+  echo "== $label: $server over $transport $*" >&2
+  taskset -c "$GENERATOR_CORE" "$generator" --target "$server" --transport "$transport" --url "$SUB_URL" \
+    --publish-url "$PUB_URL" --server-pid "$PID" --label "$label" "$@" >> "$results" ||
+    echo "   (run failed)" >&2
+  stop_server
+}
+
+has() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
+
+seconds=10; idle=15000; fan=5000; light=1000; many=10000
+if $quick; then seconds=3; idle=2000; fan=1000; light=200; many=1000; fi
+
+if has 1; then
+  for server in herald ws-broadcast socketio nats; do
+    run "1 idle" "$server" ws --subscribers $idle --rate 0
+  done
+  run "1 idle" herald sse --subscribers $idle --rate 0
+  run "1 idle" herald poll --subscribers $idle --rate 0
+fi
+if has 2; then
+  for rate in 10 40; do
+    for server in herald ws-broadcast socketio nats; do
+      run "2 fan-out ×$rate" "$server" ws --subscribers $fan --rate $rate --seconds $seconds
+    done
+  done
+fi
+if has 3; then
+  for server in herald ws-broadcast socketio nats; do
+    run "3 light" "$server" ws --subscribers $light --rate 10 --seconds $seconds
+  done
+fi
+if has 4; then
+  for server in herald ws-broadcast socketio nats; do
+    run "4 hot channel" "$server" ws --subscribers 100 --rate 1000 --seconds $seconds
+  done
+fi
+if has 5; then
+  for server in herald nats; do
+    run "5 many channels" "$server" ws --subscribers $many --channels $many --rate 2000 --seconds $seconds
+  done
+fi
+if has 6; then
+  for transport in ws sse poll; do
+    run "6 fan-out by transport" herald "$transport" --subscribers $fan --rate 10 --seconds $seconds
+  done
+fi
+if has 7; then
+  case " $SERVERS " in *" herald "*)
+    start_server herald
+    echo "== 7 publish: wrk POST /api/publish (keep-alive, 100 connections)" >&2
+    taskset -c "$GENERATOR_CORE" wrk -t1 -c100 -d"${seconds}s" -s bench/publish.lua "$SUB_URL/api/publish" \
+      > "$out/wrk-publish.txt" 2>&1 || true
+    python3 bench/wrk_report.py "$out/wrk-publish.txt" "7 publish API (wrk, 100 conns)" >> "$results"
+    stop_server
+    run "7 publish over WS" herald ws --subscribers 1 --rate 20000 --seconds $seconds --publish-over-websocket ;;
+  esac
+fi
+
+python3 bench/table.py "$results" | tee "$out/table.md"
+echo "results: $out" >&2
