@@ -4,7 +4,7 @@ import json
 import sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-print("| run | server | transport | subs × ch | msg/s | delivered | lost | dup | ooo | p50 ms | p99 ms | max ms | CPU µs/delivery | idle KiB/conn |")
+print("| run | server | transport | subs × ch | msg/s | delivered | lost | dup | ooo | p50 ms | p99 ms | max ms | CPU µs/delivery (user) | idle KiB/conn |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 fmt = lambda v, d=2: "–" if v is None else f"{v:.{d}f}"
 for r in rows:
@@ -12,7 +12,8 @@ for r in rows:
         continue
     print(f"| {r['label']} | {r['target']} | {r['transport']} | {r['subscribers']} × {r['channels']} | {r['rate']} | "
           f"{r['delivered']} | {r['lost']} | {r['duplicated']} | {r['out_of_order']} | {r['latency_ms_p50']:.2f} | "
-          f"{r['latency_ms_p99']:.2f} | {r['latency_ms_max']:.1f} | {fmt(r['server_cpu_us_per_delivery'])} | "
+          f"{r['latency_ms_p99']:.2f} | {r['latency_ms_max']:.1f} | {fmt(r['server_cpu_us_per_delivery'])} "
+          f"({fmt(r.get('server_user_us_per_delivery'))}) | "
           f"{fmt(r['idle_kib_per_connection'])} |")
 for r in rows:
     if "requests_per_second" in r:

@@ -5,15 +5,29 @@ use std::time::Duration;
 /// Clock ticks per second of `/proc/PID/stat` times (USER_HZ; 100 on Linux).
 const TICKS_PER_SECOND: u64 = 100;
 
-/// CPU time the process has used so far.
-pub fn cpu_time(pid: u32) -> Option<Duration> {
+/// CPU time the process has used so far, in user space and in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTime {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTime {
+    pub fn total(self) -> Duration {
+        self.user + self.system
+    }
+}
+
+pub fn cpu_time(pid: u32) -> Option<CpuTime> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let user: u64 = fields.get(11)?.parse().ok()?;
-    let system: u64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_millis((user + system) * 1000 / TICKS_PER_SECOND))
+    let ticks = |index: usize| -> Option<Duration> {
+        let ticks: u64 = fields.get(index)?.parse().ok()?;
+        Some(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
+    };
+    Some(CpuTime { user: ticks(11)?, system: ticks(12)? })
 }
 
 /// Resident set size in KiB.

@@ -239,7 +239,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     if let (Some(before), Some(after)) = (cpu_before, cpu_after)
         && report.delivered > 0
     {
-        report.server_cpu_us_per_delivery = Some((after - before).as_micros() as f64 / report.delivered as f64);
+        let per_delivery = |spent: Duration| spent.as_micros() as f64 / report.delivered as f64;
+        report.server_cpu_us_per_delivery = Some(per_delivery(after.total() - before.total()));
+        report.server_user_us_per_delivery = Some(per_delivery(after.user - before.user));
     }
     if let Ok(histogram) = latencies.lock()
         && !histogram.is_empty()

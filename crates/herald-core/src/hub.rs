@@ -101,8 +101,13 @@ impl Hub {
 
     /// A new connection with a queue of `queue_capacity` pushes.
     pub fn connect(&self, queue_capacity: usize) -> (SubscriberHandle, Inbox) {
+        self.connect_with_signal(queue_capacity, CancellationToken::new())
+    }
+
+    /// Like [`Hub::connect`], with the token the hub cancels when the connection lags. A child
+    /// of the caller's shutdown token lets a session watch one signal for both.
+    pub fn connect_with_signal(&self, queue_capacity: usize, lagged: CancellationToken) -> (SubscriberHandle, Inbox) {
         let (sender, receiver) = mpsc::channel(queue_capacity.max(1));
-        let lagged = CancellationToken::new();
         let id = self.next_subscriber_id.fetch_add(1, Ordering::Relaxed);
         (SubscriberHandle { id, queue: sender, lagged: lagged.clone() }, Inbox { queue: receiver, lagged })
     }

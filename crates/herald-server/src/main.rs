@@ -1,5 +1,6 @@
 //! The `herald` binary: command-line flags, logging, signals. Everything else is in the library.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -92,8 +93,14 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         } else if no_keys {
             tracing::warn!("no [api] keys configured on a non-loopback address: the server API refuses every call");
         }
-        println!("Herald is listening on http://{address}");
-        println!("Open http://{address}/ in a browser; WebSocket clients connect to ws://{address}/ws");
+        // Not println!: a closed stdout (a supervisor that stopped reading) must not stop us.
+        let banner = format!(
+            "Herald is listening on http://{address}\n\
+             Open http://{address}/ in a browser; WebSocket clients connect to ws://{address}/ws\n"
+        );
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
+        drop(stdout);
         let shutdown = running.shutdown_token();
         tokio::select! {
             () = terminate_signal() => tracing::info!("shutting down: finishing in-flight work"),

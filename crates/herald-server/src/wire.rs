@@ -8,20 +8,40 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// The encoded forms of one publication, cached inside it.
+/// The encoded forms of one publication, cached inside it: one allocation holding a complete
+/// WebSocket text frame, whose payload is the publication JSON every transport uses.
 #[derive(Clone)]
 pub struct EncodedPublication {
-    /// `{"channel":..,"offset":..,"epoch":..,"data":..,"time":..}` as a WebSocket text payload.
+    /// `{"channel":..,"offset":..,"epoch":..,"data":..,"time":..}`.
     pub json: Utf8Bytes,
+    /// The same JSON as an unmasked, final WebSocket text frame (header + payload): a server's
+    /// frame is the same bytes for every connection, so it is written as is.
+    pub ws_frame: Bytes,
 }
 
 impl EncodedPublication {
     pub fn of(publication: &Publication) -> Self {
-        publication.encoded(|publication| Self { json: Utf8Bytes::from(publication_json(publication)) })
-    }
-
-    pub fn bytes(&self) -> Bytes {
-        Bytes::from(self.json.clone())
+        publication.encoded(|publication| {
+            let json = publication_json(publication);
+            let mut frame = Vec::with_capacity(json.len() + 10);
+            frame.push(0x81); // FIN + text
+            match json.len() {
+                len @ 0..=125 => frame.push(len as u8),
+                len @ 126..=0xffff => {
+                    frame.push(126);
+                    frame.extend_from_slice(&(len as u16).to_be_bytes());
+                }
+                len => {
+                    frame.push(127);
+                    frame.extend_from_slice(&(len as u64).to_be_bytes());
+                }
+            }
+            let header_len = frame.len();
+            frame.extend_from_slice(json.as_bytes());
+            let ws_frame = Bytes::from(frame);
+            let json = Utf8Bytes::try_from(ws_frame.slice(header_len..)).unwrap_or_else(|_| Utf8Bytes::from(json));
+            Self { json, ws_frame }
+        })
     }
 }
 
@@ -152,6 +172,29 @@ mod tests {
         assert_eq!(&payload[..], br#"{  "a": "x\ny"}"#);
         let value: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(value["a"], "x\ny");
+    }
+
+    #[test]
+    fn the_websocket_frame_is_a_text_frame_around_the_json() {
+        for size in [10, 200, 70_000] {
+            let publication = Publication::new(
+                ChannelName::new("c").unwrap(),
+                Position { epoch: Epoch::new("e"), offset: 1 },
+                Bytes::from(format!("\"{}\"", "x".repeat(size))),
+                1,
+            );
+            let encoded = EncodedPublication::of(&publication);
+            let frame = &encoded.ws_frame;
+            let json_len = encoded.json.len();
+            assert_eq!(frame[0], 0x81);
+            let (len, header) = match frame[1] {
+                126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
+                127 => (u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize, 10),
+                len => (len as usize, 2),
+            };
+            assert_eq!((len, frame.len() - header), (json_len, json_len));
+            assert_eq!(&frame[header..], encoded.json.as_bytes());
+        }
     }
 
     #[test]

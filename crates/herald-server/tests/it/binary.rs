@@ -88,6 +88,7 @@ async fn serve_prints_its_address_and_sigterm_stops_it_gracefully() {
     let first_line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
+        // The pipe closes here, before the server is done printing: it must carry on regardless.
         line
     })
     .await

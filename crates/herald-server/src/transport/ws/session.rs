@@ -1,10 +1,13 @@
 //! One WebSocket connection: a single task running one `select!` over shutdown, the lagged
 //! signal, frames in, pushes out, and the heartbeat; then a goodbye that fits the ending.
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::io::IoSlice;
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use herald_core::{ChannelName, Inbox, PositionTracker, Publication, Push, SubscriberHandle};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,14 +31,15 @@ pub(super) async fn run<T>(app: AppState, socket: WebSocketStream<T>)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let (subscriber, mut inbox) = app.hub.connect(app.settings.websocket.outbox_capacity.get());
-    let guard = WriteGuard {
-        timeout: app.settings.websocket.write_timeout,
-        lagged: inbox.lagged.clone(),
-        shutdown: app.shutdown.clone(),
+    let capacity = app.settings.websocket.outbox_capacity.get();
+    let (subscriber, mut inbox) = app.hub.connect_with_signal(capacity, app.shutdown.child_token());
+    let guard = WriteGuard { timeout: app.settings.websocket.write_timeout, stop: inbox.lagged.clone() };
+    let mut session =
+        Session { app, subscriber, positions: PositionTracker::default(), socket, pending: VecDeque::new(), guard };
+    let ending = match session.serve(&mut inbox).await {
+        Ending::Lagged => session.stop_reason(),
+        ending => ending,
     };
-    let mut session = Session { app, subscriber, positions: PositionTracker::default(), socket, guard };
-    let ending = session.serve(&mut inbox).await;
     // Boxed: the goodbye is rare, and this keeps it out of every idle connection's state.
     Box::pin(session.finish(ending, inbox)).await;
 }
@@ -46,6 +50,8 @@ pub(in crate::transport::ws) struct Session<T> {
     /// What this connection has been sent, per channel: the positions it recovers from.
     pub(super) positions: PositionTracker,
     socket: WebSocketStream<T>,
+    /// Encoded publication frames not yet written (see [`write_frames`]).
+    pending: VecDeque<Bytes>,
     guard: WriteGuard,
 }
 
@@ -98,8 +104,8 @@ impl Ending {
 /// connection lags or the server shuts down, so a blocked socket never hides either.
 struct WriteGuard {
     timeout: Duration,
-    lagged: CancellationToken,
-    shutdown: CancellationToken,
+    /// Cancelled on lag or shutdown (see [`Session::stop_reason`]).
+    stop: CancellationToken,
 }
 
 impl WriteGuard {
@@ -109,15 +115,20 @@ impl WriteGuard {
         if let Poll::Ready(written) = futures_util::poll!(&mut write) {
             return written.map_err(|_| Ending::WriteFailed);
         }
-        tokio::select! {
-            biased;
-            written = timeout(self.timeout, write) => match written {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) | Err(_) => Err(Ending::WriteFailed),
-            },
-            () = self.lagged.cancelled() => Err(Ending::Lagged),
-            () = self.shutdown.cancelled() => Err(Ending::Shutdown),
-        }
+        // A blocked socket: wait with a timeout, and give way to lag or shutdown. Boxed, as
+        // it is rare and its timer and waiters would otherwise sit in every connection's state.
+        Box::pin(async {
+            tokio::select! {
+                biased;
+                written = timeout(self.timeout, write) => match written {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) | Err(_) => Err(Ending::WriteFailed),
+                },
+                // The caller tells lag from shutdown; either way the session ends.
+                () = self.stop.cancelled() => Err(Ending::Lagged),
+            }
+        })
+        .await
     }
 }
 
@@ -131,45 +142,39 @@ where
         let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
-        // Made once, not per wake-up: each `cancelled()` registers a waiter.
-        let (shutdown, lagged) = (self.app.shutdown.clone(), inbox.lagged.clone());
-        let shutdown = shutdown.cancelled();
-        let lagged = lagged.cancelled();
-        tokio::pin!(shutdown, lagged);
+        // One token for both reasons to stop: the hub cancels it when this connection lags,
+        // and it is a child of the server's shutdown token.
+        let stop_token = inbox.lagged.clone();
+        let mut stop = StopSignal::new(&stop_token);
         let mut batch = Vec::new();
+        let mut check_socket_first = false;
         loop {
+            // A full batch means pushes may keep coming: look at the client's side once first,
+            // so its commands and pongs are never starved.
+            if check_socket_first && let Poll::Ready(frame) = futures_util::poll!(self.socket.next()) {
+                last_heard = Instant::now();
+                if let Err(ending) = self.handle_frame(frame).await {
+                    return ending;
+                }
+            }
             // Branch futures are dropped before a handler runs, so handlers may use the socket.
+            // Pushes come before the socket: most wake-ups are pushes, and this way they do not
+            // pay for a read attempt.
             tokio::select! {
                 biased;
-                () = &mut shutdown => return Ending::Shutdown,
-                () = &mut lagged => return Ending::Lagged,
-                frame = self.socket.next() => {
-                    last_heard = Instant::now();
-                    let outcome = match frame {
-                        None => return Ending::PeerGone,
-                        Some(Err(error)) => return Ending::from_read_error(error),
-                        Some(Ok(Message::Close(_))) => return Ending::PeerClosed,
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                        Some(Ok(Message::Binary(_))) => {
-                            let error = ErrorBody::new("binary_not_supported", "send commands as JSON text frames");
-                            self.send(vec![error_reply(None, error)]).await
-                        }
-                        Some(Ok(Message::Text(text))) => {
-                            // Boxed: commands are rare next to pushes, and their futures are
-                            // large; this keeps them out of every idle connection's state.
-                            let replies = Box::pin(self.handle_command(&text)).await;
-                            self.send(replies).await
-                        }
-                    };
-                    if let Err(ending) = outcome {
-                        return ending;
-                    }
-                }
+                () = &mut stop => return self.stop_reason(),
                 received = inbox.queue.recv_many(&mut batch, WRITE_BATCH) => {
                     if received == 0 {
                         return Ending::Shutdown;
                     }
+                    check_socket_first = received == WRITE_BATCH;
                     if let Err(ending) = self.write_pushes(&mut batch).await {
+                        return ending;
+                    }
+                }
+                frame = self.socket.next() => {
+                    last_heard = Instant::now();
+                    if let Err(ending) = self.handle_frame(frame).await {
                         return ending;
                     }
                 }
@@ -185,29 +190,47 @@ where
         }
     }
 
+    /// Why the stop token fired.
+    fn stop_reason(&self) -> Ending {
+        if self.app.shutdown.is_cancelled() { Ending::Shutdown } else { Ending::Lagged }
+    }
+
+    /// Handles one frame from the client (or its end).
+    async fn handle_frame(&mut self, frame: Option<Result<Message, tungstenite::Error>>) -> Result<(), Ending> {
+        match frame {
+            None => Err(Ending::PeerGone),
+            Some(Err(error)) => Err(Ending::from_read_error(error)),
+            Some(Ok(Message::Close(_))) => Err(Ending::PeerClosed),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+            Some(Ok(Message::Binary(_))) => {
+                let error = ErrorBody::new("binary_not_supported", "send commands as JSON text frames");
+                self.send(vec![error_reply(None, error)]).await
+            }
+            Some(Ok(Message::Text(text))) => {
+                // Boxed: commands are rare next to pushes, and their futures are large; this
+                // keeps them out of every idle connection's state.
+                let replies = Box::pin(self.handle_command(&text)).await;
+                self.send(replies).await
+            }
+        }
+    }
+
     /// The frame for a publication this connection has not seen yet, moving its position.
     pub(super) fn publication_frame(&mut self, publication: &Publication) -> Option<Message> {
         self.positions.advance(publication).then(|| Message::Text(EncodedPublication::of(publication).json))
     }
 
-    /// Writes a batch of pushes with one flush. Each publication is written once, in order,
-    /// as the bytes shared by every subscriber; a position moves only once its frame is queued
-    /// in the socket, so the positions always say what the client will have received.
+    /// Writes a batch of pushes: each new publication's shared frame, all in one vectored
+    /// write where the socket takes them. A position moves when its frame is queued: queued
+    /// frames are always written before anything else, so positions say what the client gets.
     async fn write_pushes(&mut self, batch: &mut Vec<Push>) -> Result<(), Ending> {
-        let (positions, socket) = (&mut self.positions, &mut self.socket);
-        let write = async move {
-            let mut written = false;
-            for push in batch.drain(..) {
-                let Push::Publication(publication) = push;
-                if positions.is_new(&publication) {
-                    socket.feed(Message::Text(EncodedPublication::of(&publication).json)).await?;
-                    positions.advance(&publication);
-                    written = true;
-                }
+        for push in batch.drain(..) {
+            let Push::Publication(publication) = push;
+            if self.positions.advance(&publication) {
+                self.pending.push_back(EncodedPublication::of(&publication).ws_frame);
             }
-            if written { socket.flush().await } else { Ok(()) }
-        };
-        self.guard.run(write).await
+        }
+        self.guard.run(write_frames(&mut self.socket, &mut self.pending)).await
     }
 
     /// Writes frames with one flush.
@@ -234,15 +257,24 @@ where
         }
         let ending = match ending {
             // A write that failed while the queue overflowed: the client is too slow.
-            Ending::WriteFailed if inbox.lagged.is_cancelled() => Ending::Lagged,
+            Ending::WriteFailed if inbox.lagged.is_cancelled() => self.stop_reason(),
             other => other,
         };
-        let mut frames = Vec::new();
         if ending == Ending::Shutdown {
             while let Ok(push) = inbox.queue.try_recv() {
                 let Push::Publication(publication) = push;
-                frames.extend(self.publication_frame(&publication));
+                if self.positions.advance(&publication) {
+                    self.pending.push_back(EncodedPublication::of(&publication).ws_frame);
+                }
             }
+        }
+        // Frames already queued (perhaps half written when the session ended) go first.
+        let frames_complete =
+            matches!(timeout(CLOSE_WAIT, write_frames(&mut self.socket, &mut self.pending)).await, Ok(Ok(())));
+        let mut frames = Vec::new();
+        if !frames_complete {
+            // A frame is cut short: nothing more can be said on this socket.
+            return;
         }
         let Some((code, reason, reconnect)) = ending.goodbye() else {
             if ending == Ending::PeerClosed {
@@ -274,6 +306,83 @@ where
         let _ = timeout(CLOSE_WAIT, write).await;
         close_and_linger(&mut self.socket, code, reason, ending.read_failed()).await;
     }
+}
+
+/// A cancellation signal that is cheap to poll on every wake-up: it registers the task's waker
+/// once, then only reads the token's flag (polling a `cancelled()` future again takes a lock).
+/// The session's task is always the one polling it, so the first waker stays the right one.
+struct StopSignal<'a> {
+    token: &'a CancellationToken,
+    waiter: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFuture<'a>>>,
+    registered: bool,
+}
+
+impl<'a> StopSignal<'a> {
+    fn new(token: &'a CancellationToken) -> Self {
+        Self { token, waiter: Box::pin(token.cancelled()), registered: false }
+    }
+}
+
+impl Future for StopSignal<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, context: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.token.is_cancelled() {
+            return Poll::Ready(());
+        }
+        if !self.registered {
+            self.registered = true;
+            return self.waiter.as_mut().poll(context);
+        }
+        Poll::Pending
+    }
+}
+
+/// Most frames handed to one vectored write.
+const FRAMES_PER_WRITE: usize = 64;
+
+/// Writes queued frames straight to the socket, several per system call, without copying
+/// them. Whatever the WebSocket library has queued itself (a pong) is flushed first, and frames
+/// leave `pending` only once written, so a cancelled call resumes exactly where it stopped and
+/// the library never writes in the middle of a frame.
+async fn write_frames<T>(
+    socket: &mut WebSocketStream<T>,
+    pending: &mut VecDeque<Bytes>,
+) -> Result<(), tungstenite::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    if pending.is_empty() {
+        return Ok(());
+    }
+    socket.flush().await?;
+    let raw = socket.get_mut();
+    while !pending.is_empty() {
+        // The slices live on the stack of each poll, not in the (per-connection) future.
+        let mut written = std::future::poll_fn(|context| {
+            let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
+            let count = pending.len().min(FRAMES_PER_WRITE);
+            for (slice, frame) in slices.iter_mut().zip(pending.iter()) {
+                *slice = IoSlice::new(frame);
+            }
+            std::pin::Pin::new(&mut *raw).poll_write_vectored(context, &slices[..count])
+        })
+        .await?;
+        if written == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+        }
+        while written > 0 {
+            let front = pending.front_mut().expect("written bytes belong to queued frames");
+            if written >= front.len() {
+                written -= front.len();
+                pending.pop_front();
+            } else {
+                bytes::Buf::advance(front, written);
+                written = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// After a read error on the echo route: the close code that fits it, then lingering.
