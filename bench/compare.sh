@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
-SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7"}
+SCENARIOS=${SCENARIOS:-"1 1b 2 3 4 5 6 7"}
 SERVERS=${SERVERS:-"herald ws-broadcast socketio nats"}
 SERVER_CORE=${SERVER_CORE:-0}
 GENERATOR_CORE=${GENERATOR_CORE:-1}
@@ -105,6 +105,10 @@ if has 1; then
   run "1 idle" herald sse --subscribers $idle --rate 0
   run "1 idle" herald poll --subscribers $idle --rate 0
 fi
+if has 1b; then
+  # The most one process may hold here (about 20,000 open files), spread over source addresses.
+  run "1b 19k connections" herald ws --subscribers 19000 --rate 1 --seconds 5 --source-addresses 4 --ramp 4000
+fi
 if has 2; then
   for rate in 10 40; do
     for server in herald ws-broadcast socketio nats; do
@@ -123,9 +127,13 @@ if has 4; then
   done
 fi
 if has 5; then
+  # Publishing over each server's own protocol: NATS's TCP protocol, Herald's WebSocket; and
+  # Herald's HTTP API too, which costs more per publish (one publish = one delivery here).
   for server in herald nats; do
-    run "5 many channels" "$server" ws --subscribers $many --channels $many --rate 2000 --seconds $seconds
+    run "5 many channels" "$server" ws --subscribers $many --channels $many --rate 2000 --seconds $seconds \
+      $([ "$server" = herald ] && echo --publish-over-websocket)
   done
+  run "5 many channels, HTTP publish" herald ws --subscribers $many --channels $many --rate 2000 --seconds $seconds
 fi
 if has 6; then
   for transport in ws sse poll; do
