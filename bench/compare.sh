@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
 SCENARIOS=${SCENARIOS:-"1 1b 2 3 4 5 6 7"}
-SERVERS=${SERVERS:-"herald ws-broadcast socketio nats"}
+SERVERS=${SERVERS:-"herald ws-broadcast socketio nats pushpin"}
 SERVER_CORE=${SERVER_CORE:-0}
 GENERATOR_CORE=${GENERATOR_CORE:-1}
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -24,6 +24,7 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 need_apt=()
 command -v nats-server >/dev/null || need_apt+=(nats-server)
 command -v wrk >/dev/null || need_apt+=(wrk)
+command -v pushpin >/dev/null || need_apt+=(pushpin)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
@@ -38,7 +39,7 @@ mkdir -p "$out"
 results="$out/results.jsonl"
 work=$(mktemp -d)
 PID=""
-trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$work"' EXIT
+trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -n "${BACKEND_PID:-}" ] && kill "$BACKEND_PID" 2>/dev/null; rm -rf "$work"' EXIT
 
 wait_port() {
   for _ in $(seq 200); do
@@ -70,6 +71,28 @@ websocket { listen: "127.0.0.1:8763", no_tls: true, compression: false }
 CONF
       taskset -c "$SERVER_CORE" nats-server -c "$work/nats.conf" > "$work/nats.log" 2>&1 &
       PID=$!; SUB_URL=http://127.0.0.1:8763; PUB_URL=127.0.0.1:4333; wait_port 8763 ;;
+    pushpin)
+      # Pushpin (all its processes, and the GRIP backend it asks on every new request, are
+      # measured). zurl must be among the services; the default message_rate (2,500/s) would
+      # cap fan-out, so it is raised.
+      taskset -c "$SERVER_CORE" node bench/peers/grip-backend.js 8764 > "$work/grip.log" 2>&1 &
+      BACKEND_PID=$!
+      mkdir -p "$work/pushpin-run" "$work/pushpin-log"
+      echo "* 127.0.0.1:8764" > "$work/routes"
+      sed -e "s#^services=.*#services=condure,zurl,pushpin-proxy,pushpin-handler#" \
+          -e "s#^rundir=.*#rundir=$work/pushpin-run#" -e "s#^logdir=.*#logdir=$work/pushpin-log#" \
+          -e "s#^routesfile=.*#routesfile=$work/routes#" -e "s#^message_rate=.*#message_rate=1000000#" \
+          -e "s#^message_hwm=.*#message_hwm=1000000#" -e "s#^client_maxconn=.*#client_maxconn=50000#" \
+          -e "s#^include=.*#include=$work/pushpin-internal.conf#" \
+          /etc/pushpin/pushpin.conf > "$work/pushpin.conf"
+      # Debian's internal.conf expects a system zurl under /var/run/zurl; point the proxy at
+      # the zurl the runner starts instead.
+      sed -e 's#ipc:///var/run/zurl/#ipc://{rundir}/{ipc_prefix}#' /usr/lib/pushpin/internal.conf \
+        > "$work/pushpin-internal.conf"
+      taskset -c "$SERVER_CORE" pushpin --config "$work/pushpin.conf" > "$work/pushpin.log" 2>&1 &
+      PID=$!; SUB_URL=http://127.0.0.1:7999; PUB_URL=http://127.0.0.1:5561/publish/
+      EXTRA_PIDS="--server-pid $BACKEND_PID"
+      wait_port 7999; wait_port 5561; wait_port 8764 ;;
   esac
 }
 
@@ -77,6 +100,12 @@ stop_server() {
   kill "$PID" 2>/dev/null || true
   wait "$PID" 2>/dev/null || true
   PID=""
+  if [ -n "${BACKEND_PID:-}" ]; then
+    kill "$BACKEND_PID" 2>/dev/null || true
+    wait "$BACKEND_PID" 2>/dev/null || true
+    BACKEND_PID=""
+  fi
+  EXTRA_PIDS=""
   sleep 0.5
 }
 
@@ -88,7 +117,7 @@ run() {
   start_server "$server"
   echo "== $label: $server over $transport $*" >&2
   taskset -c "$GENERATOR_CORE" "$generator" --target "$server" --transport "$transport" --url "$SUB_URL" \
-    --publish-url "$PUB_URL" --server-pid "$PID" --label "$label" "$@" >> "$results" ||
+    --publish-url "$PUB_URL" --server-pid "$PID" ${EXTRA_PIDS:-} --label "$label" "$@" >> "$results" ||
     echo "   (run failed)" >&2
   stop_server
 }
@@ -138,6 +167,9 @@ fi
 if has 6; then
   for transport in ws sse poll; do
     run "6 fan-out by transport" herald "$transport" --subscribers $fan --rate 10 --seconds $seconds
+  done
+  for transport in sse poll; do
+    run "6 fan-out by transport" pushpin "$transport" --subscribers $fan --rate 10 --seconds $seconds
   done
 fi
 if has 7; then

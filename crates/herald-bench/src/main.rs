@@ -42,8 +42,10 @@ struct Args {
     /// Publish over a WebSocket connection instead of the HTTP API (Herald only).
     #[arg(long)]
     publish_over_websocket: bool,
+    /// The server's process (repeat for servers made of several unrelated processes); its
+    /// descendants are counted too.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     #[arg(long, default_value_t = 0)]
     source_addresses: u8,
     #[arg(long, default_value_t = 5.0)]
@@ -70,7 +72,7 @@ fn main() -> anyhow::Result<()> {
         ramp_per_second: args.ramp,
         publishers: args.publishers,
         publish_over_websocket: args.publish_over_websocket,
-        server_pid: args.server_pid,
+        server_pids: args.server_pid,
         source_addresses: args.source_addresses,
         drain: Duration::from_secs_f64(args.drain_seconds),
     };

@@ -30,8 +30,8 @@ pub struct RunConfig {
     /// Concurrent publishing connections (each channel always uses the same one, in order).
     pub publishers: usize,
     pub publish_over_websocket: bool,
-    /// The server process, for CPU and RSS.
-    pub server_pid: Option<u32>,
+    /// The server's processes, for CPU and RSS (descendants included).
+    pub server_pids: Vec<u32>,
     /// Spread subscriber source addresses over 127.0.0.2.. this many addresses (0: default).
     pub source_addresses: u8,
     /// How long to wait for stragglers after the last publish.
@@ -53,7 +53,7 @@ impl Default for RunConfig {
             ramp_per_second: 5000,
             publishers: 4,
             publish_over_websocket: false,
-            server_pid: None,
+            server_pids: Vec::new(),
             source_addresses: 0,
             drain: Duration::from_secs(5),
         }
@@ -62,8 +62,10 @@ impl Default for RunConfig {
 
 pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     anyhow::ensure!(config.channels >= 1 && config.subscribers >= 1, "need at least one subscriber and channel");
-    let pid = config.server_pid;
-    let baseline_rss = pid.and_then(procfs::rss_kib);
+    let pids = config.server_pids.clone();
+    let rss = || procfs::total_rss_kib(&pids);
+    let cpu = || procfs::total_cpu_time(&pids);
+    let baseline_rss = rss();
     let latencies = payload::latencies();
     let delivered = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
@@ -97,8 +99,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     }
     let mut connect_errors = 0u64;
     let mut first_error = None;
+    let mut is_connected = Vec::with_capacity(config.subscribers);
     for receiver in ready {
-        match tokio::time::timeout(Duration::from_secs(60), receiver).await {
+        let outcome = tokio::time::timeout(Duration::from_secs(60), receiver).await;
+        is_connected.push(matches!(outcome, Ok(Ok(Ok(())))));
+        match outcome {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => {
                 connect_errors += 1;
@@ -114,14 +119,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
 
     // Idle: let the server settle, then read its memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_rss = pid.and_then(procfs::rss_kib);
+    let idle_rss = rss();
     let idle_kib_per_connection = match (baseline_rss, idle_rss) {
         (Some(baseline), Some(idle)) if connected > 0 => Some((idle as f64 - baseline as f64) / connected as f64),
         _ => None,
     };
 
     // Publish at a fixed rate, each channel always through the same publisher, in order.
-    let cpu_before = pid.and_then(procfs::cpu_time);
+    let cpu_before = cpu();
     let published_per_channel: Arc<Vec<AtomicU64>> =
         Arc::new((0..config.channels).map(|_| AtomicU64::new(0)).collect());
     let publish_errors = Arc::new(AtomicU64::new(0));
@@ -182,7 +187,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
             }
             if last_sample.elapsed() >= Duration::from_millis(250) {
                 last_sample = Instant::now();
-                peak_rss = peak_rss.max(pid.and_then(procfs::rss_kib));
+                peak_rss = peak_rss.max(rss());
             }
         }
         drop(queues);
@@ -194,15 +199,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
 
     // Drain: wait until everything expected has arrived, or the drain time is up.
     let expected_total: u64 = (0..config.subscribers)
-        .filter(|index| *index < connected as usize)
+        .filter(|index| is_connected[*index])
         .map(|index| published_per_channel[index % config.channels].load(Ordering::Relaxed))
         .sum();
     let drain_deadline = Instant::now() + config.drain;
     while delivered.load(Ordering::Relaxed) < expected_total && Instant::now() < drain_deadline {
-        peak_rss = peak_rss.max(pid.and_then(procfs::rss_kib));
+        peak_rss = peak_rss.max(rss());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu_after = pid.and_then(procfs::cpu_time);
+    let cpu_after = cpu();
     stop.cancel();
 
     let mut report = Report {
@@ -226,7 +231,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     for (index, task) in subscribers.into_iter().enumerate() {
         let seen: Seen = task.await.unwrap_or_default();
         let expected = published_per_channel[index % config.channels].load(Ordering::Relaxed);
-        if seen.delivered == 0 && seen.duplicated == 0 && index >= connected as usize {
+        if !is_connected[index] {
             continue;
         }
         report.expected += expected;
@@ -240,8 +245,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         && report.delivered > 0
     {
         let per_delivery = |spent: Duration| spent.as_micros() as f64 / report.delivered as f64;
-        report.server_cpu_us_per_delivery = Some(per_delivery(after.total() - before.total()));
-        report.server_user_us_per_delivery = Some(per_delivery(after.user - before.user));
+        report.server_cpu_us_per_delivery = Some(per_delivery(after.total().saturating_sub(before.total())));
+        report.server_user_us_per_delivery = Some(per_delivery(after.user.saturating_sub(before.user)));
     }
     if let Ok(histogram) = latencies.lock()
         && !histogram.is_empty()

@@ -26,6 +26,8 @@ pub enum Target {
     WsBroadcast,
     Nats,
     Socketio,
+    /// Pushpin in front of a GRIP backend (bench/peers/grip-backend.js): SSE and long-poll.
+    Pushpin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -126,6 +128,13 @@ pub async fn subscriber(
                 nats_ws(&endpoints, &target.channel_name(channel), source, &mut ready, &mut sink, &stop).await
             }
             (Target::Socketio, Transport::Ws) => socketio(&endpoints, source, &mut ready, &mut sink, &stop).await,
+            (Target::Pushpin, Transport::Sse) => {
+                let url = format!("{}/sse?channel={}", endpoints.subscribe, target.channel_name(channel));
+                http_stream(&http, &url, b"\n\n", &mut ready, &mut sink, &stop).await
+            }
+            (Target::Pushpin, Transport::Poll) => {
+                pushpin_poll(&http, &endpoints, &target.channel_name(channel), &mut ready, &mut sink, &stop).await
+            }
             (target, transport) => bail!("{target:?} over {transport:?} is not supported"),
         }
     }
@@ -279,6 +288,37 @@ async fn herald_poll(
     }
 }
 
+/// Pushpin's long-poll has no cursor: a held request answers with what is published while it
+/// is held, and what is published between two polls is not seen.
+async fn pushpin_poll(
+    http: &reqwest::Client,
+    endpoints: &Endpoints,
+    channel: &str,
+    ready: &mut Option<oneshot::Sender<Result<(), String>>>,
+    sink: &mut Recorder<'_>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let url = format!("{}/poll?channel={channel}", endpoints.subscribe);
+    let mut first = true;
+    loop {
+        let request = http.get(&url).send();
+        if first {
+            first = false;
+            // The request is on its way to being held; give Pushpin a moment to subscribe it.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            signal(ready);
+        }
+        let response = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            response = request => response?,
+        };
+        if !response.status().is_success() {
+            bail!("pushpin poll answered {}", response.status());
+        }
+        sink.record(&response.bytes().await?);
+    }
+}
+
 async fn nats_ws(
     endpoints: &Endpoints,
     subject: &str,
@@ -333,6 +373,7 @@ pub enum Publisher {
     HeraldHttp { http: reqwest::Client, url: String },
     HeraldWs { socket: Box<Socket>, next_id: u64 },
     HttpPost { http: reqwest::Client, url: String },
+    PushpinPublish { http: reqwest::Client, url: String },
     Nats { stream: tokio::io::BufWriter<TcpStream> },
 }
 
@@ -346,6 +387,7 @@ impl Publisher {
             }
             Target::Herald => Self::HeraldHttp { http, url: format!("{}/api/publish", endpoints.publish) },
             Target::WsBroadcast | Target::Socketio => Self::HttpPost { http, url: endpoints.publish.clone() },
+            Target::Pushpin => Self::PushpinPublish { http, url: endpoints.publish.clone() },
             Target::Nats => {
                 let stream = TcpStream::connect(host_port(&endpoints.publish)?).await?;
                 stream.set_nodelay(true)?;
@@ -381,6 +423,21 @@ impl Publisher {
                 }
                 let _ = response.bytes().await;
             }
+            Self::PushpinPublish { http, url } => {
+                // One item in both formats: an SSE event for streams, a body for held polls.
+                let item = serde_json::json!({"items": [{
+                    "channel": channel_name,
+                    "formats": {
+                        "http-stream": {"content": format!("data: {data}\n\n")},
+                        "http-response": {"body": format!("{{\"messages\":[{data}]}}\n")},
+                    },
+                }]});
+                let response = http.post(url.as_str()).json(&item).send().await?;
+                if !response.status().is_success() {
+                    bail!("pushpin publish answered {}", response.status());
+                }
+                let _ = response.bytes().await;
+            }
             Self::Nats { stream } => {
                 stream.write_all(format!("PUB {channel_name} {}\r\n{data}\r\n", data.len()).as_bytes()).await?;
             }
@@ -392,9 +449,13 @@ impl Publisher {
         match self {
             Self::HeraldWs { socket, .. } => {
                 socket.flush().await?;
-                // Replies are drained so the server never waits on us.
+                // Replies are read so the server never waits on us; a refused publish is an error.
                 while let Ok(Some(frame)) = tokio::time::timeout(std::time::Duration::ZERO, socket.next()).await {
-                    frame?;
+                    if let Message::Text(reply) = frame?
+                        && reply.contains("\"error\"")
+                    {
+                        bail!("publish refused: {reply}");
+                    }
                 }
             }
             Self::Nats { stream } => stream.flush().await?,

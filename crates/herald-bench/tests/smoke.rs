@@ -38,7 +38,7 @@ async fn a_short_run_on_every_transport_delivers_everything_once_in_order() {
             channels: 2,
             rate: 20,
             seconds,
-            server_pid: Some(std::process::id()),
+            server_pids: vec![std::process::id()],
             drain: Duration::from_secs(5),
             ..RunConfig::default()
         };

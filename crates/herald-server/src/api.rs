@@ -97,7 +97,7 @@ fn read_json<'a, T: Deserialize<'a>>(body: &'a Result<Bytes, BytesRejection>) ->
 }
 
 fn checked_idempotency_key(key: Option<String>) -> Result<Option<String>, ApiError> {
-    idempotency_key(key).map_err(|body| ApiError { status: StatusCode::BAD_REQUEST, body })
+    idempotency_key(key).map_err(|body| ApiError { status: StatusCode::BAD_REQUEST, body, headers: Vec::new() })
 }
 
 fn channel_name(name: &str) -> Result<ChannelName, ApiError> {

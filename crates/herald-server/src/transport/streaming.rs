@@ -176,9 +176,15 @@ async fn run_stream(
     _permit: StreamPermit,
 ) {
     let write_timeout = app.settings.websocket.write_timeout;
+    // A slow reader gets the write timeout, but never holds up a shutdown.
     let send = |chunk: BytesMut| {
-        let sender = &sender;
-        async move { matches!(timeout(write_timeout, sender.send(chunk.freeze())).await, Ok(Ok(()))) }
+        let (sender, shutdown) = (&sender, &app.shutdown);
+        async move {
+            tokio::select! {
+                sent = timeout(write_timeout, sender.send(chunk.freeze())) => matches!(sent, Ok(Ok(()))),
+                () = shutdown.cancelled() => false,
+            }
+        }
     };
 
     let mut chunk = BytesMut::with_capacity(256);
@@ -205,7 +211,8 @@ async fn run_stream(
             biased;
             () = app.shutdown.cancelled() => {
                 format.disconnect(&mut chunk, close_code::GOING_AWAY, "server shutting down", &subscription.cursor());
-                let _ = send(chunk).await;
+                // Only if there is room: a reader too slow to take it will not delay the stop.
+                let _ = sender.try_send(chunk.freeze());
                 return;
             }
             () = inbox.lagged.cancelled() => {

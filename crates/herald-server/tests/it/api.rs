@@ -148,6 +148,18 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
     assert_eq!(response.status().as_u16() / 100, 4, "a plain GET on /ws is refused");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "websocket_upgrade_required");
+    let response = server
+        .http()
+        .get(server.url("/ws"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 426);
+    assert_eq!(response.headers()["sec-websocket-version"], "13", "RFC 6455 4.4: say which version we speak");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

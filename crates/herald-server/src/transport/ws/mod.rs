@@ -111,11 +111,13 @@ fn check_handshake(headers: &HeaderMap) -> Result<HeaderValue, ApiError> {
         ));
     }
     if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|value| value.to_str().ok()) != Some("13") {
+        // RFC 6455 4.4: say which version we speak.
         return Err(ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
             "websocket_version_unsupported",
             "only WebSocket version 13 is supported (Sec-WebSocket-Version: 13)",
-        ));
+        )
+        .with_header(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")));
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
