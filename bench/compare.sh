@@ -168,8 +168,9 @@ if has 6; then
   for transport in ws sse poll; do
     run "6 fan-out by transport" herald "$transport" --subscribers $fan --rate 10 --seconds $seconds
   done
+  # Pushpin's proxy asks the backend for every new request: ramp more gently.
   for transport in sse poll; do
-    run "6 fan-out by transport" pushpin "$transport" --subscribers $fan --rate 10 --seconds $seconds
+    run "6 fan-out by transport" pushpin "$transport" --subscribers $fan --rate 10 --seconds $seconds --ramp 500
   done
 fi
 if has 7; then
