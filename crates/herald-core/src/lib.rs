@@ -7,12 +7,15 @@
 //! - [`engine`]: the trait an engine implements (publish with positions, cross-node fan-out,
 //!   history, idempotency), the seam for memory, Redis and NATS;
 //! - [`memory`]: the single-node in-memory engine;
+//! - [`durable`]: the storage trait for durable history, and the engine that sends durable
+//!   namespaces to it;
 //! - [`hub`]: local subscribers, fan-out through bounded per-connection queues, recovery.
 //!
 //! The core knows no HTTP, no socket, no wire format and no backend: it is pure logic on top of
 //! tokio's synchronisation primitives, so it can be tested without any IO.
 
 pub mod channel;
+pub mod durable;
 pub mod engine;
 pub mod hub;
 pub mod memory;
@@ -21,6 +24,7 @@ pub mod position;
 pub mod publication;
 
 pub use channel::{ChannelName, InvalidChannelName};
+pub use durable::{DurableEngine, Storage};
 pub use engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishError, PublishRequest, Published};
 pub use hub::{Hub, HubError, Inbox, Push, Subscribed, SubscriberHandle};
 pub use memory::MemoryEngine;

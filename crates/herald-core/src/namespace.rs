@@ -12,6 +12,8 @@ pub struct NamespaceOptions {
     pub history_size: usize,
     /// How long a publication stays in history.
     pub history_ttl: Duration,
+    /// History kept in durable storage: survives restarts, acknowledged after commit.
+    pub durable: bool,
     /// Whether clients (not only the server API) may publish.
     pub client_publish: bool,
     /// How long an idempotency key is remembered after its publish.
@@ -23,6 +25,7 @@ impl Default for NamespaceOptions {
         Self {
             history_size: 100,
             history_ttl: Duration::from_secs(600),
+            durable: false,
             client_publish: true,
             idempotency_window: Duration::from_secs(300),
         }

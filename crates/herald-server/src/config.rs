@@ -171,6 +171,7 @@ pub struct Settings {
     /// `None`: any origin (dev). Otherwise browser requests from other origins get `403`.
     pub allowed_origins: Option<Vec<String>>,
     pub engine: EngineKind,
+    pub storage: StorageKind,
     pub api_keys: ApiKeys,
     pub namespaces: Namespaces,
     pub websocket: WebSocketSettings,
@@ -204,6 +205,13 @@ impl std::fmt::Debug for ApiKeys {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineKind {
     Memory,
+}
+
+/// Where durable namespaces keep their history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    /// A file in the data directory.
+    Sqlite,
 }
 
 #[derive(Debug, Clone)]
@@ -295,17 +303,11 @@ impl Settings {
         if !raw.webhooks.is_empty() {
             return Err(invalid("webhooks", "webhooks are not available in this build yet"));
         }
-        if let Some(storage) = &raw.storage {
-            match storage.kind.as_deref().unwrap_or("sqlite") {
-                "sqlite" => {}
-                "postgres" => {
-                    return Err(invalid("storage.kind", "postgres storage is not available in this build yet"));
-                }
-                other => {
-                    return Err(invalid("storage.kind", format!("{other:?} is not one of \"sqlite\", \"postgres\"")));
-                }
-            }
-        }
+        let storage = match raw.storage.as_ref().and_then(|storage| storage.kind.as_deref()).unwrap_or("sqlite") {
+            "sqlite" => StorageKind::Sqlite,
+            "postgres" => return Err(invalid("storage.kind", "postgres storage is not available in this build yet")),
+            other => return Err(invalid("storage.kind", format!("{other:?} is not one of \"sqlite\", \"postgres\""))),
+        };
         if let Some(origins) = &raw.allowed_origins {
             for (index, origin) in origins.iter().enumerate() {
                 if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
@@ -384,6 +386,7 @@ impl Settings {
             data_dir,
             allowed_origins: raw.allowed_origins,
             engine,
+            storage,
             api_keys: ApiKeys(raw.api.keys),
             namespaces: Namespaces::new(default_namespace, named),
             websocket,
@@ -402,7 +405,7 @@ impl Settings {
 
 fn namespace_options(key: &str, raw: &RawNamespace) -> Result<NamespaceOptions, ConfigError> {
     let defaults = NamespaceOptions::default();
-    for (flag, value) in [("durable", raw.durable), ("presence", raw.presence), ("join_leave", raw.join_leave)] {
+    for (flag, value) in [("presence", raw.presence), ("join_leave", raw.join_leave)] {
         if value == Some(true) {
             return Err(invalid(format!("{key}.{flag}"), "not available in this build yet"));
         }
@@ -416,6 +419,7 @@ fn namespace_options(key: &str, raw: &RawNamespace) -> Result<NamespaceOptions, 
             Some(text) => parse_duration(&format!("{key}.history_ttl"), text)?,
             None => defaults.history_ttl,
         },
+        durable: raw.durable.unwrap_or(defaults.durable),
         client_publish: raw.client_publish.unwrap_or(defaults.client_publish),
         idempotency_window: match &raw.idempotency_window {
             Some(text) => parse_duration(&format!("{key}.idempotency_window"), text)?,

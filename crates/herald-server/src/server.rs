@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use herald_core::Hub;
+
 use crate::app::{self, AppState};
 use crate::config::Settings;
 use crate::wiring;
@@ -27,6 +29,8 @@ pub enum StartError {
     DataDir { path: String, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Storage(#[from] herald_storage::StorageOpenError),
 }
 
 /// A server that is accepting connections.
@@ -62,16 +66,17 @@ impl RunningServer {
 pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|source| StartError::DataDir { path: settings.data_dir.display().to_string(), source })?;
+    // Storage is opened (and checked) before the port is bound.
+    let hub = wiring::hub(&settings)?;
     let addr = settings.listen;
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-    start_on(listener, settings).map_err(|source| StartError::Bind { addr, source })
+    start_on(listener, settings, hub).map_err(|source| StartError::Bind { addr, source })
 }
 
-/// Serves on an already bound listener.
-pub fn start_on(listener: TcpListener, settings: Settings) -> std::io::Result<RunningServer> {
+/// Serves on an already bound listener, with the hub `wiring::hub` made from `settings`.
+pub fn start_on(listener: TcpListener, settings: Settings, hub: Arc<Hub>) -> std::io::Result<RunningServer> {
     let local_addr = listener.local_addr()?;
     let grace = settings.shutdown_grace;
-    let hub = wiring::hub(&settings);
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let app = AppState::new(hub.clone(), Arc::new(settings), shutdown.clone(), tasks.clone());

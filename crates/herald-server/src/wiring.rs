@@ -1,15 +1,23 @@
-//! The one place that turns settings into concrete adapters (engine now; storage later).
+//! The one place that turns settings into concrete adapters: the engine, and the storage that
+//! durable namespaces keep their history in.
 
 use std::sync::Arc;
 
-use herald_core::{Engine, Hub, MemoryEngine};
+use herald_core::{DurableEngine, Engine, Hub};
+use herald_storage::{SqliteStorage, StorageOpenError};
 
-use crate::config::{EngineKind, Settings};
+use crate::config::{EngineKind, Settings, StorageKind};
 
-pub fn hub(settings: &Settings) -> Arc<Hub> {
+/// The database file of the embedded storage, inside the data directory.
+pub const SQLITE_FILE: &str = "herald.db";
+
+pub fn hub(settings: &Settings) -> Result<Arc<Hub>, StorageOpenError> {
     let namespaces = Arc::new(settings.namespaces.clone());
-    let engine: Arc<dyn Engine> = match settings.engine {
-        EngineKind::Memory => Arc::new(MemoryEngine::new(namespaces.clone())),
+    let storage = match settings.storage {
+        StorageKind::Sqlite => Arc::new(SqliteStorage::open(&settings.data_dir.join(SQLITE_FILE), namespaces.clone())?),
     };
-    Hub::new(engine, namespaces)
+    let engine: Arc<dyn Engine> = match settings.engine {
+        EngineKind::Memory => Arc::new(DurableEngine::new(namespaces.clone(), storage)),
+    };
+    Ok(Hub::new(engine, namespaces))
 }

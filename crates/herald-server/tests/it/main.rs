@@ -4,6 +4,7 @@
 mod api;
 mod bad_input;
 mod binary;
+mod durable;
 mod helpers;
 mod http_streaming;
 mod mixed_transports;

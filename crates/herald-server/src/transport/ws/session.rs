@@ -439,9 +439,11 @@ mod tests {
     /// elsewhere, so the idle state stays small.
     #[tokio::test]
     async fn an_idle_connection_s_task_state_stays_small() {
-        let settings = Arc::new(Settings::from_toml("", &Overrides::default()).unwrap());
+        let data_dir = tempfile::tempdir().unwrap();
+        let overrides = Overrides { data_dir: Some(data_dir.path().to_path_buf()), ..Default::default() };
+        let settings = Arc::new(Settings::from_toml("", &overrides).unwrap());
         let app = AppState::new(
-            crate::wiring::hub(&settings),
+            crate::wiring::hub(&settings).unwrap(),
             settings,
             CancellationToken::new(),
             tokio_util::task::TaskTracker::new(),

@@ -1,0 +1,566 @@
+//! SQLite storage: one file in the data directory, WAL mode, `synchronous = FULL`.
+//!
+//! One writer thread owns the writing connection. It takes every append waiting in its queue
+//! into one transaction (group commit: one fsync for many publishes under load), assigns
+//! offsets from each channel's stored top, commits, and only then hands the new publications to
+//! the fan-out, in offset order, and answers the publishers: a publish that was acknowledged is
+//! on disk. Reads use a second connection (WAL lets them run beside the writer).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald_core::{
+    ChannelName, EngineError, Epoch, FanOut, HistoryPage, HistoryQuery, Namespaces, Position, Publication,
+    PublishError, PublishRequest, Published, Storage,
+};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+/// Appends waiting at most before the writer takes them (bounded: publishers wait beyond it).
+const QUEUE: usize = 4096;
+/// Requests in one transaction at most.
+const GROUP: usize = 1024;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS channels (
+    name TEXT PRIMARY KEY,
+    epoch TEXT NOT NULL,
+    top INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS publications (
+    channel TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (channel, offset)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    channel TEXT NOT NULL,
+    key TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    PRIMARY KEY (channel, key)
+) WITHOUT ROWID;
+";
+
+/// Why the database could not be opened: reported at start, before anything is served.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageOpenError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("{path} is damaged or not a Herald database: {detail}")]
+    Corrupt { path: String, detail: String },
+    #[error("cannot start the storage writer: {0}")]
+    Thread(std::io::Error),
+}
+
+type Outcomes = Vec<Result<Published, PublishError>>;
+
+/// One append as the writer receives it.
+struct Append {
+    batch: Vec<PublishRequest>,
+    fan_out: Option<Arc<dyn FanOut>>,
+    reply: oneshot::Sender<Outcomes>,
+}
+
+/// What one request did inside the transaction: its outcome, and the publication to deliver
+/// after commit (none for an idempotent repeat).
+type Appended = (Published, Option<Arc<Publication>>);
+
+enum Job {
+    Append(Append),
+    EnsureChannel { channel: ChannelName, reply: oneshot::Sender<Result<(), EngineError>> },
+    Trim { channel: ChannelName, reply: oneshot::Sender<()> },
+}
+
+/// Durable history in an SQLite file.
+pub struct SqliteStorage {
+    jobs: mpsc::Sender<Job>,
+    reader: Arc<Mutex<Connection>>,
+    namespaces: Arc<Namespaces>,
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+fn storage_error(error: impl std::fmt::Display) -> EngineError {
+    EngineError::Failed(format!("storage: {error}"))
+}
+
+impl SqliteStorage {
+    /// Opens (or creates) the database at `path`, checks it, and starts the writer thread.
+    pub fn open(path: &Path, namespaces: Arc<Namespaces>) -> Result<Self, StorageOpenError> {
+        let display = path.display().to_string();
+        let open = |path: &Path| {
+            let connection =
+                Connection::open(path).map_err(|source| StorageOpenError::Open { path: display.clone(), source })?;
+            connection
+                .busy_timeout(Duration::from_secs(5))
+                .map_err(|source| StorageOpenError::Open { path: display.clone(), source })?;
+            Ok::<_, StorageOpenError>(connection)
+        };
+        let corrupt = |detail: String| StorageOpenError::Corrupt { path: display.clone(), detail };
+        let writer = open(path)?;
+        writer
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .map_err(|error| corrupt(error.to_string()))?;
+        let check: String =
+            writer.query_row("PRAGMA quick_check", [], |row| row.get(0)).map_err(|error| corrupt(error.to_string()))?;
+        if check != "ok" {
+            return Err(corrupt(check));
+        }
+        writer.execute_batch(SCHEMA).map_err(|error| corrupt(error.to_string()))?;
+        let reader = open(path)?;
+
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let writer_namespaces = namespaces.clone();
+        std::thread::Builder::new()
+            .name("herald-sqlite-writer".into())
+            .spawn(move || {
+                Writer { connection: writer, namespaces: writer_namespaces, tops: HashMap::new() }.run(queue)
+            })
+            .map_err(StorageOpenError::Thread)?;
+        Ok(Self { jobs, reader: Arc::new(Mutex::new(reader)), namespaces })
+    }
+
+    async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(job(reply)).await.map_err(|_| storage_error("the writer has stopped"))?;
+        answer.await.map_err(|_| storage_error("the writer has stopped"))
+    }
+
+    /// Runs `read` on the reading connection, off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let connection = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            read(&connection)
+        })
+        .await
+        .map_err(storage_error)?
+        .map_err(storage_error)
+    }
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    async fn append(
+        &self,
+        batch: Vec<PublishRequest>,
+        fan_out: Option<Arc<dyn FanOut>>,
+    ) -> Vec<Result<Published, PublishError>> {
+        let count = batch.len();
+        match self.ask(|reply| Job::Append(Append { batch, fan_out, reply })).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => (0..count).map(|_| Err(error.clone())).collect(),
+        }
+    }
+
+    async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryPage, EngineError> {
+        let options = self.namespaces.options_for(channel).clone();
+        for attempt in 0..2 {
+            let name = channel.clone();
+            let page = self
+                .read(move |connection| {
+                    let Some((epoch, top)) = connection
+                        .query_row("SELECT epoch, top FROM channels WHERE name = ?1", [name.as_str()], |row| {
+                            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                        })
+                        .optional()?
+                    else {
+                        return Ok(None);
+                    };
+                    let top = top as u64;
+                    // What retention keeps, even before the sweep has deleted the rest.
+                    let first_kept = (top + 1).saturating_sub(options.history_size as u64).max(1) as i64;
+                    let cutoff = unix_millis().saturating_sub(options.history_ttl.as_millis() as u64) as i64;
+                    let oldest: Option<i64> = connection.query_row(
+                        "SELECT MIN(offset) FROM publications WHERE channel = ?1 AND offset >= ?2 AND time_ms >= ?3",
+                        params![name.as_str(), first_kept, cutoff],
+                        |row| row.get(0),
+                    )?;
+                    let limit = query.limit.min(i64::MAX as usize) as i64;
+                    let sql = if query.reverse {
+                        "SELECT offset, time_ms, data FROM publications WHERE channel = ?1 AND offset >= ?2 \
+                         AND time_ms >= ?3 AND offset < ?4 ORDER BY offset DESC LIMIT ?5"
+                    } else {
+                        "SELECT offset, time_ms, data FROM publications WHERE channel = ?1 AND offset >= ?2 \
+                         AND time_ms >= ?3 AND offset > ?4 ORDER BY offset ASC LIMIT ?5"
+                    };
+                    let bound = match (query.reverse, query.since) {
+                        (true, Some(since)) => since.min(i64::MAX as u64) as i64,
+                        (true, None) => i64::MAX,
+                        (false, since) => since.unwrap_or(0).min(i64::MAX as u64) as i64,
+                    };
+                    let epoch = Epoch::new(&epoch);
+                    let mut statement = connection.prepare_cached(sql)?;
+                    let rows = statement
+                        .query_map(params![name.as_str(), first_kept, cutoff, bound, limit], |row| {
+                            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?))
+                        })?;
+                    let mut publications = Vec::new();
+                    for row in rows {
+                        let (offset, time_ms, data) = row?;
+                        publications.push(Arc::new(Publication::new(
+                            name.clone(),
+                            Position { epoch: epoch.clone(), offset: offset as u64 },
+                            Bytes::from(data),
+                            time_ms as u64,
+                        )));
+                    }
+                    Ok(Some(HistoryPage {
+                        publications,
+                        top: Position { epoch, offset: top },
+                        oldest: oldest.map_or(top + 1, |oldest| oldest as u64),
+                    }))
+                })
+                .await?;
+            match page {
+                Some(page) => return Ok(page),
+                // A channel never published to: give it its epoch now (through the writer,
+                // durably), so positions handed out for it stay valid.
+                None if attempt == 0 => {
+                    self.ask(|reply| Job::EnsureChannel { channel: channel.clone(), reply }).await??;
+                }
+                None => break,
+            }
+        }
+        Err(storage_error(format!("channel {channel} vanished while being read")))
+    }
+
+    async fn sweep(&self) {
+        let Ok(channels) = self
+            .read(|connection| {
+                let mut statement = connection.prepare_cached("SELECT name FROM channels")?;
+                let names = statement.query_map([], |row| row.get::<_, String>(0))?;
+                names.collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .await
+        else {
+            return;
+        };
+        // One small job per channel, so appends queued meanwhile go in between.
+        for name in channels {
+            if let Ok(channel) = ChannelName::new(&name) {
+                let _ = self.ask(|reply| Job::Trim { channel, reply }).await;
+            }
+        }
+    }
+}
+
+/// The writer thread's state: the connection and each channel's (epoch, top).
+struct Writer {
+    connection: Connection,
+    namespaces: Arc<Namespaces>,
+    tops: HashMap<ChannelName, (Epoch, u64)>,
+}
+
+impl Writer {
+    fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        while let Some(first) = queue.blocking_recv() {
+            let mut appends = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Append(append) => appends.push(append),
+                    Job::EnsureChannel { channel, reply } => {
+                        let _ = reply.send(self.ensure_channel(&channel));
+                    }
+                    Job::Trim { channel, reply } => {
+                        self.trim(&channel);
+                        let _ = reply.send(());
+                    }
+                }
+                if appends.iter().map(|append| append.batch.len()).sum::<usize>() < GROUP {
+                    next = queue.try_recv().ok();
+                }
+            }
+            if !appends.is_empty() {
+                self.commit_group(appends);
+            }
+        }
+    }
+
+    fn ensure_channel(&mut self, channel: &ChannelName) -> Result<(), EngineError> {
+        let transaction =
+            self.connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(storage_error)?;
+        channel_state(&transaction, &mut self.tops, channel).map_err(storage_error)?;
+        transaction.commit().map_err(|error| {
+            self.tops.remove(channel);
+            storage_error(error)
+        })
+    }
+
+    /// One transaction for all waiting appends; outcomes and deliveries only after commit.
+    fn commit_group(&mut self, appends: Vec<Append>) {
+        let before = self.tops.clone();
+        let now = unix_millis();
+        let result = (|| -> rusqlite::Result<Vec<Vec<Appended>>> {
+            let transaction = self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut outcomes = Vec::with_capacity(appends.len());
+            for Append { batch, .. } in &appends {
+                let mut job_outcomes = Vec::with_capacity(batch.len());
+                for request in batch {
+                    let window = self.namespaces.options_for(&request.channel).idempotency_window;
+                    job_outcomes.push(append_one(&transaction, &mut self.tops, request, now, window)?);
+                }
+                outcomes.push(job_outcomes);
+            }
+            transaction.commit()?;
+            Ok(outcomes)
+        })();
+        match result {
+            Ok(outcomes) => {
+                for (Append { fan_out, reply, .. }, job_outcomes) in appends.into_iter().zip(outcomes) {
+                    let mut answers = Vec::with_capacity(job_outcomes.len());
+                    for (published, new_publication) in job_outcomes {
+                        if let (Some(fan_out), Some(publication)) = (&fan_out, new_publication) {
+                            fan_out.deliver(publication);
+                        }
+                        answers.push(Ok(published));
+                    }
+                    let _ = reply.send(answers);
+                }
+            }
+            Err(error) => {
+                // Nothing was committed: forget the offsets handed out in this transaction.
+                self.tops = before;
+                let error = storage_error(error);
+                for Append { batch, reply, .. } in appends {
+                    let _ = reply.send(batch.iter().map(|_| Err(error.clone())).collect());
+                }
+            }
+        }
+    }
+
+    fn trim(&mut self, channel: &ChannelName) {
+        let options = self.namespaces.options_for(channel);
+        let now = unix_millis();
+        let Some((_, top)) = self.tops.get(channel).cloned().or_else(|| {
+            self.connection
+                .query_row("SELECT epoch, top FROM channels WHERE name = ?1", [channel.as_str()], |row| {
+                    Ok((Epoch::new(&row.get::<_, String>(0)?), row.get::<_, i64>(1)? as u64))
+                })
+                .ok()
+        }) else {
+            return;
+        };
+        let first_kept = (top + 1).saturating_sub(options.history_size as u64) as i64;
+        let cutoff = now.saturating_sub(options.history_ttl.as_millis() as u64) as i64;
+        let idempotency_cutoff = now.saturating_sub(options.idempotency_window.as_millis() as u64) as i64;
+        let _ = self.connection.execute(
+            "DELETE FROM publications WHERE channel = ?1 AND (offset < ?2 OR time_ms < ?3)",
+            params![channel.as_str(), first_kept, cutoff],
+        );
+        let _ = self.connection.execute(
+            "DELETE FROM idempotency WHERE channel = ?1 AND time_ms < ?2",
+            params![channel.as_str(), idempotency_cutoff],
+        );
+    }
+}
+
+/// The channel's (epoch, top), from the cache, the table, or created with a fresh epoch.
+fn channel_state(
+    connection: &Connection,
+    tops: &mut HashMap<ChannelName, (Epoch, u64)>,
+    channel: &ChannelName,
+) -> rusqlite::Result<(Epoch, u64)> {
+    if let Some(state) = tops.get(channel) {
+        return Ok(state.clone());
+    }
+    let stored = connection
+        .query_row("SELECT epoch, top FROM channels WHERE name = ?1", [channel.as_str()], |row| {
+            Ok((Epoch::new(&row.get::<_, String>(0)?), row.get::<_, i64>(1)? as u64))
+        })
+        .optional()?;
+    let state = match stored {
+        Some(state) => state,
+        None => {
+            let epoch = Epoch::random();
+            connection.execute(
+                "INSERT INTO channels (name, epoch, top) VALUES (?1, ?2, 0)",
+                params![channel.as_str(), epoch.as_str()],
+            )?;
+            (epoch, 0)
+        }
+    };
+    tops.insert(channel.clone(), state.clone());
+    Ok(state)
+}
+
+/// Appends one request inside the open transaction; returns its outcome and, unless it was an
+/// idempotent repeat, the new publication to deliver after commit.
+fn append_one(
+    connection: &Connection,
+    tops: &mut HashMap<ChannelName, (Epoch, u64)>,
+    request: &PublishRequest,
+    now: u64,
+    idempotency_window: Duration,
+) -> rusqlite::Result<Appended> {
+    let (epoch, top) = channel_state(connection, tops, &request.channel)?;
+    if let Some(key) = &request.idempotency_key {
+        let since = now.saturating_sub(idempotency_window.as_millis() as u64) as i64;
+        let seen: Option<i64> = connection
+            .prepare_cached("SELECT offset FROM idempotency WHERE channel = ?1 AND key = ?2 AND time_ms >= ?3")?
+            .query_row(params![request.channel.as_str(), key, since], |row| row.get(0))
+            .optional()?;
+        if let Some(offset) = seen {
+            let position = Position { epoch, offset: offset as u64 };
+            return Ok((Published { channel: request.channel.clone(), position, duplicate: true }, None));
+        }
+    }
+    let offset = top + 1;
+    connection
+        .prepare_cached("INSERT INTO publications (channel, offset, time_ms, data) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![request.channel.as_str(), offset as i64, now as i64, &request.data[..]])?;
+    connection
+        .prepare_cached("UPDATE channels SET top = ?2 WHERE name = ?1")?
+        .execute(params![request.channel.as_str(), offset as i64])?;
+    if let Some(key) = &request.idempotency_key {
+        connection
+            .prepare_cached(
+                "INSERT OR REPLACE INTO idempotency (channel, key, offset, time_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![request.channel.as_str(), key, offset as i64, now as i64])?;
+    }
+    tops.insert(request.channel.clone(), (epoch.clone(), offset));
+    let position = Position { epoch, offset };
+    let publication = Arc::new(Publication::new(request.channel.clone(), position.clone(), request.data.clone(), now));
+    Ok((Published { channel: request.channel.clone(), position, duplicate: false }, Some(publication)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::NamespaceOptions;
+
+    fn namespaces(history_size: usize) -> Arc<Namespaces> {
+        let options = NamespaceOptions { history_size, durable: true, ..Default::default() };
+        Arc::new(Namespaces::new(options, HashMap::new()))
+    }
+
+    fn request(channel: &str, data: &str, key: Option<&str>) -> PublishRequest {
+        PublishRequest {
+            channel: ChannelName::new(channel).unwrap(),
+            data: Bytes::from(data.to_string()),
+            idempotency_key: key.map(str::to_string),
+        }
+    }
+
+    /// Records deliveries, to check they come after commit and in order.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, u64)>>);
+
+    impl FanOut for Recorder {
+        fn deliver(&self, publication: Arc<Publication>) {
+            self.0.lock().unwrap().push((publication.channel.to_string(), publication.position.offset));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn positions_history_and_idempotency_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        let recorder = Arc::new(Recorder::default());
+        let first_epoch;
+        {
+            let storage = SqliteStorage::open(&path, namespaces(100)).unwrap();
+            let fan_out: Arc<dyn FanOut> = recorder.clone();
+            let outcomes = storage
+                .append(
+                    vec![request("a", "1", None), request("b", "1", None), request("a", "2", Some("k"))],
+                    Some(fan_out),
+                )
+                .await;
+            let offsets: Vec<u64> = outcomes.iter().map(|o| o.as_ref().unwrap().position.offset).collect();
+            assert_eq!(offsets, [1, 1, 2]);
+            first_epoch = outcomes[0].as_ref().unwrap().position.epoch.clone();
+            assert_eq!(*recorder.0.lock().unwrap(), [("a".into(), 1), ("b".into(), 1), ("a".into(), 2)]);
+        }
+        let storage = SqliteStorage::open(&path, namespaces(100)).unwrap();
+        let again = storage.append(vec![request("a", "2", Some("k")), request("a", "3", None)], None).await;
+        let again: Vec<&Published> = again.iter().map(|o| o.as_ref().unwrap()).collect();
+        assert!(again[0].duplicate && again[0].position.offset == 2, "the key is remembered across a restart");
+        assert_eq!((again[1].position.offset, &again[1].position.epoch), (3, &first_epoch));
+        let channel = ChannelName::new("a").unwrap();
+        let page = storage.history(&channel, HistoryQuery::after(0)).await.unwrap();
+        let data: Vec<&[u8]> = page.publications.iter().map(|p| &p.data[..]).collect();
+        assert_eq!(data, [b"1", b"2", b"3"]);
+        assert_eq!((page.top.offset, page.oldest, page.top.epoch), (3, 1, first_epoch));
+        let reverse =
+            storage.history(&channel, HistoryQuery { since: Some(3), limit: 1, reverse: true }).await.unwrap();
+        assert_eq!(reverse.publications[0].position.offset, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_channel_gets_an_epoch_that_lasts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        let channel = ChannelName::new("fresh").unwrap();
+        let epoch = {
+            let storage = SqliteStorage::open(&path, namespaces(100)).unwrap();
+            let page = storage.history(&channel, HistoryQuery::top_only()).await.unwrap();
+            assert_eq!((page.top.offset, page.oldest), (0, 1));
+            page.top.epoch
+        };
+        let storage = SqliteStorage::open(&path, namespaces(100)).unwrap();
+        let published = storage.append(vec![request("fresh", "1", None)], None).await.remove(0).unwrap();
+        assert_eq!(published.position, Position { epoch, offset: 1 });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_keeps_the_newest_and_the_sweep_deletes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(&dir.path().join("herald.db"), namespaces(3)).unwrap();
+        for n in 1..=5 {
+            storage.append(vec![request("a", &n.to_string(), None)], None).await.remove(0).unwrap();
+        }
+        let channel = ChannelName::new("a").unwrap();
+        let page = storage.history(&channel, HistoryQuery::after(0)).await.unwrap();
+        assert_eq!(page.publications.len(), 3, "retention applies before the sweep");
+        assert_eq!(page.oldest, 3);
+        storage.sweep().await;
+        let rows: i64 =
+            storage.read(|c| c.query_row("SELECT COUNT(*) FROM publications", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(rows, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_publishers_get_contiguous_offsets_delivered_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(SqliteStorage::open(&dir.path().join("herald.db"), namespaces(10_000)).unwrap());
+        let recorder = Arc::new(Recorder::default());
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (storage, recorder) = (storage.clone(), recorder.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..25 {
+                    let fan_out: Arc<dyn FanOut> = recorder.clone();
+                    storage.append(vec![request("hot", "x", None)], Some(fan_out)).await.remove(0).unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let delivered: Vec<u64> = recorder.0.lock().unwrap().iter().map(|(_, offset)| *offset).collect();
+        assert_eq!(delivered, (1..=500).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_corrupt_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        std::fs::write(&path, b"this is not a database, and never was one, no matter how long it gets").unwrap();
+        let error = SqliteStorage::open(&path, namespaces(10)).err().expect("refused").to_string();
+        assert!(error.contains("damaged or not a Herald database"), "{error}");
+    }
+}
