@@ -54,8 +54,11 @@ wait_port() {
 start_server() {
   case "$1" in
     herald)
+      # Namespace "durable" keeps its history in the embedded SQLite storage.
+      printf '[namespaces.durable]\ndurable = true\nhistory_size = 1000\n' > "$work/herald.toml"
+      rm -rf "$work/data"
       RUST_LOG=warn taskset -c "$SERVER_CORE" "$herald" serve --listen 127.0.0.1:8750 --data-dir "$work/data" \
-        > "$work/herald.log" 2>&1 &
+        --config "$work/herald.toml" > "$work/herald.log" 2>&1 &
       PID=$!; SUB_URL=http://127.0.0.1:8750; PUB_URL=$SUB_URL; wait_port 8750 ;;
     ws-broadcast)
       taskset -c "$SERVER_CORE" node bench/peers/ws-broadcast.js 8761 > "$work/ws.log" 2>&1 &
@@ -175,12 +178,17 @@ if has 6; then
 fi
 if has 7; then
   case " $SERVERS " in *" herald "*)
-    start_server herald
-    echo "== 7 publish: wrk POST /api/publish (keep-alive, 100 connections)" >&2
-    taskset -c "$GENERATOR_CORE" wrk -t1 -c100 -d"${seconds}s" -s bench/publish.lua "$SUB_URL/api/publish" \
-      > "$out/wrk-publish.txt" 2>&1 || true
-    python3 bench/wrk_report.py "$out/wrk-publish.txt" "7 publish API (wrk, 100 conns)" >> "$results"
-    stop_server
+    for channel in bench:wrk durable:wrk; do
+      for connections in 1 100; do
+        start_server herald
+        echo "== 7 publish: wrk POST /api/publish to $channel, $connections connection(s), keep-alive" >&2
+        HERALD_CHANNEL=$channel taskset -c "$GENERATOR_CORE" wrk -t1 -c$connections -d"${seconds}s" \
+          -s bench/publish.lua "$SUB_URL/api/publish" > "$out/wrk-$channel-$connections.txt" 2>&1 || true
+        python3 bench/wrk_report.py "$out/wrk-$channel-$connections.txt" \
+          "7 publish API, $channel, $connections conn" >> "$results"
+        stop_server
+      done
+    done
     run "7 publish over WS" herald ws --subscribers 1 --rate 20000 --seconds $seconds --publish-over-websocket ;;
   esac
 fi
