@@ -128,6 +128,7 @@ pub struct RawNats {
 pub struct RawStorage {
     pub kind: Option<String>,
     pub url: Option<String>,
+    pub schema: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -208,10 +209,22 @@ pub enum EngineKind {
 }
 
 /// Where durable namespaces keep their history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StorageKind {
     /// A file in the data directory.
     Sqlite,
+    /// A PostgreSQL database, optionally in its own schema.
+    Postgres { url: String, schema: Option<String> },
+}
+
+impl std::fmt::Debug for StorageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite => f.write_str("Sqlite"),
+            // The URL may hold a password.
+            Self::Postgres { schema, .. } => write!(f, "Postgres {{ url: (not shown), schema: {schema:?} }}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -303,9 +316,21 @@ impl Settings {
         if !raw.webhooks.is_empty() {
             return Err(invalid("webhooks", "webhooks are not available in this build yet"));
         }
-        let storage = match raw.storage.as_ref().and_then(|storage| storage.kind.as_deref()).unwrap_or("sqlite") {
+        let raw_storage = raw.storage.clone().unwrap_or_default();
+        let storage = match raw_storage.kind.as_deref().unwrap_or("sqlite") {
             "sqlite" => StorageKind::Sqlite,
-            "postgres" => return Err(invalid("storage.kind", "postgres storage is not available in this build yet")),
+            "postgres" => {
+                let url = raw_storage
+                    .url
+                    .filter(|url| url.starts_with("postgres://") || url.starts_with("postgresql://"))
+                    .ok_or_else(|| invalid("storage.url", "kind = \"postgres\" needs url = \"postgres://…\""))?;
+                if let Some(schema) = &raw_storage.schema
+                    && (schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                {
+                    return Err(invalid("storage.schema", "a schema name is letters, digits and _"));
+                }
+                StorageKind::Postgres { url, schema: raw_storage.schema }
+            }
             other => return Err(invalid("storage.kind", format!("{other:?} is not one of \"sqlite\", \"postgres\""))),
         };
         if let Some(origins) = &raw.allowed_origins {
@@ -550,6 +575,8 @@ mod tests {
         assert!(error.contains("`engine`") && error.contains("kafka"), "{error}");
         let error = parse("[api]\nkeys = [\"short\"]").unwrap_err();
         assert!(error.contains("api.keys[0]"), "{error}");
+        let error = parse("[storage]\nkind = \"postgres\"").unwrap_err();
+        assert!(error.contains("storage.url"), "{error}");
         let error = parse("[websocket]\noutbox_capacity = 0").unwrap_err();
         assert!(error.contains("websocket.outbox_capacity"), "{error}");
     }

@@ -67,7 +67,7 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|source| StartError::DataDir { path: settings.data_dir.display().to_string(), source })?;
     // Storage is opened (and checked) before the port is bound.
-    let hub = wiring::hub(&settings)?;
+    let hub = wiring::hub(&settings).await?;
     let addr = settings.listen;
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
     start_on(listener, settings, hub).map_err(|source| StartError::Bind { addr, source })

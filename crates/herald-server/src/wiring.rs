@@ -3,18 +3,21 @@
 
 use std::sync::Arc;
 
-use herald_core::{DurableEngine, Engine, Hub};
-use herald_storage::{SqliteStorage, StorageOpenError};
+use herald_core::{DurableEngine, Engine, Hub, Storage};
+use herald_storage::{PostgresStorage, SqliteStorage, StorageOpenError};
 
 use crate::config::{EngineKind, Settings, StorageKind};
 
 /// The database file of the embedded storage, inside the data directory.
 pub const SQLITE_FILE: &str = "herald.db";
 
-pub fn hub(settings: &Settings) -> Result<Arc<Hub>, StorageOpenError> {
+pub async fn hub(settings: &Settings) -> Result<Arc<Hub>, StorageOpenError> {
     let namespaces = Arc::new(settings.namespaces.clone());
-    let storage = match settings.storage {
+    let storage: Arc<dyn Storage> = match &settings.storage {
         StorageKind::Sqlite => Arc::new(SqliteStorage::open(&settings.data_dir.join(SQLITE_FILE), namespaces.clone())?),
+        StorageKind::Postgres { url, schema } => {
+            Arc::new(PostgresStorage::open(url, schema.as_deref(), namespaces.clone()).await?)
+        }
     };
     let engine: Arc<dyn Engine> = match settings.engine {
         EngineKind::Memory => Arc::new(DurableEngine::new(namespaces.clone(), storage)),

@@ -1,7 +1,29 @@
 //! Herald's durable storage, behind the core's [`herald_core::Storage`] trait.
 //!
-//! - [`sqlite`]: the embedded default, a file in the data directory (WAL, group commit).
+//! - [`sqlite`]: the embedded default, a file in the data directory (WAL, group commit);
+//! - [`postgres`]: PostgreSQL, for storage shared by several nodes.
+//!
+//! Both keep the same tables (channels with epoch and top, publications, idempotency keys) and
+//! pass the same conformance suite (`tests` in each module).
 
+pub mod postgres;
 pub mod sqlite;
 
-pub use sqlite::{SqliteStorage, StorageOpenError};
+#[cfg(test)]
+mod conformance;
+
+pub use postgres::PostgresStorage;
+pub use sqlite::SqliteStorage;
+
+/// Why the database could not be opened: reported at start, before anything is served.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageOpenError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("{path} is damaged or not a Herald database: {detail}")]
+    Corrupt { path: String, detail: String },
+    #[error("cannot start the storage writer: {0}")]
+    Thread(std::io::Error),
+    #[error("cannot use the PostgreSQL storage: {0}")]
+    Postgres(String),
+}

@@ -20,6 +20,8 @@ use herald_core::{
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::StorageOpenError;
+
 /// Appends waiting at most before the writer takes them (bounded: publishers wait beyond it).
 const QUEUE: usize = 4096;
 /// Requests in one transaction at most.
@@ -46,17 +48,6 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (channel, key)
 ) WITHOUT ROWID;
 ";
-
-/// Why the database could not be opened: reported at start, before anything is served.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageOpenError {
-    #[error("cannot open {path}: {source}")]
-    Open { path: String, source: rusqlite::Error },
-    #[error("{path} is damaged or not a Herald database: {detail}")]
-    Corrupt { path: String, detail: String },
-    #[error("cannot start the storage writer: {0}")]
-    Thread(std::io::Error),
-}
 
 type Outcomes = Vec<Result<Published, PublishError>>;
 
@@ -440,127 +431,26 @@ fn append_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_core::NamespaceOptions;
 
-    fn namespaces(history_size: usize) -> Arc<Namespaces> {
-        let options = NamespaceOptions { history_size, durable: true, ..Default::default() };
-        Arc::new(Namespaces::new(options, HashMap::new()))
-    }
+    /// A file in a temporary directory; opening it again is a restart.
+    struct SqliteFile(tempfile::TempDir);
 
-    fn request(channel: &str, data: &str, key: Option<&str>) -> PublishRequest {
-        PublishRequest {
-            channel: ChannelName::new(channel).unwrap(),
-            data: Bytes::from(data.to_string()),
-            idempotency_key: key.map(str::to_string),
+    #[async_trait]
+    impl crate::conformance::Backend for SqliteFile {
+        async fn open(&self, namespaces: Arc<Namespaces>) -> Arc<dyn Storage> {
+            Arc::new(SqliteStorage::open(&self.0.path().join("herald.db"), namespaces).unwrap())
         }
     }
 
-    /// Records deliveries, to check they come after commit and in order.
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<(String, u64)>>);
-
-    impl FanOut for Recorder {
-        fn deliver(&self, publication: Arc<Publication>) {
-            self.0.lock().unwrap().push((publication.channel.to_string(), publication.position.offset));
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn positions_history_and_idempotency_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("herald.db");
-        let recorder = Arc::new(Recorder::default());
-        let first_epoch;
-        {
-            let storage = SqliteStorage::open(&path, namespaces(100)).unwrap();
-            let fan_out: Arc<dyn FanOut> = recorder.clone();
-            let outcomes = storage
-                .append(
-                    vec![request("a", "1", None), request("b", "1", None), request("a", "2", Some("k"))],
-                    Some(fan_out),
-                )
-                .await;
-            let offsets: Vec<u64> = outcomes.iter().map(|o| o.as_ref().unwrap().position.offset).collect();
-            assert_eq!(offsets, [1, 1, 2]);
-            first_epoch = outcomes[0].as_ref().unwrap().position.epoch.clone();
-            assert_eq!(*recorder.0.lock().unwrap(), [("a".into(), 1), ("b".into(), 1), ("a".into(), 2)]);
-        }
-        let storage = SqliteStorage::open(&path, namespaces(100)).unwrap();
-        let again = storage.append(vec![request("a", "2", Some("k")), request("a", "3", None)], None).await;
-        let again: Vec<&Published> = again.iter().map(|o| o.as_ref().unwrap()).collect();
-        assert!(again[0].duplicate && again[0].position.offset == 2, "the key is remembered across a restart");
-        assert_eq!((again[1].position.offset, &again[1].position.epoch), (3, &first_epoch));
-        let channel = ChannelName::new("a").unwrap();
-        let page = storage.history(&channel, HistoryQuery::after(0)).await.unwrap();
-        let data: Vec<&[u8]> = page.publications.iter().map(|p| &p.data[..]).collect();
-        assert_eq!(data, [b"1", b"2", b"3"]);
-        assert_eq!((page.top.offset, page.oldest, page.top.epoch), (3, 1, first_epoch));
-        let reverse =
-            storage.history(&channel, HistoryQuery { since: Some(3), limit: 1, reverse: true }).await.unwrap();
-        assert_eq!(reverse.publications[0].position.offset, 2);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_new_channel_gets_an_epoch_that_lasts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("herald.db");
-        let channel = ChannelName::new("fresh").unwrap();
-        let epoch = {
-            let storage = SqliteStorage::open(&path, namespaces(100)).unwrap();
-            let page = storage.history(&channel, HistoryQuery::top_only()).await.unwrap();
-            assert_eq!((page.top.offset, page.oldest), (0, 1));
-            page.top.epoch
-        };
-        let storage = SqliteStorage::open(&path, namespaces(100)).unwrap();
-        let published = storage.append(vec![request("fresh", "1", None)], None).await.remove(0).unwrap();
-        assert_eq!(published.position, Position { epoch, offset: 1 });
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn retention_keeps_the_newest_and_the_sweep_deletes_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = SqliteStorage::open(&dir.path().join("herald.db"), namespaces(3)).unwrap();
-        for n in 1..=5 {
-            storage.append(vec![request("a", &n.to_string(), None)], None).await.remove(0).unwrap();
-        }
-        let channel = ChannelName::new("a").unwrap();
-        let page = storage.history(&channel, HistoryQuery::after(0)).await.unwrap();
-        assert_eq!(page.publications.len(), 3, "retention applies before the sweep");
-        assert_eq!(page.oldest, 3);
-        storage.sweep().await;
-        let rows: i64 =
-            storage.read(|c| c.query_row("SELECT COUNT(*) FROM publications", [], |r| r.get(0))).await.unwrap();
-        assert_eq!(rows, 3);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_publishers_get_contiguous_offsets_delivered_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(SqliteStorage::open(&dir.path().join("herald.db"), namespaces(10_000)).unwrap());
-        let recorder = Arc::new(Recorder::default());
-        let mut tasks = Vec::new();
-        for _ in 0..20 {
-            let (storage, recorder) = (storage.clone(), recorder.clone());
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..25 {
-                    let fan_out: Arc<dyn FanOut> = recorder.clone();
-                    storage.append(vec![request("hot", "x", None)], Some(fan_out)).await.remove(0).unwrap();
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let delivered: Vec<u64> = recorder.0.lock().unwrap().iter().map(|(_, offset)| *offset).collect();
-        assert_eq!(delivered, (1..=500).collect::<Vec<_>>());
-    }
+    crate::conformance::suite!(Some(SqliteFile(tempfile::tempdir().unwrap())));
 
     #[test]
     fn a_corrupt_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herald.db");
         std::fs::write(&path, b"this is not a database, and never was one, no matter how long it gets").unwrap();
-        let error = SqliteStorage::open(&path, namespaces(10)).err().expect("refused").to_string();
+        let namespaces = Arc::new(Namespaces::default());
+        let error = SqliteStorage::open(&path, namespaces).err().expect("refused").to_string();
         assert!(error.contains("damaged or not a Herald database"), "{error}");
     }
 }

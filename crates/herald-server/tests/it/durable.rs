@@ -161,3 +161,42 @@ fn a_damaged_data_directory_stops_the_start_with_a_clear_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8(output.stderr).unwrap().contains("data directory"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_channels_on_postgres_survive_a_restart_of_the_server() {
+    let Ok(url) = std::env::var("HERALD_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: HERALD_TEST_POSTGRES_URL is unset (.ci/run sets it)");
+        return;
+    };
+    let schema = format!("herald_it_{}_{}", std::process::id(), fastrand::u32(..));
+    let config = format!("{DURABLE}[storage]\nkind = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\n");
+    let server = TestServer::with_config(&config).await;
+    let mut epoch = Value::Null;
+    for n in 1..=20 {
+        let reply = server.publish("orders:pg", json!({"n": n})).await;
+        assert_eq!(reply["offset"], n);
+        epoch = reply["epoch"].clone();
+    }
+    server.shutdown().await;
+
+    let server = TestServer::with_config(&config).await;
+    let (status, history) = server.get_json("/api/channels/orders:pg/history?since=0&limit=100").await;
+    assert_eq!(status, 200);
+    let offsets: Vec<u64> =
+        history["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, (1..=20).collect::<Vec<_>>());
+    assert_eq!(history["position"]["epoch"], epoch);
+    let mut client = server.client().await;
+    let since = json!({"epoch": epoch, "offset": 15});
+    let reply = client.command(json!({"op": "subscribe", "channel": "orders:pg", "since": since})).await;
+    assert_eq!(reply["result"]["recovered"], true);
+    for offset in 16..=20 {
+        assert_eq!(client.next_push().await["offset"], offset);
+    }
+    server.shutdown().await;
+
+    if let Ok((client, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        tokio::spawn(connection);
+        let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
+    }
+}

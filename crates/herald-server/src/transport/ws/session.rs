@@ -443,7 +443,7 @@ mod tests {
         let overrides = Overrides { data_dir: Some(data_dir.path().to_path_buf()), ..Default::default() };
         let settings = Arc::new(Settings::from_toml("", &overrides).unwrap());
         let app = AppState::new(
-            crate::wiring::hub(&settings).unwrap(),
+            crate::wiring::hub(&settings).await.unwrap(),
             settings,
             CancellationToken::new(),
             tokio_util::task::TaskTracker::new(),

@@ -1,0 +1,388 @@
+//! PostgreSQL storage, for deployments that share one database.
+//!
+//! One writer task takes every append waiting in its queue into one transaction (group
+//! commit). Offsets are assigned by `UPDATE … SET top = top + 1 … RETURNING`, whose row lock
+//! serializes appends to a channel even across several nodes on one database; new publications
+//! reach the fan-out only after commit, in offset order. Reads go through a second connection.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald_core::{
+    ChannelName, EngineError, Epoch, FanOut, HistoryPage, HistoryQuery, Namespaces, Position, Publication,
+    PublishError, PublishRequest, Published, Storage,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, NoTls};
+
+use crate::StorageOpenError;
+
+const QUEUE: usize = 4096;
+const GROUP: usize = 1024;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS channels (
+    name TEXT PRIMARY KEY,
+    epoch TEXT NOT NULL,
+    top BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS publications (
+    channel TEXT NOT NULL,
+    \"offset\" BIGINT NOT NULL,
+    time_ms BIGINT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (channel, \"offset\")
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    channel TEXT NOT NULL,
+    key TEXT NOT NULL,
+    \"offset\" BIGINT NOT NULL,
+    time_ms BIGINT NOT NULL,
+    PRIMARY KEY (channel, key)
+);
+";
+
+type Outcomes = Vec<Result<Published, PublishError>>;
+
+struct Append {
+    batch: Vec<PublishRequest>,
+    fan_out: Option<Arc<dyn FanOut>>,
+    reply: oneshot::Sender<Outcomes>,
+}
+
+type Appended = (Published, Option<Arc<Publication>>);
+
+/// Durable history in PostgreSQL.
+pub struct PostgresStorage {
+    appends: mpsc::Sender<Append>,
+    reader: Client,
+    namespaces: Arc<Namespaces>,
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+fn storage_error(error: impl std::fmt::Display) -> EngineError {
+    EngineError::Failed(format!("storage: {error}"))
+}
+
+async fn connect(url: &str, schema: Option<&str>) -> Result<Client, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if let Some(schema) = schema {
+        config.options(format!("-c search_path={schema}"));
+    }
+    let (client, connection) = config.connect(NoTls).await?;
+    // The connection's IO task ends when the client is dropped.
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+impl PostgresStorage {
+    /// Connects (twice: writer and reader), creates the tables if needed, starts the writer.
+    /// `schema` (created if missing) lets several deployments or tests share one database.
+    pub async fn open(url: &str, schema: Option<&str>, namespaces: Arc<Namespaces>) -> Result<Self, StorageOpenError> {
+        let failed = |error: tokio_postgres::Error| StorageOpenError::Postgres(error.to_string());
+        if let Some(schema) = schema {
+            let setup = connect(url, None).await.map_err(failed)?;
+            setup.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).await.map_err(failed)?;
+        }
+        let writer = connect(url, schema).await.map_err(failed)?;
+        writer.batch_execute(SCHEMA).await.map_err(failed)?;
+        let reader = connect(url, schema).await.map_err(failed)?;
+        let (appends, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(Writer { client: writer, namespaces: namespaces.clone() }.run(queue));
+        Ok(Self { appends, reader, namespaces })
+    }
+
+    async fn ensure_channel(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.reader
+            .execute(
+                "INSERT INTO channels (name, epoch, top) VALUES ($1, $2, 0) ON CONFLICT (name) DO NOTHING",
+                &[&channel.as_str(), &Epoch::random().as_str()],
+            )
+            .await
+            .map_err(storage_error)?;
+        Ok(())
+    }
+
+    async fn read_page(&self, channel: &ChannelName, query: HistoryQuery) -> Result<Option<HistoryPage>, EngineError> {
+        let Some(row) = self
+            .reader
+            .query_opt("SELECT epoch, top FROM channels WHERE name = $1", &[&channel.as_str()])
+            .await
+            .map_err(storage_error)?
+        else {
+            return Ok(None);
+        };
+        let epoch = Epoch::new(row.get::<_, &str>(0));
+        let top = row.get::<_, i64>(1) as u64;
+        let options = self.namespaces.options_for(channel);
+        let first_kept = (top + 1).saturating_sub(options.history_size as u64).max(1) as i64;
+        let cutoff = unix_millis().saturating_sub(options.history_ttl.as_millis() as u64) as i64;
+        let oldest: Option<i64> = self
+            .reader
+            .query_one(
+                "SELECT MIN(\"offset\") FROM publications WHERE channel = $1 AND \"offset\" >= $2 AND time_ms >= $3",
+                &[&channel.as_str(), &first_kept, &cutoff],
+            )
+            .await
+            .map_err(storage_error)?
+            .get(0);
+        let limit = query.limit.min(i64::MAX as usize) as i64;
+        let (sql, bound) = match (query.reverse, query.since) {
+            (true, since) => (
+                "SELECT \"offset\", time_ms, data FROM publications WHERE channel = $1 AND \"offset\" >= $2 \
+                 AND time_ms >= $3 AND \"offset\" < $4 ORDER BY \"offset\" DESC LIMIT $5",
+                since.map_or(i64::MAX, |since| since.min(i64::MAX as u64) as i64),
+            ),
+            (false, since) => (
+                "SELECT \"offset\", time_ms, data FROM publications WHERE channel = $1 AND \"offset\" >= $2 \
+                 AND time_ms >= $3 AND \"offset\" > $4 ORDER BY \"offset\" ASC LIMIT $5",
+                since.unwrap_or(0).min(i64::MAX as u64) as i64,
+            ),
+        };
+        let rows = self
+            .reader
+            .query(sql, &[&channel.as_str(), &first_kept, &cutoff, &bound, &limit])
+            .await
+            .map_err(storage_error)?;
+        let publications = rows
+            .iter()
+            .map(|row| {
+                Arc::new(Publication::new(
+                    channel.clone(),
+                    Position { epoch: epoch.clone(), offset: row.get::<_, i64>(0) as u64 },
+                    Bytes::from(row.get::<_, Vec<u8>>(2)),
+                    row.get::<_, i64>(1) as u64,
+                ))
+            })
+            .collect();
+        Ok(Some(HistoryPage {
+            publications,
+            top: Position { epoch, offset: top },
+            oldest: oldest.map_or(top + 1, |oldest| oldest as u64),
+        }))
+    }
+}
+
+#[async_trait]
+impl Storage for PostgresStorage {
+    async fn append(&self, batch: Vec<PublishRequest>, fan_out: Option<Arc<dyn FanOut>>) -> Outcomes {
+        let count = batch.len();
+        let (reply, answer) = oneshot::channel();
+        let stopped = || (0..count).map(|_| Err(storage_error("the writer has stopped"))).collect();
+        if self.appends.send(Append { batch, fan_out, reply }).await.is_err() {
+            return stopped();
+        }
+        answer.await.unwrap_or_else(|_| stopped())
+    }
+
+    async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryPage, EngineError> {
+        if let Some(page) = self.read_page(channel, query).await? {
+            return Ok(page);
+        }
+        // A channel never published to gets its epoch now, for good (first writer wins).
+        self.ensure_channel(channel).await?;
+        self.read_page(channel, query).await?.ok_or_else(|| storage_error(format!("channel {channel} vanished")))
+    }
+
+    async fn sweep(&self) {
+        let Ok(rows) = self.reader.query("SELECT name, top FROM channels", &[]).await else {
+            return;
+        };
+        let now = unix_millis();
+        for row in rows {
+            let Ok(channel) = ChannelName::new(row.get::<_, &str>(0)) else { continue };
+            let top = row.get::<_, i64>(1) as u64;
+            let options = self.namespaces.options_for(&channel);
+            let first_kept = (top + 1).saturating_sub(options.history_size as u64) as i64;
+            let cutoff = now.saturating_sub(options.history_ttl.as_millis() as u64) as i64;
+            let idempotency_cutoff = now.saturating_sub(options.idempotency_window.as_millis() as u64) as i64;
+            let _ = self
+                .reader
+                .execute(
+                    "DELETE FROM publications WHERE channel = $1 AND (\"offset\" < $2 OR time_ms < $3)",
+                    &[&channel.as_str(), &first_kept, &cutoff],
+                )
+                .await;
+            let _ = self
+                .reader
+                .execute(
+                    "DELETE FROM idempotency WHERE channel = $1 AND time_ms < $2",
+                    &[&channel.as_str(), &idempotency_cutoff],
+                )
+                .await;
+        }
+    }
+}
+
+struct Writer {
+    client: Client,
+    namespaces: Arc<Namespaces>,
+}
+
+impl Writer {
+    async fn run(mut self, mut queue: mpsc::Receiver<Append>) {
+        while let Some(first) = queue.recv().await {
+            let mut group = vec![first];
+            while group.iter().map(|append| append.batch.len()).sum::<usize>() < GROUP {
+                match queue.try_recv() {
+                    Ok(append) => group.push(append),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group).await;
+        }
+    }
+
+    async fn commit_group(&mut self, group: Vec<Append>) {
+        let now = unix_millis();
+        let result: Result<Vec<Vec<Appended>>, tokio_postgres::Error> = async {
+            let transaction = self.client.transaction().await?;
+            let mut outcomes = Vec::with_capacity(group.len());
+            for append in &group {
+                let mut appended = Vec::with_capacity(append.batch.len());
+                for request in &append.batch {
+                    let window = self.namespaces.options_for(&request.channel).idempotency_window;
+                    appended.push(append_one(&transaction, request, now, window).await?);
+                }
+                outcomes.push(appended);
+            }
+            transaction.commit().await?;
+            Ok(outcomes)
+        }
+        .await;
+        match result {
+            Ok(outcomes) => {
+                for (Append { fan_out, reply, .. }, appended) in group.into_iter().zip(outcomes) {
+                    let mut answers = Vec::with_capacity(appended.len());
+                    for (published, publication) in appended {
+                        if let (Some(fan_out), Some(publication)) = (&fan_out, publication) {
+                            fan_out.deliver(publication);
+                        }
+                        answers.push(Ok(published));
+                    }
+                    let _ = reply.send(answers);
+                }
+            }
+            Err(error) => {
+                let error = storage_error(error);
+                for Append { batch, reply, .. } in group {
+                    let _ = reply.send(batch.iter().map(|_| Err(error.clone())).collect());
+                }
+            }
+        }
+    }
+}
+
+async fn append_one(
+    transaction: &tokio_postgres::Transaction<'_>,
+    request: &PublishRequest,
+    now: u64,
+    idempotency_window: Duration,
+) -> Result<Appended, tokio_postgres::Error> {
+    let channel = request.channel.as_str();
+    if let Some(key) = &request.idempotency_key {
+        let since = now.saturating_sub(idempotency_window.as_millis() as u64) as i64;
+        let seen = transaction
+            .query_opt(
+                "SELECT i.\"offset\", c.epoch FROM idempotency i JOIN channels c ON c.name = i.channel \
+                 WHERE i.channel = $1 AND i.key = $2 AND i.time_ms >= $3",
+                &[&channel, key, &since],
+            )
+            .await?;
+        if let Some(row) = seen {
+            let position = Position { epoch: Epoch::new(row.get::<_, &str>(1)), offset: row.get::<_, i64>(0) as u64 };
+            return Ok((Published { channel: request.channel.clone(), position, duplicate: true }, None));
+        }
+    }
+    // Takes the channel's row lock until commit: offsets stay contiguous across nodes.
+    let row = transaction
+        .query_one(
+            "INSERT INTO channels (name, epoch, top) VALUES ($1, $2, 1) \
+             ON CONFLICT (name) DO UPDATE SET top = channels.top + 1 RETURNING epoch, top",
+            &[&channel, &Epoch::random().as_str()],
+        )
+        .await?;
+    let epoch = Epoch::new(row.get::<_, &str>(0));
+    let offset = row.get::<_, i64>(1);
+    transaction
+        .execute(
+            "INSERT INTO publications (channel, \"offset\", time_ms, data) VALUES ($1, $2, $3, $4)",
+            &[&channel, &offset, &(now as i64), &&request.data[..]],
+        )
+        .await?;
+    if let Some(key) = &request.idempotency_key {
+        transaction
+            .execute(
+                "INSERT INTO idempotency (channel, key, \"offset\", time_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (channel, key) DO UPDATE SET \"offset\" = EXCLUDED.\"offset\", time_ms = EXCLUDED.time_ms",
+                &[&channel, key, &offset, &(now as i64)],
+            )
+            .await?;
+    }
+    let position = Position { epoch, offset: offset as u64 };
+    let publication = Arc::new(Publication::new(request.channel.clone(), position.clone(), request.data.clone(), now));
+    Ok((Published { channel: request.channel.clone(), position, duplicate: false }, Some(publication)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh schema in the database named by `HERALD_TEST_POSTGRES_URL`; opening it again is
+    /// a restart of the node.
+    struct PostgresSchema {
+        url: String,
+        schema: String,
+    }
+
+    impl PostgresSchema {
+        fn from_env() -> Option<Self> {
+            let Ok(url) = std::env::var("HERALD_TEST_POSTGRES_URL") else {
+                eprintln!("skipped: HERALD_TEST_POSTGRES_URL is unset (.ci/run sets it)");
+                return None;
+            };
+            let schema = format!("herald_test_{}_{}", std::process::id(), fastrand::u64(..));
+            Some(Self { url, schema })
+        }
+    }
+
+    #[async_trait]
+    impl crate::conformance::Backend for PostgresSchema {
+        async fn open(&self, namespaces: Arc<Namespaces>) -> Arc<dyn Storage> {
+            Arc::new(PostgresStorage::open(&self.url, Some(&self.schema), namespaces).await.unwrap())
+        }
+    }
+
+    impl Drop for PostgresSchema {
+        fn drop(&mut self) {
+            // Best effort: leave the test database as it was.
+            let (url, schema) = (self.url.clone(), self.schema.clone());
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                runtime.block_on(async {
+                    let client = connect(&url, None).await.ok()?;
+                    client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await.ok()
+                })
+            })
+            .join();
+        }
+    }
+
+    crate::conformance::suite!(PostgresSchema::from_env());
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_a_clear_error() {
+        let namespaces = Arc::new(Namespaces::default());
+        let error = PostgresStorage::open("postgres://nobody@127.0.0.1:1/none", None, namespaces)
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("PostgreSQL"), "{error}");
+    }
+}
