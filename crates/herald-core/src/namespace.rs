@@ -16,6 +16,8 @@ pub struct NamespaceOptions {
     pub durable: bool,
     /// Whether clients (not only the server API) may publish.
     pub client_publish: bool,
+    /// Whether clients without a token may subscribe (and publish, if clients may).
+    pub anonymous: bool,
     /// How long an idempotency key is remembered after its publish.
     pub idempotency_window: Duration,
 }
@@ -27,6 +29,7 @@ impl Default for NamespaceOptions {
             history_ttl: Duration::from_secs(600),
             durable: false,
             client_publish: true,
+            anonymous: true,
             idempotency_window: Duration::from_secs(300),
         }
     }

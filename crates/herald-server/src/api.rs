@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
 use crate::app::AppState;
+use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::wire::{WirePosition, idempotency_key, json_payload, present_raw_value, publications_array, published_json};
 
@@ -32,23 +33,24 @@ pub fn router() -> Router<AppState> {
         .route("/channels/{*channel_and_action}", get(channel_resource))
 }
 
-/// Proof that the request may use the server API: a configured key, or dev mode.
+/// Who is calling the server API: a backend with an API key (or anyone in dev mode), or, for
+/// publishing only, a client whose token grants it.
+pub enum ApiCaller {
+    Server,
+    Client(Identity),
+}
+
+/// Proof that the request may use the whole server API: a configured key, or dev mode.
 pub struct ApiAccess;
 
-impl FromRequestParts<AppState> for ApiAccess {
+impl FromRequestParts<AppState> for ApiCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
         if app.settings.api_dev_mode() {
-            return Ok(Self);
+            return Ok(Self::Server);
         }
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
-        let Some(presented) = presented else {
+        let Some(presented) = crate::auth::bearer(&parts.headers) else {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -62,9 +64,28 @@ impl FromRequestParts<AppState> for ApiAccess {
             .iter()
             .fold(0u8, |matched, key| matched | presented.as_bytes().ct_eq(key.as_bytes()).unwrap_u8());
         if matched == 1 {
-            Ok(Self)
-        } else {
-            Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API key is not valid"))
+            return Ok(Self::Server);
+        }
+        match app.settings.auth.as_deref() {
+            Some(auth) if presented.matches('.').count() == 2 => {
+                Ok(Self::Client(Identity::User(Box::new(auth.verify(presented)?))))
+            }
+            _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API key is not valid")),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for ApiAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
+        match ApiCaller::from_request_parts(parts, app).await? {
+            ApiCaller::Server => Ok(Self),
+            ApiCaller::Client(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                "a client token may only publish (POST /api/publish); this needs an API key",
+            )),
         }
     }
 }
@@ -118,13 +139,17 @@ fn payload(app: &AppState, data: Option<&RawValue>) -> Result<Bytes, ApiError> {
 }
 
 async fn publish(
-    _access: ApiAccess,
+    caller: ApiCaller,
     State(app): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body: PublishBody = read_json(&body)?;
+    let channel = channel_name(&body.channel)?;
+    if let ApiCaller::Client(identity) = &caller {
+        crate::auth::may_publish(identity, app.hub.namespaces().options_for(&channel), &channel)?;
+    }
     let request = PublishRequest {
-        channel: channel_name(&body.channel)?,
+        channel,
         data: payload(&app, body.data)?,
         idempotency_key: checked_idempotency_key(body.idempotency_key)?,
     };

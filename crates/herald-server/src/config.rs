@@ -61,6 +61,7 @@ pub struct RawAuth {
     pub jwks: Option<String>,
     pub audience: Option<String>,
     pub issuer: Option<String>,
+    pub leeway: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -173,6 +174,8 @@ pub struct Settings {
     pub allowed_origins: Option<Vec<String>>,
     pub engine: EngineKind,
     pub storage: StorageKind,
+    /// Client token verification; `None`: every client is anonymous (dev).
+    pub auth: Option<std::sync::Arc<crate::auth::Authenticator>>,
     pub api_keys: ApiKeys,
     pub namespaces: Namespaces,
     pub websocket: WebSocketSettings,
@@ -310,9 +313,10 @@ impl Settings {
             }
             other => return Err(invalid("engine", format!("{other:?} is not one of \"memory\", \"redis\", \"nats\""))),
         };
-        if raw.auth.is_some() {
-            return Err(invalid("auth", "client authentication is not available in this build yet; remove [auth]"));
-        }
+        let auth = match &raw.auth {
+            None => None,
+            Some(raw_auth) => Some(std::sync::Arc::new(authenticator(raw_auth)?)),
+        };
         if !raw.webhooks.is_empty() {
             return Err(invalid("webhooks", "webhooks are not available in this build yet"));
         }
@@ -349,7 +353,7 @@ impl Settings {
             }
         }
 
-        let mut default_namespace = NamespaceOptions::default();
+        let mut default_namespace = NamespaceOptions { anonymous: auth.is_none(), ..NamespaceOptions::default() };
         let mut named = HashMap::new();
         for (name, raw_namespace) in &raw.namespaces {
             let key = format!("namespaces.{name}");
@@ -358,7 +362,7 @@ impl Settings {
             {
                 return Err(invalid(key, "a namespace name is a channel-name prefix without ':'"));
             }
-            let options = namespace_options(&key, raw_namespace)?;
+            let options = namespace_options(&key, raw_namespace, auth.is_some())?;
             if name == "default" {
                 default_namespace = options;
             } else {
@@ -412,6 +416,7 @@ impl Settings {
             allowed_origins: raw.allowed_origins,
             engine,
             storage,
+            auth,
             api_keys: ApiKeys(raw.api.keys),
             namespaces: Namespaces::new(default_namespace, named),
             websocket,
@@ -428,15 +433,44 @@ impl Settings {
     }
 }
 
-fn namespace_options(key: &str, raw: &RawNamespace) -> Result<NamespaceOptions, ConfigError> {
-    let defaults = NamespaceOptions::default();
+fn authenticator(raw: &RawAuth) -> Result<crate::auth::Authenticator, ConfigError> {
+    let jwks = match &raw.jwks {
+        None => None,
+        Some(location) if location.starts_with("http://") || location.starts_with("https://") => {
+            return Err(invalid("auth.jwks", "JWKS URLs are not supported yet; give the path of a JWKS file"));
+        }
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|error| invalid("auth.jwks", format!("cannot read {path}: {error}")))?,
+        ),
+    };
+    let keys = crate::auth::AuthKeys {
+        hmac_secret: raw.hmac_secret.clone(),
+        public_key_pem: raw.public_key_pem.clone(),
+        jwks,
+    };
+    let leeway = duration_or_zero("auth.leeway", raw.leeway.as_deref(), "30s")?;
+    if leeway > crate::auth::MAX_LEEWAY {
+        return Err(invalid("auth.leeway", "at most 60s"));
+    }
+    crate::auth::Authenticator::new(&keys, raw.audience.clone(), raw.issuer.clone(), leeway)
+        .map_err(|(key, reason)| invalid(format!("auth.{key}"), reason))
+}
+
+fn duration_or_zero(key: &str, text: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+    match text.unwrap_or(default) {
+        "0" | "0s" => Ok(Duration::ZERO),
+        text => parse_duration(key, text),
+    }
+}
+
+fn namespace_options(key: &str, raw: &RawNamespace, auth: bool) -> Result<NamespaceOptions, ConfigError> {
+    // With [auth], namespaces are closed to anonymous clients unless they say otherwise.
+    let defaults = NamespaceOptions { anonymous: !auth, ..NamespaceOptions::default() };
     for (flag, value) in [("presence", raw.presence), ("join_leave", raw.join_leave)] {
         if value == Some(true) {
             return Err(invalid(format!("{key}.{flag}"), "not available in this build yet"));
         }
-    }
-    if raw.anonymous == Some(false) {
-        return Err(invalid(format!("{key}.anonymous"), "client authentication is not available in this build yet"));
     }
     Ok(NamespaceOptions {
         history_size: raw.history_size.unwrap_or(defaults.history_size),
@@ -446,6 +480,7 @@ fn namespace_options(key: &str, raw: &RawNamespace) -> Result<NamespaceOptions, 
         },
         durable: raw.durable.unwrap_or(defaults.durable),
         client_publish: raw.client_publish.unwrap_or(defaults.client_publish),
+        anonymous: raw.anonymous.unwrap_or(defaults.anonymous),
         idempotency_window: match &raw.idempotency_window {
             Some(text) => parse_duration(&format!("{key}.idempotency_window"), text)?,
             None => defaults.idempotency_window,

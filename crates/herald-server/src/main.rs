@@ -26,6 +26,31 @@ enum Command {
     Serve(ConfigArgs),
     /// Read and validate the configuration, print the effective settings, and exit.
     CheckConfig(ConfigArgs),
+    /// Mint a client token (HS256) from the configured [auth] hmac_secret, for development.
+    Token(TokenArgs),
+    /// Print fresh random secrets: an [auth] hmac_secret and an [api] key.
+    Keygen,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The user (`sub` claim).
+    #[arg(long)]
+    sub: String,
+    /// Channel patterns it may subscribe to (`*` within a segment), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    channels: Vec<String>,
+    /// Channel patterns it may publish to, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    publish: Vec<String>,
+    /// How long it is valid, e.g. 1h, 30m.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// Presence info, as JSON.
+    #[arg(long)]
+    info: Option<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Args)]
@@ -69,6 +94,8 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => {
             args.settings().map(|settings| println!("configuration is valid:\n{settings:#?}"))
         }
+        Command::Token(args) => mint_token(args),
+        Command::Keygen => keygen(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,6 +104,33 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn mint_token(args: TokenArgs) -> anyhow::Result<()> {
+    let settings = args.config.settings()?;
+    let auth = settings.auth.as_deref().context("no [auth] in the configuration: nothing to sign with")?;
+    let ttl =
+        humantime::parse_duration(&args.ttl).with_context(|| format!("--ttl {:?} is not a duration", args.ttl))?;
+    let now = herald_server::auth::unix_seconds();
+    let info = args.info.as_deref().map(serde_json::from_str).transpose().context("--info is not JSON")?;
+    let claims = herald_server::auth::Claims {
+        sub: Some(args.sub),
+        exp: Some(now + ttl.as_secs()),
+        iat: Some(now),
+        channels: (!args.channels.is_empty()).then_some(args.channels),
+        publish: Some(args.publish),
+        info,
+        ..Default::default()
+    };
+    println!("{}", auth.mint(claims).map_err(anyhow::Error::msg)?);
+    Ok(())
+}
+
+fn keygen() -> anyhow::Result<()> {
+    let hmac = herald_server::auth::random_secret(32).map_err(anyhow::Error::msg)?;
+    let api_key = herald_server::auth::random_secret(24).map_err(anyhow::Error::msg)?;
+    println!("[auth]\nhmac_secret = \"{hmac}\"\n\n[api]\nkeys = [\"{api_key}\"]");
+    Ok(())
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -151,7 +151,8 @@ async fn open_stream(
     let capacity = app.settings.websocket.outbox_capacity.get();
     let (subscription, inbox, opening) = HttpSubscription::open(&app, &query, true, capacity).await?;
     let (sender, receiver) = mpsc::channel::<Bytes>(BODY_CHUNKS);
-    app.tasks.spawn(run_stream(app.clone(), subscription, inbox, opening, format, sender, permit));
+    let expires_at = query.identity.expires_at();
+    app.tasks.spawn(run_stream(app.clone(), subscription, inbox, opening, format, sender, permit, expires_at));
     let body = Body::from_stream(futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), receiver))
     }));
@@ -166,6 +167,7 @@ async fn open_stream(
         .into_response())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_stream(
     app: AppState,
     mut subscription: HttpSubscription,
@@ -174,6 +176,7 @@ async fn run_stream(
     format: StreamFormat,
     sender: mpsc::Sender<Bytes>,
     _permit: StreamPermit,
+    expires_at: Option<u64>,
 ) {
     let write_timeout = app.settings.websocket.write_timeout;
     // A slow reader gets the write timeout, but never holds up a shutdown.
@@ -205,10 +208,21 @@ async fn run_stream(
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(16);
+    // The stream ends when its token does; the client reconnects with a fresh one.
+    let expiry = tokio::time::sleep(Duration::from_secs(
+        expires_at.map_or(u64::MAX / 4, |exp| exp.saturating_sub(crate::auth::unix_seconds())),
+    ));
+    tokio::pin!(expiry);
     loop {
         let mut chunk = BytesMut::new();
         tokio::select! {
             biased;
+            () = &mut expiry => {
+                let reason = "token expired: get a fresh one and reconnect";
+                format.disconnect(&mut chunk, close_code::TOKEN_EXPIRED, reason, &subscription.cursor());
+                let _ = sender.try_send(chunk.freeze());
+                return;
+            }
             () = app.shutdown.cancelled() => {
                 format.disconnect(&mut chunk, close_code::GOING_AWAY, "server shutting down", &subscription.cursor());
                 // Only if there is room: a reader too slow to take it will not delay the stop.

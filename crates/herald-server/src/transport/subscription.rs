@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use herald_core::{ChannelName, Inbox, Position, PositionTracker, Publication, SubscriberHandle};
 
 use crate::app::AppState;
+use crate::auth::Identity;
 use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::wire::WirePosition;
@@ -18,6 +19,8 @@ pub struct SubscriptionQuery {
     pub channels: Vec<ChannelName>,
     pub cursor: Option<Cursor>,
     pub timeout: Option<String>,
+    /// From `?token=` (what `EventSource` can send) or `Authorization: Bearer`.
+    pub identity: Identity,
 }
 
 impl SubscriptionQuery {
@@ -32,6 +35,7 @@ impl SubscriptionQuery {
         let mut channels: Vec<ChannelName> = Vec::new();
         let mut since = None;
         let mut timeout = None;
+        let mut token = None;
         for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
             match &*key {
                 "channel" => {
@@ -43,8 +47,7 @@ impl SubscriptionQuery {
                 }
                 "since" => since = Some(value.into_owned()),
                 "timeout" if accepts_timeout => timeout = Some(value.into_owned()),
-                // Client tokens are checked once auth exists; without [auth] everyone is anonymous.
-                "token" => {}
+                "token" => token = Some(value.into_owned()),
                 other => {
                     return Err(ApiError::bad_request(
                         "unknown_parameter",
@@ -68,7 +71,12 @@ impl SubscriptionQuery {
             ),
             None => None,
         };
-        Ok(Self { channels, cursor, timeout })
+        let token = token.or_else(|| crate::auth::bearer(headers).map(str::to_string));
+        let identity = crate::auth::identify(app.settings.auth.as_deref(), token.as_deref())?;
+        for channel in &channels {
+            crate::auth::may_subscribe(&identity, app.hub.namespaces().options_for(channel), channel)?;
+        }
+        Ok(Self { channels, cursor, timeout, identity })
     }
 }
 

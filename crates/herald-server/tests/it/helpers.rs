@@ -67,6 +67,20 @@ impl TestServer {
         response.json().await.expect("publish reply is JSON")
     }
 
+    /// Publishes through the server API with an API key.
+    pub async fn publish_with_key(&self, channel: &str, data: Value, key: &str) -> Value {
+        let response = self
+            .http
+            .post(self.url("/api/publish"))
+            .bearer_auth(key)
+            .json(&json!({ "channel": channel, "data": data }))
+            .send()
+            .await
+            .expect("publish request");
+        assert_eq!(response.status(), 200, "publish failed");
+        response.json().await.expect("publish reply is JSON")
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let response = self.http.get(self.url(path)).send().await.expect("GET");
         let status = response.status().as_u16();
@@ -181,6 +195,18 @@ impl WsClient {
                 }
                 None => Received::Ended,
             };
+        }
+    }
+
+    /// The next frame if one arrives within 200 ms.
+    pub async fn receive_raw_quick(&mut self) -> Option<Received> {
+        match tokio::time::timeout(Duration::from_millis(200), self.stream.next()).await {
+            Err(_) => None,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                Some(Received::Close(frame.map(|frame| (u16::from(frame.code), frame.reason.to_string()))))
+            }
+            Ok(Some(Ok(Message::Text(text)))) => Some(Received::Json(serde_json::from_str(&text).expect("JSON"))),
+            Ok(_) => Some(Received::Ended),
         }
     }
 

@@ -33,6 +33,8 @@ where
         let outcome = match command.op.as_deref() {
             None => Err(ErrorBody::new("missing_field", "missing field \"op\"")),
             Some("ping") => Ok(vec![result_reply(id, "{}".to_string())]),
+            Some("connect") => self.connect(id, &command, false),
+            Some("refresh") => self.connect(id, &command, true),
             Some("subscribe") => self.subscribe(id, &command).await,
             Some("unsubscribe") => self.unsubscribe(id, &command).await,
             Some("publish") => self.publish(id, &command).await,
@@ -41,6 +43,23 @@ where
             Some(other) => Err(ErrorBody::new("unknown_op", format!("unknown op {other:?}"))),
         };
         outcome.unwrap_or_else(|error| vec![error_reply(Some(id), error)])
+    }
+
+    /// `connect {token}` (or `refresh {token}`, which must keep the same user): the connection
+    /// takes on the token's identity, keeping its subscriptions.
+    fn connect(&mut self, id: u64, command: &CommandFrame<'_>, refresh: bool) -> Result<Vec<Message>, ErrorBody> {
+        let token =
+            command.token.as_deref().ok_or_else(|| ErrorBody::new("missing_field", "missing field \"token\""))?;
+        let Some(auth) = self.app.settings.auth.as_deref() else {
+            return Err(ErrorBody::new("auth_not_configured", "this server has no [auth]: every client is anonymous"));
+        };
+        let claims = auth.verify(token).map_err(|error| ErrorBody::new(error.code(), error.to_string()))?;
+        if refresh && self.identity.user() != claims.sub.as_deref() {
+            return Err(ErrorBody::new("user_mismatch", "a refreshed token must be for the same user (sub)"));
+        }
+        let result = serde_json::json!({ "user": claims.sub, "expires": claims.exp });
+        self.set_identity(crate::auth::Identity::User(Box::new(claims)));
+        Ok(vec![result_reply(id, result.to_string())])
     }
 
     async fn subscribe(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
@@ -52,6 +71,8 @@ where
         if self.positions.len() >= limit {
             return Err(ErrorBody::new("too_many_channels", format!("at most {limit} channels per connection")));
         }
+        crate::auth::may_subscribe(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
+            .map_err(|denied| ErrorBody::new(denied.code(), denied.to_string()))?;
         let since = command.since.as_ref().map(Position::from);
         let subscribed = self
             .app
@@ -88,9 +109,8 @@ where
     async fn publish(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
         let channel = command.channel()?;
         let data = command.data.ok_or_else(|| ErrorBody::new("missing_field", "missing field \"data\""))?;
-        if !self.app.hub.namespaces().options_for(&channel).client_publish {
-            return Err(ErrorBody::new("permission_denied", format!("clients may not publish to {channel}")));
-        }
+        crate::auth::may_publish(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
+            .map_err(|denied| ErrorBody::new(denied.code(), denied.to_string()))?;
         let request = PublishRequest {
             channel,
             data: json_payload(data),
@@ -165,6 +185,7 @@ struct CommandFrame<'a> {
     idempotency_key: Option<String>,
     limit: Option<usize>,
     reverse: Option<bool>,
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]

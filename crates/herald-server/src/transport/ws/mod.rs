@@ -41,6 +41,8 @@ pub mod close_code {
     pub const SLOW_CONSUMER: u16 = 4001;
     /// Nothing heard from the client within the ping interval plus the pong timeout.
     pub const NO_PONG: u16 = 4002;
+    /// The client's token expired and was not refreshed: get a fresh one, then reconnect.
+    pub const TOKEN_EXPIRED: u16 = 4003;
 }
 
 /// Publications per `history` reply at most.
@@ -50,8 +52,20 @@ pub async fn upgrade(State(app): State<AppState>, request: Request) -> Response 
     if let Err(error) = check_origin(&app.settings, request.headers()) {
         return error.into_response();
     }
+    // A token may come with the upgrade (`?token=` or `Authorization`), or later in `connect`.
+    let token =
+        query_token(request.uri().query()).or_else(|| crate::auth::bearer(request.headers()).map(str::to_string));
+    let identity = match crate::auth::identify(app.settings.auth.as_deref(), token.as_deref()) {
+        Ok(identity) => identity,
+        Err(error) => return ApiError::from(error).into_response(),
+    };
     let session_app = app.clone();
-    accept(app, request, move |socket| session::run(session_app, socket)).unwrap_or_else(IntoResponse::into_response)
+    accept(app, request, move |socket| session::run(session_app, socket, identity))
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+fn query_token(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes()).find(|(key, _)| key == "token").map(|(_, value)| value.into_owned())
 }
 
 pub async fn echo(State(app): State<AppState>, request: Request) -> Response {

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::close_code;
 use super::commands::error_reply;
 use crate::app::AppState;
+use crate::auth::Identity;
 use crate::wire::{EncodedPublication, ErrorBody, WirePosition};
 
 /// Pushes written per flush at most.
@@ -27,15 +28,24 @@ const WRITE_BATCH: usize = 256;
 /// How long a closing connection waits for its goodbye to be written and for the peer's close.
 pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-pub(super) async fn run<T>(app: AppState, socket: WebSocketStream<T>)
+pub(super) async fn run<T>(app: AppState, socket: WebSocketStream<T>, identity: Identity)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let capacity = app.settings.websocket.outbox_capacity.get();
     let (subscriber, mut inbox) = app.hub.connect_with_signal(capacity, app.shutdown.child_token());
     let guard = WriteGuard { timeout: app.settings.websocket.write_timeout, stop: inbox.lagged.clone() };
-    let mut session =
-        Session { app, subscriber, positions: PositionTracker::default(), socket, pending: VecDeque::new(), guard };
+    let mut session = Session {
+        app,
+        subscriber,
+        positions: PositionTracker::default(),
+        socket,
+        pending: VecDeque::new(),
+        guard,
+        identity: Identity::Anonymous,
+        expiry: None,
+    };
+    session.set_identity(identity);
     let ending = match session.serve(&mut inbox).await {
         Ending::Lagged => session.stop_reason(),
         ending => ending,
@@ -53,6 +63,10 @@ pub(in crate::transport::ws) struct Session<T> {
     /// Encoded publication frames not yet written (see [`write_frames`]).
     pending: VecDeque<Bytes>,
     guard: WriteGuard,
+    /// Who the client is: anonymous until a token says otherwise.
+    pub(super) identity: Identity,
+    /// When the token expires (boxed: most connections have none, or never reach it).
+    expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Why a session ended, which decides how it says goodbye.
@@ -63,6 +77,7 @@ pub(super) enum Ending {
     Shutdown,
     Lagged,
     NoPong,
+    TokenExpired,
     WriteFailed,
     TooBig,
     InvalidUtf8,
@@ -88,6 +103,7 @@ impl Ending {
                 Some((close_code::SLOW_CONSUMER, "slow consumer: reconnect and recover from your last position", true))
             }
             Self::NoPong => Some((close_code::NO_PONG, "no pong within the timeout", true)),
+            Self::TokenExpired => Some((close_code::TOKEN_EXPIRED, "token expired: refresh it and reconnect", true)),
             Self::TooBig => Some((close_code::MESSAGE_TOO_BIG, "message too big", false)),
             Self::InvalidUtf8 => Some((close_code::INVALID_DATA, "text frame is not valid UTF-8", false)),
             Self::ProtocolError => Some((close_code::PROTOCOL_ERROR, "websocket protocol error", false)),
@@ -178,6 +194,7 @@ where
                         return ending;
                     }
                 }
+                () = until_expiry(&mut self.expiry) => return Ending::TokenExpired,
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() >= dead_after {
                         return Ending::NoPong;
@@ -188,6 +205,15 @@ where
                 }
             }
         }
+    }
+
+    /// Takes on who the client now is, and when that runs out.
+    pub(super) fn set_identity(&mut self, identity: Identity) {
+        self.expiry = identity.expires_at().map(|exp| {
+            let left = exp.saturating_sub(crate::auth::unix_seconds());
+            Box::pin(tokio::time::sleep(Duration::from_secs(left)))
+        });
+        self.identity = identity;
     }
 
     /// Why the stop token fired.
@@ -338,6 +364,14 @@ impl Future for StopSignal<'_> {
     }
 }
 
+/// Resolves when the token expires; never without one.
+async fn until_expiry(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Most frames handed to one vectored write.
 const FRAMES_PER_WRITE: usize = 64;
 
@@ -450,7 +484,7 @@ mod tests {
         );
         let (io, _peer) = tokio::io::duplex(64);
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-        let session = run(app, socket);
+        let session = run(app, socket, Identity::Anonymous);
         let size = std::mem::size_of_val(&session);
         eprintln!("session future: {size} bytes");
         assert!(size < 2048, "the per-connection future grew to {size} bytes");

@@ -1,0 +1,211 @@
+//! Client tokens on every transport: the exact outcome for no token, a valid one, an expired
+//! one, a wrong key, `alg: none`, a channel not granted and a publish not granted; expiry and
+//! refresh on a live WebSocket.
+
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::{Value, json};
+
+use crate::helpers::{Received, TestServer, WsClient};
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+const API_KEY: &str = "server-key-0123456789abcdef";
+
+fn config() -> String {
+    format!("[api]\nkeys = [\"{API_KEY}\"]\n[auth]\nhmac_secret = \"{SECRET}\"\nleeway = \"0s\"\n")
+}
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+fn token_with(claims: Value, secret: &str) -> String {
+    encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes()).unwrap()).unwrap()
+}
+
+fn alg_none(claims: &Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!("{}.{}.", b64.encode(br#"{"alg":"none","typ":"JWT"}"#), b64.encode(claims.to_string()))
+}
+
+/// The cases of the matrix: a name, the token (if any), and a channel to use.
+fn cases() -> Vec<(&'static str, Option<String>, &'static str)> {
+    let granted = json!({"sub": "alice", "exp": now() + 600, "channels": ["chat:*"], "publish": ["chat:*"]});
+    vec![
+        ("no token", None, "chat:a"),
+        ("valid", Some(token_with(granted.clone(), SECRET)), "chat:a"),
+        (
+            "expired",
+            Some(token_with(json!({"sub": "alice", "exp": now() - 100, "channels": ["chat:*"]}), SECRET)),
+            "chat:a",
+        ),
+        ("wrong key", Some(token_with(granted.clone(), "not-the-secret-not-the-secret-xx")), "chat:a"),
+        ("alg none", Some(alg_none(&granted)), "chat:a"),
+        ("channel not granted", Some(token_with(granted.clone(), SECRET)), "news:a"),
+        (
+            "publish not granted",
+            Some(token_with(json!({"sub": "bob", "exp": now() + 600, "publish": []}), SECRET)),
+            "chat:a",
+        ),
+    ]
+}
+
+/// (status, error code) of an HTTP call; code is "" on success.
+async fn http_outcome(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap_or_default();
+    let code = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|body| body["error"]["code"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    (status, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transport_gives_the_exact_outcome_for_every_kind_of_token() {
+    let server = TestServer::with_config(&config()).await;
+    let expected_subscribe: &[(&str, u16, &str)] = &[
+        ("no token", 401, "unauthorized"),
+        ("valid", 200, ""),
+        ("expired", 401, "token_expired"),
+        ("wrong key", 401, "invalid_token"),
+        ("alg none", 401, "invalid_token"),
+        ("channel not granted", 403, "permission_denied"),
+        ("publish not granted", 200, ""),
+    ];
+    let expected_publish: &[(&str, u16, &str)] = &[
+        ("no token", 401, "unauthorized"),
+        ("valid", 200, ""),
+        ("expired", 401, "token_expired"),
+        ("wrong key", 401, "invalid_token"),
+        ("alg none", 401, "invalid_token"),
+        ("channel not granted", 403, "permission_denied"),
+        ("publish not granted", 403, "permission_denied"),
+    ];
+    for ((name, token, channel), (_, status, code)) in cases().into_iter().zip(expected_subscribe) {
+        let with_token = |path: &str| match &token {
+            Some(token) => format!("{path}&token={token}"),
+            None => path.to_string(),
+        };
+        // SSE, NDJSON and poll take ?token= (what EventSource can send).
+        for path in [
+            format!("/sse?channel={channel}"),
+            format!("/stream?channel={channel}"),
+            format!("/poll?channel={channel}&timeout=0"),
+        ] {
+            let response = server.http().get(server.url(&with_token(&path))).send().await.unwrap();
+            let (got_status, got_code) =
+                if response.status().is_success() { (200, String::new()) } else { http_outcome(response).await };
+            assert_eq!((got_status, got_code.as_str()), (*status, *code), "{name}: {path}");
+        }
+        // WebSocket: the token with the upgrade; a bad one is refused before the upgrade.
+        let url = match &token {
+            Some(token) => format!("{}?token={token}", server.ws_url()),
+            None => server.ws_url(),
+        };
+        match tokio_tungstenite::connect_async(&url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status().as_u16(), 401, "{name}: upgrade refused with 401");
+                assert!(matches!(name, "expired" | "wrong key" | "alg none"), "{name}: refused at upgrade");
+            }
+            Err(other) => panic!("{name}: {other}"),
+            Ok(_) => {
+                let mut client = WsClient::connect(&url).await;
+                let reply = client.command(json!({"op": "subscribe", "channel": channel})).await;
+                let got = reply["error"]["code"].as_str().unwrap_or_default().to_string();
+                assert_eq!(got, *code, "{name}: ws subscribe {reply}");
+            }
+        }
+        // The WebSocket `connect` command with the same token.
+        let mut client = server.client().await;
+        if let Some(token) = &token {
+            let reply = client.command(json!({"op": "connect", "token": token})).await;
+            let got = reply["error"]["code"].as_str().unwrap_or_default();
+            let expected = match name {
+                "expired" => "token_expired",
+                "wrong key" | "alg none" => "invalid_token",
+                _ => "",
+            };
+            assert_eq!(got, expected, "{name}: connect {reply}");
+        }
+    }
+    for ((name, token, channel), (_, status, code)) in cases().into_iter().zip(expected_publish) {
+        // POST /api/publish with the client token instead of an API key.
+        let mut request = server.http().post(server.url("/api/publish")).json(&json!({"channel": channel, "data": 1}));
+        if let Some(token) = &token {
+            request = request.bearer_auth(token);
+        }
+        let (got_status, got_code) = http_outcome(request.send().await.unwrap()).await;
+        assert_eq!((got_status, got_code.as_str()), (*status, *code), "{name}: api publish");
+        // WebSocket publish after connecting with it (where the token is good).
+        if matches!(name, "valid" | "channel not granted" | "publish not granted" | "no token") {
+            let mut client = server.client().await;
+            if let Some(token) = &token {
+                client.command(json!({"op": "connect", "token": token})).await;
+            }
+            let reply = client.command(json!({"op": "publish", "channel": channel, "data": 1})).await;
+            assert_eq!(reply["error"]["code"].as_str().unwrap_or_default(), *code, "{name}: ws publish {reply}");
+        }
+    }
+    // The API key still does everything; a client token cannot read the server API.
+    let response = server.http().get(server.url("/api/channels")).bearer_auth(API_KEY).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let valid = cases()[1].1.clone().unwrap();
+    let response = server.http().get(server.url("/api/channels")).bearer_auth(valid).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_is_refreshed_without_dropping_subscriptions_or_ends_the_connection() {
+    let server = TestServer::with_config(&config()).await;
+    let short = |sub: &str, seconds: u64| {
+        token_with(json!({"sub": sub, "exp": now() + seconds, "channels": ["chat:*"]}), SECRET)
+    };
+
+    // Refreshed in time: the subscription goes on.
+    let mut kept = WsClient::connect(&format!("{}?token={}", server.ws_url(), short("alice", 2))).await;
+    kept.subscribe("chat:a").await;
+    let reply = kept.command(json!({"op": "refresh", "token": short("alice", 600)})).await;
+    assert_eq!(reply["result"]["user"], "alice", "{reply}");
+    let reply = kept.command(json!({"op": "refresh", "token": short("mallory", 600)})).await;
+    assert_eq!(reply["error"]["code"], "user_mismatch");
+
+    // Not refreshed: closed with 4003, telling the client to get a fresh token.
+    let mut dropped = WsClient::connect(&format!("{}?token={}", server.ws_url(), short("alice", 2))).await;
+    dropped.subscribe("chat:a").await;
+    let (pushes, close) = dropped.read_until_close().await;
+    let (code, reason) = close.expect("a close frame");
+    assert_eq!(code, 4003, "{reason}");
+    assert_eq!(pushes.last().unwrap()["disconnect"]["reconnect"], true);
+
+    server.publish_with_key("chat:a", json!("still here"), API_KEY).await;
+    let push = kept.next_push().await;
+    assert_eq!(push["data"], "still here");
+    assert!(!matches!(kept.receive_raw_quick().await, Some(Received::Close(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_token_mints_a_token_the_server_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, config()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["token", "--sub", "carol", "--channels", "chat:*", "--publish", "chat:*", "--ttl", "1h", "--config"])
+        .arg(&path)
+        .env_remove("HERALD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let server = TestServer::with_config(&config()).await;
+    let mut client = WsClient::connect(&format!("{}?token={token}", server.ws_url())).await;
+    client.subscribe("chat:lobby").await;
+    let reply = client.command(json!({"op": "publish", "channel": "chat:lobby", "data": "hi"})).await;
+    assert_eq!(reply["result"]["offset"], 1, "{reply}");
+    let reply = client.command(json!({"op": "subscribe", "channel": "news:x"})).await;
+    assert_eq!(reply["error"]["code"], "permission_denied");
+
+    let keys = std::process::Command::new(env!("CARGO_BIN_EXE_herald")).arg("keygen").output().unwrap();
+    let text = String::from_utf8(keys.stdout).unwrap();
+    assert!(text.contains("hmac_secret = \"") && text.contains("keys = [\""), "{text}");
+}
