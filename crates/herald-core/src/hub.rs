@@ -254,10 +254,19 @@ impl Hub {
     }
 }
 
-/// A recovery from `since` is exact when the epoch is the same, the client is not ahead, and
-/// history still holds everything after `since`.
+/// A recovery from `since` is exact when the epoch is the same, the client is not ahead,
+/// history still holds everything after `since`, and the publications read are exactly the
+/// next offsets with no hole (storage reads and retention can race; this does not trust them).
 fn is_recoverable(since: &Position, page: &HistoryPage) -> bool {
-    since.epoch == page.top.epoch && since.offset <= page.top.offset && since.offset + 1 >= page.oldest
+    let contiguous = page.publications.iter().zip(since.offset + 1..).all(|(publication, expected)| {
+        publication.position.offset == expected && publication.position.epoch == since.epoch
+    });
+    let reaches_top = page.publications.last().map_or(since.offset, |last| last.position.offset) >= page.top.offset;
+    since.epoch == page.top.epoch
+        && since.offset <= page.top.offset
+        && since.offset + 1 >= page.oldest
+        && contiguous
+        && reaches_top
 }
 
 impl FanOut for Hub {
@@ -467,6 +476,26 @@ mod tests {
         let at_top = Position { epoch: first.epoch.clone(), offset: 4 };
         let subscribed = hub.subscribe(&alice, &channel("a"), Some(&at_top)).await.unwrap();
         assert_eq!((subscribed.recovered, subscribed.missed.len()), (Some(true), 0));
+    }
+
+    #[test]
+    fn a_page_with_a_hole_or_short_of_the_top_is_not_a_recovery() {
+        let epoch = crate::Epoch::new("e");
+        let at = |offset| {
+            Arc::new(Publication::new(channel("a"), Position { epoch: epoch.clone(), offset }, Bytes::new(), 0))
+        };
+        let page = |offsets: &[u64], top| HistoryPage {
+            publications: offsets.iter().map(|offset| at(*offset)).collect(),
+            top: Position { epoch: epoch.clone(), offset: top },
+            oldest: 1,
+        };
+        let since = Position { epoch: epoch.clone(), offset: 2 };
+        assert!(is_recoverable(&since, &page(&[3, 4, 5], 5)));
+        assert!(!is_recoverable(&since, &page(&[3, 5], 5)), "a hole");
+        assert!(!is_recoverable(&since, &page(&[4, 5], 5)), "the next one is missing");
+        assert!(!is_recoverable(&since, &page(&[3, 4], 5)), "short of the top");
+        assert!(is_recoverable(&since, &page(&[3, 4, 5, 6], 5)), "newer than the top read is fine");
+        assert!(is_recoverable(&Position { epoch: epoch.clone(), offset: 5 }, &page(&[], 5)));
     }
 
     #[tokio::test]

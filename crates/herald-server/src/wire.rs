@@ -84,10 +84,12 @@ pub fn json_payload(data: &RawValue) -> Bytes {
 /// Checks an optional idempotency key.
 pub fn idempotency_key(key: Option<String>) -> Result<Option<String>, ErrorBody> {
     match key {
-        Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN => Err(ErrorBody::new(
-            "invalid_idempotency_key",
-            format!("an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
-        )),
+        Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || key.chars().any(char::is_control) => {
+            Err(ErrorBody::new(
+                "invalid_idempotency_key",
+                format!("an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, without control characters"),
+            ))
+        }
         key => Ok(key),
     }
 }

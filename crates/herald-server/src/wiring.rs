@@ -14,7 +14,14 @@ pub const SQLITE_FILE: &str = "herald.db";
 pub async fn hub(settings: &Settings) -> Result<Arc<Hub>, StorageOpenError> {
     let namespaces = Arc::new(settings.namespaces.clone());
     let storage: Arc<dyn Storage> = match &settings.storage {
-        StorageKind::Sqlite => Arc::new(SqliteStorage::open(&settings.data_dir.join(SQLITE_FILE), namespaces.clone())?),
+        StorageKind::Sqlite => {
+            // Opening checks the whole file (quick_check): off the async threads.
+            let (path, namespaces) = (settings.data_dir.join(SQLITE_FILE), namespaces.clone());
+            let opened = tokio::task::spawn_blocking(move || SqliteStorage::open(&path, namespaces))
+                .await
+                .map_err(|error| StorageOpenError::Thread(std::io::Error::other(error)))?;
+            Arc::new(opened?)
+        }
         StorageKind::Postgres { url, schema } => {
             Arc::new(PostgresStorage::open(url, schema.as_deref(), namespaces.clone()).await?)
         }

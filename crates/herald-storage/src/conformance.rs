@@ -129,6 +129,7 @@ pub async fn retention_keeps_the_newest_and_the_sweep_deletes_the_rest(backend: 
     // A storage that no longer keeps the old rows shows the same page.
     let page = storage.history(&channel, HistoryQuery::after(0)).await.unwrap();
     assert_eq!((page.publications.len(), page.oldest, page.top.offset), (3, 3, 5));
+    drop(storage);
     let widened = backend.open(namespaces(100)).await;
     let page = widened.history(&channel, HistoryQuery::after(0)).await.unwrap();
     assert_eq!(page.publications.len(), 3, "the sweep deleted the rest for good");

@@ -26,4 +26,6 @@ pub enum StorageOpenError {
     Thread(std::io::Error),
     #[error("cannot use the PostgreSQL storage: {0}")]
     Postgres(String),
+    #[error("cannot lock {path}: {detail}")]
+    Locked { path: String, detail: String },
 }

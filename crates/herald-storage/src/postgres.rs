@@ -54,6 +54,27 @@ struct Append {
 
 type Appended = (Published, Option<Arc<Publication>>);
 
+/// The first offset retention keeps (as in the SQLite storage: the newest `history_size`, and
+/// of those the run from the oldest one younger than the TTL on, so age never cuts a hole).
+async fn first_kept(
+    client: &Client,
+    channel: &str,
+    top: u64,
+    options: &herald_core::NamespaceOptions,
+) -> Result<i64, EngineError> {
+    let by_size = (top + 1).saturating_sub(options.history_size as u64).max(1) as i64;
+    let cutoff = unix_millis().saturating_sub(options.history_ttl.as_millis() as u64) as i64;
+    let by_age: Option<i64> = client
+        .query_one(
+            "SELECT MIN(\"offset\") FROM publications WHERE channel = $1 AND \"offset\" >= $2 AND time_ms >= $3",
+            &[&channel, &by_size, &cutoff],
+        )
+        .await
+        .map_err(storage_error)?
+        .get(0);
+    Ok(by_age.unwrap_or(top as i64 + 1).max(by_size))
+}
+
 /// Durable history in PostgreSQL.
 pub struct PostgresStorage {
     appends: mpsc::Sender<Append>,
@@ -119,14 +140,12 @@ impl PostgresStorage {
         };
         let epoch = Epoch::new(row.get::<_, &str>(0));
         let top = row.get::<_, i64>(1) as u64;
-        let options = self.namespaces.options_for(channel);
-        let first_kept = (top + 1).saturating_sub(options.history_size as u64).max(1) as i64;
-        let cutoff = unix_millis().saturating_sub(options.history_ttl.as_millis() as u64) as i64;
+        let first_kept = first_kept(&self.reader, channel.as_str(), top, self.namespaces.options_for(channel)).await?;
         let oldest: Option<i64> = self
             .reader
             .query_one(
-                "SELECT MIN(\"offset\") FROM publications WHERE channel = $1 AND \"offset\" >= $2 AND time_ms >= $3",
-                &[&channel.as_str(), &first_kept, &cutoff],
+                "SELECT MIN(\"offset\") FROM publications WHERE channel = $1 AND \"offset\" >= $2",
+                &[&channel.as_str(), &first_kept],
             )
             .await
             .map_err(storage_error)?
@@ -135,20 +154,17 @@ impl PostgresStorage {
         let (sql, bound) = match (query.reverse, query.since) {
             (true, since) => (
                 "SELECT \"offset\", time_ms, data FROM publications WHERE channel = $1 AND \"offset\" >= $2 \
-                 AND time_ms >= $3 AND \"offset\" < $4 ORDER BY \"offset\" DESC LIMIT $5",
+                 AND \"offset\" < $3 ORDER BY \"offset\" DESC LIMIT $4",
                 since.map_or(i64::MAX, |since| since.min(i64::MAX as u64) as i64),
             ),
             (false, since) => (
                 "SELECT \"offset\", time_ms, data FROM publications WHERE channel = $1 AND \"offset\" >= $2 \
-                 AND time_ms >= $3 AND \"offset\" > $4 ORDER BY \"offset\" ASC LIMIT $5",
+                 AND \"offset\" > $3 ORDER BY \"offset\" ASC LIMIT $4",
                 since.unwrap_or(0).min(i64::MAX as u64) as i64,
             ),
         };
-        let rows = self
-            .reader
-            .query(sql, &[&channel.as_str(), &first_kept, &cutoff, &bound, &limit])
-            .await
-            .map_err(storage_error)?;
+        let rows =
+            self.reader.query(sql, &[&channel.as_str(), &first_kept, &bound, &limit]).await.map_err(storage_error)?;
         let publications = rows
             .iter()
             .map(|row| {
@@ -198,14 +214,13 @@ impl Storage for PostgresStorage {
             let Ok(channel) = ChannelName::new(row.get::<_, &str>(0)) else { continue };
             let top = row.get::<_, i64>(1) as u64;
             let options = self.namespaces.options_for(&channel);
-            let first_kept = (top + 1).saturating_sub(options.history_size as u64) as i64;
-            let cutoff = now.saturating_sub(options.history_ttl.as_millis() as u64) as i64;
+            let Ok(first_kept) = first_kept(&self.reader, channel.as_str(), top, options).await else { continue };
             let idempotency_cutoff = now.saturating_sub(options.idempotency_window.as_millis() as u64) as i64;
             let _ = self
                 .reader
                 .execute(
-                    "DELETE FROM publications WHERE channel = $1 AND (\"offset\" < $2 OR time_ms < $3)",
-                    &[&channel.as_str(), &first_kept, &cutoff],
+                    "DELETE FROM publications WHERE channel = $1 AND \"offset\" < $2",
+                    &[&channel.as_str(), &first_kept],
                 )
                 .await;
             let _ = self
@@ -285,30 +300,31 @@ async fn append_one(
     idempotency_window: Duration,
 ) -> Result<Appended, tokio_postgres::Error> {
     let channel = request.channel.as_str();
+    // The channel's row lock first, held until commit: offsets stay contiguous and an
+    // idempotency key is checked and recorded atomically, even across nodes.
+    transaction
+        .execute(
+            "INSERT INTO channels (name, epoch, top) VALUES ($1, $2, 0) ON CONFLICT (name) DO NOTHING",
+            &[&channel, &Epoch::random().as_str()],
+        )
+        .await?;
+    let row = transaction.query_one("SELECT epoch, top FROM channels WHERE name = $1 FOR UPDATE", &[&channel]).await?;
+    let epoch = Epoch::new(row.get::<_, &str>(0));
+    let offset = row.get::<_, i64>(1) + 1;
     if let Some(key) = &request.idempotency_key {
         let since = now.saturating_sub(idempotency_window.as_millis() as u64) as i64;
         let seen = transaction
             .query_opt(
-                "SELECT i.\"offset\", c.epoch FROM idempotency i JOIN channels c ON c.name = i.channel \
-                 WHERE i.channel = $1 AND i.key = $2 AND i.time_ms >= $3",
+                "SELECT \"offset\" FROM idempotency WHERE channel = $1 AND key = $2 AND time_ms >= $3",
                 &[&channel, key, &since],
             )
             .await?;
         if let Some(row) = seen {
-            let position = Position { epoch: Epoch::new(row.get::<_, &str>(1)), offset: row.get::<_, i64>(0) as u64 };
+            let position = Position { epoch, offset: row.get::<_, i64>(0) as u64 };
             return Ok((Published { channel: request.channel.clone(), position, duplicate: true }, None));
         }
     }
-    // Takes the channel's row lock until commit: offsets stay contiguous across nodes.
-    let row = transaction
-        .query_one(
-            "INSERT INTO channels (name, epoch, top) VALUES ($1, $2, 1) \
-             ON CONFLICT (name) DO UPDATE SET top = channels.top + 1 RETURNING epoch, top",
-            &[&channel, &Epoch::random().as_str()],
-        )
-        .await?;
-    let epoch = Epoch::new(row.get::<_, &str>(0));
-    let offset = row.get::<_, i64>(1);
+    transaction.execute("UPDATE channels SET top = $2 WHERE name = $1", &[&channel, &offset]).await?;
     transaction
         .execute(
             "INSERT INTO publications (channel, \"offset\", time_ms, data) VALUES ($1, $2, $3, $4)",

@@ -73,6 +73,8 @@ pub struct SqliteStorage {
     jobs: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
     namespaces: Arc<Namespaces>,
+    /// Held while open: two processes appending to one file would hand out the same offsets.
+    _lock: std::fs::File,
 }
 
 fn unix_millis() -> u64 {
@@ -96,6 +98,15 @@ impl SqliteStorage {
             Ok::<_, StorageOpenError>(connection)
         };
         let corrupt = |detail: String| StorageOpenError::Corrupt { path: display.clone(), detail };
+        let lock_path = path.with_extension("db.lock");
+        let lock = std::fs::File::create(&lock_path).map_err(|error| StorageOpenError::Locked {
+            path: lock_path.display().to_string(),
+            detail: error.to_string(),
+        })?;
+        lock.try_lock().map_err(|_| StorageOpenError::Locked {
+            path: lock_path.display().to_string(),
+            detail: "another Herald process is using this data directory".into(),
+        })?;
         let writer = open(path)?;
         writer
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
@@ -116,7 +127,7 @@ impl SqliteStorage {
                 Writer { connection: writer, namespaces: writer_namespaces, tops: HashMap::new() }.run(queue)
             })
             .map_err(StorageOpenError::Thread)?;
-        Ok(Self { jobs, reader: Arc::new(Mutex::new(reader)), namespaces })
+        Ok(Self { jobs, reader: Arc::new(Mutex::new(reader)), namespaces, _lock: lock })
     }
 
     async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, EngineError> {
@@ -158,9 +169,11 @@ impl Storage for SqliteStorage {
     async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryPage, EngineError> {
         let options = self.namespaces.options_for(channel).clone();
         for attempt in 0..2 {
-            let name = channel.clone();
+            let (name, options) = (channel.clone(), options.clone());
             let page = self
                 .read(move |connection| {
+                    // One snapshot for the position, the bounds and the rows.
+                    let connection = connection.unchecked_transaction()?;
                     let Some((epoch, top)) = connection
                         .query_row("SELECT epoch, top FROM channels WHERE name = ?1", [name.as_str()], |row| {
                             Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
@@ -170,21 +183,19 @@ impl Storage for SqliteStorage {
                         return Ok(None);
                     };
                     let top = top as u64;
-                    // What retention keeps, even before the sweep has deleted the rest.
-                    let first_kept = (top + 1).saturating_sub(options.history_size as u64).max(1) as i64;
-                    let cutoff = unix_millis().saturating_sub(options.history_ttl.as_millis() as u64) as i64;
+                    let first_kept = first_kept(&connection, name.as_str(), top, &options)?;
                     let oldest: Option<i64> = connection.query_row(
-                        "SELECT MIN(offset) FROM publications WHERE channel = ?1 AND offset >= ?2 AND time_ms >= ?3",
-                        params![name.as_str(), first_kept, cutoff],
+                        "SELECT MIN(offset) FROM publications WHERE channel = ?1 AND offset >= ?2",
+                        params![name.as_str(), first_kept],
                         |row| row.get(0),
                     )?;
                     let limit = query.limit.min(i64::MAX as usize) as i64;
                     let sql = if query.reverse {
                         "SELECT offset, time_ms, data FROM publications WHERE channel = ?1 AND offset >= ?2 \
-                         AND time_ms >= ?3 AND offset < ?4 ORDER BY offset DESC LIMIT ?5"
+                         AND offset < ?3 ORDER BY offset DESC LIMIT ?4"
                     } else {
                         "SELECT offset, time_ms, data FROM publications WHERE channel = ?1 AND offset >= ?2 \
-                         AND time_ms >= ?3 AND offset > ?4 ORDER BY offset ASC LIMIT ?5"
+                         AND offset > ?3 ORDER BY offset ASC LIMIT ?4"
                     };
                     let bound = match (query.reverse, query.since) {
                         (true, Some(since)) => since.min(i64::MAX as u64) as i64,
@@ -193,10 +204,9 @@ impl Storage for SqliteStorage {
                     };
                     let epoch = Epoch::new(&epoch);
                     let mut statement = connection.prepare_cached(sql)?;
-                    let rows = statement
-                        .query_map(params![name.as_str(), first_kept, cutoff, bound, limit], |row| {
-                            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?))
-                        })?;
+                    let rows = statement.query_map(params![name.as_str(), first_kept, bound, limit], |row| {
+                        Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?))
+                    })?;
                     let mut publications = Vec::new();
                     for row in rows {
                         let (offset, time_ms, data) = row?;
@@ -292,7 +302,6 @@ impl Writer {
 
     /// One transaction for all waiting appends; outcomes and deliveries only after commit.
     fn commit_group(&mut self, appends: Vec<Append>) {
-        let before = self.tops.clone();
         let now = unix_millis();
         let result = (|| -> rusqlite::Result<Vec<Vec<Appended>>> {
             let transaction = self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -322,8 +331,9 @@ impl Writer {
                 }
             }
             Err(error) => {
-                // Nothing was committed: forget the offsets handed out in this transaction.
-                self.tops = before;
+                // Nothing was committed: forget the cached tops, which may include offsets handed
+                // out in this transaction; they are read again from the database.
+                self.tops.clear();
                 let error = storage_error(error);
                 for Append { batch, reply, .. } in appends {
                     let _ = reply.send(batch.iter().map(|_| Err(error.clone())).collect());
@@ -344,18 +354,37 @@ impl Writer {
         }) else {
             return;
         };
-        let first_kept = (top + 1).saturating_sub(options.history_size as u64) as i64;
-        let cutoff = now.saturating_sub(options.history_ttl.as_millis() as u64) as i64;
+        let Ok(first_kept) = first_kept(&self.connection, channel.as_str(), top, options) else {
+            return;
+        };
         let idempotency_cutoff = now.saturating_sub(options.idempotency_window.as_millis() as u64) as i64;
         let _ = self.connection.execute(
-            "DELETE FROM publications WHERE channel = ?1 AND (offset < ?2 OR time_ms < ?3)",
-            params![channel.as_str(), first_kept, cutoff],
+            "DELETE FROM publications WHERE channel = ?1 AND offset < ?2",
+            params![channel.as_str(), first_kept],
         );
         let _ = self.connection.execute(
             "DELETE FROM idempotency WHERE channel = ?1 AND time_ms < ?2",
             params![channel.as_str(), idempotency_cutoff],
         );
     }
+}
+
+/// The first offset retention keeps: the newest `history_size`, and of those the run from the
+/// oldest one younger than the TTL on, so age never cuts a hole in the middle (clocks may step).
+fn first_kept(
+    connection: &Connection,
+    channel: &str,
+    top: u64,
+    options: &herald_core::NamespaceOptions,
+) -> rusqlite::Result<i64> {
+    let by_size = (top + 1).saturating_sub(options.history_size as u64).max(1) as i64;
+    let cutoff = unix_millis().saturating_sub(options.history_ttl.as_millis() as u64) as i64;
+    let by_age: Option<i64> = connection.query_row(
+        "SELECT MIN(offset) FROM publications WHERE channel = ?1 AND offset >= ?2 AND time_ms >= ?3",
+        params![channel, by_size, cutoff],
+        |row| row.get(0),
+    )?;
+    Ok(by_age.unwrap_or(top as i64 + 1).max(by_size))
 }
 
 /// The channel's (epoch, top), from the cache, the table, or created with a fresh epoch.
@@ -443,6 +472,18 @@ mod tests {
     }
 
     crate::conformance::suite!(Some(SqliteFile(tempfile::tempdir().unwrap())));
+
+    #[test]
+    fn a_second_process_on_the_same_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        let namespaces = Arc::new(Namespaces::default());
+        let first = SqliteStorage::open(&path, namespaces.clone()).unwrap();
+        let error = SqliteStorage::open(&path, namespaces.clone()).err().expect("refused").to_string();
+        assert!(error.contains("another Herald process"), "{error}");
+        drop(first);
+        assert!(SqliteStorage::open(&path, namespaces).is_ok(), "free again once closed");
+    }
 
     #[test]
     fn a_corrupt_file_is_a_clear_error() {

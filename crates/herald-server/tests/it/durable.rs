@@ -200,3 +200,68 @@ async fn durable_channels_on_postgres_survive_a_restart_of_the_server() {
         let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_publish_survives_a_kill_9_during_concurrent_publishing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::write(&config, DURABLE).unwrap();
+    let data_dir = dir.path().join("data");
+    let (mut herald, address) = spawn_herald(&data_dir, &config);
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let publishers: Vec<_> = (0..8)
+        .map(|publisher| {
+            let (address, acknowledged) = (address.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for n in 0.. {
+                    let body = json!({"channel": "orders:storm", "data": {"p": publisher, "n": n}});
+                    let Ok(response) = http.post(format!("http://{address}/api/publish")).json(&body).send().await
+                    else {
+                        return; // the server is gone
+                    };
+                    let Ok(reply) = response.json::<Value>().await else { return };
+                    acknowledged.lock().unwrap().push((
+                        reply["offset"].as_u64().unwrap(),
+                        reply["epoch"].clone(),
+                        body,
+                    ));
+                }
+            })
+        })
+        .collect();
+    while acknowledged.lock().unwrap().len() < 300 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    herald.kill().unwrap(); // mid-flight: some publishes are committed but not answered
+    herald.wait().unwrap();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+
+    let (mut again, address) = spawn_herald(&data_dir, &config);
+    let history: Value = reqwest::get(format!("http://{address}/api/channels/orders:storm/history?since=0&limit=1000"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stored: std::collections::HashMap<u64, Value> = history["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["offset"].as_u64().unwrap(), p["data"].clone()))
+        .collect();
+    let offsets: Vec<u64> = {
+        let mut offsets: Vec<u64> = stored.keys().copied().collect();
+        offsets.sort_unstable();
+        offsets
+    };
+    assert_eq!(offsets, (1..=offsets.len() as u64).collect::<Vec<_>>(), "contiguous from 1");
+    for (offset, epoch, body) in acknowledged.lock().unwrap().iter() {
+        assert_eq!(stored.get(offset), Some(&body["data"]), "acknowledged offset {offset} is stored with its data");
+        assert_eq!(*epoch, history["position"]["epoch"]);
+    }
+    again.kill().unwrap();
+    again.wait().unwrap();
+}
