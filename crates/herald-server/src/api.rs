@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq;
 
 use crate::app::AppState;
 use crate::auth::Identity;
+use crate::config::KeyScope;
 use crate::error::ApiError;
 use crate::wire::{WirePosition, idempotency_key, json_payload, present_raw_value, publications_array, published_json};
 
@@ -36,19 +37,20 @@ pub fn router() -> Router<AppState> {
 /// Who is calling the server API: a backend with an API key (or anyone in dev mode), or, for
 /// publishing only, a client whose token grants it.
 pub enum ApiCaller {
-    Server,
+    /// `key` is the key's index (none in dev mode), for its publish rate.
+    Server {
+        key: Option<usize>,
+        scope: KeyScope,
+    },
     Client(Identity),
 }
-
-/// Proof that the request may use the whole server API: a configured key, or dev mode.
-pub struct ApiAccess;
 
 impl FromRequestParts<AppState> for ApiCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
         if app.settings.api_dev_mode() {
-            return Ok(Self::Server);
+            return Ok(Self::Server { key: None, scope: KeyScope::Full });
         }
         let Some(presented) = crate::auth::bearer(&parts.headers) else {
             return Err(ApiError::new(
@@ -58,13 +60,14 @@ impl FromRequestParts<AppState> for ApiCaller {
             ));
         };
         // Every key is compared, in constant time, so timing tells nothing about which matched.
-        let matched = app
-            .settings
-            .api_keys
-            .iter()
-            .fold(0u8, |matched, key| matched | presented.as_bytes().ct_eq(key.as_bytes()).unwrap_u8());
-        if matched == 1 {
-            return Ok(Self::Server);
+        let mut matched = None;
+        for (index, (key, scope)) in app.settings.api_keys.iter().enumerate() {
+            if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+                matched = Some((index, *scope));
+            }
+        }
+        if let Some((index, scope)) = matched {
+            return Ok(Self::Server { key: Some(index), scope });
         }
         match app.settings.auth.as_deref() {
             Some(auth) if presented.matches('.').count() == 2 => {
@@ -75,12 +78,35 @@ impl FromRequestParts<AppState> for ApiCaller {
     }
 }
 
+impl ApiCaller {
+    /// May this caller publish to `channel`? Takes from its API key's publish rate.
+    fn check_publish(&self, app: &AppState, channel: &ChannelName) -> Result<(), ApiError> {
+        match self {
+            Self::Server { scope, .. } if !scope.may_publish() => Err(read_only()),
+            Self::Server { key, .. } => key.map_or(Ok(()), |key| app.api_rates.take(key)),
+            Self::Client(identity) => {
+                Ok(crate::auth::may_publish(identity, app.hub.namespaces().options_for(channel), channel)?)
+            }
+        }
+    }
+}
+
+fn read_only() -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "permission_denied", "this API key may only read")
+}
+
+/// Proof that the request may read through the server API: a key that may read, or dev mode.
+pub struct ApiAccess;
+
 impl FromRequestParts<AppState> for ApiAccess {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
         match ApiCaller::from_request_parts(parts, app).await? {
-            ApiCaller::Server => Ok(Self),
+            ApiCaller::Server { scope, .. } if scope.may_read() => Ok(Self),
+            ApiCaller::Server { .. } => {
+                Err(ApiError::new(StatusCode::FORBIDDEN, "permission_denied", "this API key may only publish"))
+            }
             ApiCaller::Client(_) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "permission_denied",
@@ -145,9 +171,7 @@ async fn publish(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body: PublishBody = read_json(&body)?;
     let channel = channel_name(&body.channel)?;
-    if let ApiCaller::Client(identity) = &caller {
-        crate::auth::may_publish(identity, app.hub.namespaces().options_for(&channel), &channel)?;
-    }
+    caller.check_publish(&app, &channel)?;
     let request = PublishRequest {
         channel,
         data: payload(&app, body.data)?,
@@ -158,7 +182,7 @@ async fn publish(
 }
 
 async fn broadcast(
-    _access: ApiAccess,
+    caller: ApiCaller,
     State(app): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -170,6 +194,10 @@ async fn broadcast(
         ));
     }
     let channels = body.channels.iter().map(|name| channel_name(name)).collect::<Result<Vec<_>, _>>()?;
+    if matches!(caller, ApiCaller::Client(_)) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "permission_denied", "broadcast needs an API key"));
+    }
+    caller.check_publish(&app, &channels[0])?;
     let data = payload(&app, body.data)?;
     let key = checked_idempotency_key(body.idempotency_key)?;
     let requests = channels

@@ -14,7 +14,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Settings;
 use crate::error::ApiError;
-use crate::transport::limits::StreamLimiter;
+use crate::transport::limits::{ConnectionLimiter, KeyRates};
 use crate::{api, pages, transport};
 
 /// What every handler shares. Cheap to clone.
@@ -28,8 +28,10 @@ pub struct AppInner {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
-    /// Admission of long-lived HTTP subscriptions per client IP.
-    pub stream_limiter: Arc<StreamLimiter>,
+    /// Admission of long-lived connections (in all, per client IP, parked polls).
+    pub connections: Arc<ConnectionLimiter>,
+    /// Publish rate per API key.
+    pub api_rates: KeyRates,
 }
 
 impl std::ops::Deref for AppState {
@@ -41,8 +43,11 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(hub: Arc<Hub>, settings: Arc<Settings>, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
-        let stream_limiter = StreamLimiter::new(settings.limits.max_streams_per_ip);
-        Self(Arc::new(AppInner { hub, settings, shutdown, tasks, stream_limiter }))
+        let limits = &settings.limits;
+        let connections =
+            ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip, limits.max_pending_polls);
+        let api_rates = KeyRates::new(limits.api_publish_rate);
+        Self(Arc::new(AppInner { hub, settings, shutdown, tasks, connections, api_rates }))
     }
 }
 

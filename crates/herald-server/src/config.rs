@@ -49,8 +49,15 @@ pub struct RawConfig {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApi {
+    /// Keys that may use the whole server API.
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Keys that may only read (channels, history).
+    #[serde(default)]
+    pub read_only_keys: Vec<String>,
+    /// Keys that may only publish (publish, broadcast).
+    #[serde(default)]
+    pub publish_only_keys: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -93,7 +100,11 @@ pub struct RawLimits {
     pub max_message_size: Option<usize>,
     pub max_channels_per_connection: Option<usize>,
     pub max_channels_per_request: Option<usize>,
-    pub max_streams_per_ip: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_pending_polls: Option<usize>,
+    pub client_publish_rate: Option<usize>,
+    pub api_publish_rate: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -186,16 +197,34 @@ pub struct Settings {
     pub shutdown_grace: Duration,
 }
 
-/// Server API keys; their `Debug` form shows how many, never the keys.
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyScope {
+    Full,
+    ReadOnly,
+    PublishOnly,
+}
+
+impl KeyScope {
+    pub fn may_read(self) -> bool {
+        self != Self::PublishOnly
+    }
+
+    pub fn may_publish(self) -> bool {
+        self != Self::ReadOnly
+    }
+}
+
+/// Server API keys with their scopes; their `Debug` form shows how many, never the keys.
 #[derive(Clone, Default)]
-pub struct ApiKeys(pub Vec<String>);
+pub struct ApiKeys(pub Vec<(String, KeyScope)>);
 
 impl ApiKeys {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &String> {
+    pub fn iter(&self) -> impl Iterator<Item = &(String, KeyScope)> {
         self.0.iter()
     }
 }
@@ -271,8 +300,16 @@ pub struct Limits {
     pub max_channels_per_connection: NonZeroUsize,
     /// Channels in one SSE, NDJSON or poll request at most.
     pub max_channels_per_request: NonZeroUsize,
-    /// Concurrent SSE/NDJSON streams and parked long-polls per client IP; `None`: no limit.
-    pub max_streams_per_ip: Option<NonZeroUsize>,
+    /// Open connections (WebSockets, streams, parked polls) in all; `None`: no limit.
+    pub max_connections: Option<NonZeroUsize>,
+    /// The same per client IP; `None`: no limit (behind a proxy every client shares one IP).
+    pub max_connections_per_ip: Option<NonZeroUsize>,
+    /// Long-polls waiting at once; `None`: no limit.
+    pub max_pending_polls: Option<NonZeroUsize>,
+    /// Publishes a second per WebSocket connection (token bucket); `None`: no limit.
+    pub client_publish_rate: Option<NonZeroUsize>,
+    /// Publishes a second per API key (token bucket); `None`: no limit.
+    pub api_publish_rate: Option<NonZeroUsize>,
 }
 
 impl Settings {
@@ -347,9 +384,15 @@ impl Settings {
                 }
             }
         }
-        for (index, key) in raw.api.keys.iter().enumerate() {
-            if key.len() < 16 {
-                return Err(invalid(format!("api.keys[{index}]"), "an API key must be at least 16 characters"));
+        for (list, keys) in [
+            ("keys", &raw.api.keys),
+            ("read_only_keys", &raw.api.read_only_keys),
+            ("publish_only_keys", &raw.api.publish_only_keys),
+        ] {
+            for (index, key) in keys.iter().enumerate() {
+                if key.len() < 16 {
+                    return Err(invalid(format!("api.{list}[{index}]"), "an API key must be at least 16 characters"));
+                }
             }
         }
 
@@ -387,11 +430,11 @@ impl Settings {
                 "limits.max_channels_per_request",
                 raw.limits.max_channels_per_request.unwrap_or(64),
             )?,
-            max_streams_per_ip: raw
-                .limits
-                .max_streams_per_ip
-                .map(|limit| non_zero("limits.max_streams_per_ip", limit))
-                .transpose()?,
+            max_connections: optional_limit("limits.max_connections", raw.limits.max_connections)?,
+            max_connections_per_ip: optional_limit("limits.max_connections_per_ip", raw.limits.max_connections_per_ip)?,
+            max_pending_polls: optional_limit("limits.max_pending_polls", raw.limits.max_pending_polls)?,
+            client_publish_rate: optional_limit("limits.client_publish_rate", raw.limits.client_publish_rate)?,
+            api_publish_rate: optional_limit("limits.api_publish_rate", raw.limits.api_publish_rate)?,
         };
         let streaming = StreamingSettings {
             heartbeat_interval: duration(
@@ -417,7 +460,15 @@ impl Settings {
             engine,
             storage,
             auth,
-            api_keys: ApiKeys(raw.api.keys),
+            api_keys: ApiKeys(
+                raw.api
+                    .keys
+                    .iter()
+                    .map(|key| (key.clone(), KeyScope::Full))
+                    .chain(raw.api.read_only_keys.iter().map(|key| (key.clone(), KeyScope::ReadOnly)))
+                    .chain(raw.api.publish_only_keys.iter().map(|key| (key.clone(), KeyScope::PublishOnly)))
+                    .collect(),
+            ),
             namespaces: Namespaces::new(default_namespace, named),
             websocket,
             streaming,
@@ -499,6 +550,10 @@ fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
         return Err(invalid(key, "must be longer than zero"));
     }
     Ok(duration)
+}
+
+fn optional_limit(key: &str, value: Option<usize>) -> Result<Option<NonZeroUsize>, ConfigError> {
+    value.map(|value| non_zero(key, value)).transpose()
 }
 
 fn non_zero(key: &str, value: usize) -> Result<NonZeroUsize, ConfigError> {

@@ -1,62 +1,189 @@
-//! Per-IP admission of long-lived HTTP subscriptions (SSE and NDJSON streams, parked polls).
-//! Off unless `limits.max_streams_per_ip` is set: behind a proxy every client shares one IP.
+//! Admission and rate limits: open connections (WebSockets, SSE/NDJSON streams, parked polls)
+//! in total and per client IP, parked long-polls in total, and token buckets for publishing.
+//!
+//! All are off until configured: behind a proxy every client shares one IP. Once set they apply
+//! to every client, loopback included. A refusal is a clear error and a log line.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 
 use crate::error::ApiError;
 
-#[derive(Debug)]
-pub struct StreamLimiter {
-    per_ip: Option<NonZeroUsize>,
-    open: Mutex<HashMap<IpAddr, usize>>,
+/// What kind of connection asks to be admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionKind {
+    WebSocket,
+    Stream,
+    ParkedPoll,
 }
 
-/// One admitted stream; dropping it frees the place.
 #[derive(Debug)]
-pub struct StreamPermit {
-    limiter: Arc<StreamLimiter>,
+pub struct ConnectionLimiter {
+    total_limit: Option<NonZeroUsize>,
+    per_ip_limit: Option<NonZeroUsize>,
+    parked_poll_limit: Option<NonZeroUsize>,
+    total: AtomicUsize,
+    parked_polls: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection; dropping it frees its place.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    limiter: Arc<ConnectionLimiter>,
     ip: Option<IpAddr>,
+    parked_poll: bool,
 }
 
-impl StreamLimiter {
-    pub fn new(per_ip: Option<NonZeroUsize>) -> Arc<Self> {
-        Arc::new(Self { per_ip, open: Mutex::new(HashMap::new()) })
+fn refused(status: StatusCode, code: &'static str, message: String) -> ApiError {
+    tracing::info!(code, %message, "connection refused by a limit");
+    ApiError::new(status, code, message).with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+}
+
+impl ConnectionLimiter {
+    pub fn new(
+        total_limit: Option<NonZeroUsize>,
+        per_ip_limit: Option<NonZeroUsize>,
+        parked_poll_limit: Option<NonZeroUsize>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            total_limit,
+            per_ip_limit,
+            parked_poll_limit,
+            total: AtomicUsize::new(0),
+            parked_polls: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        })
     }
 
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<StreamPermit, ApiError> {
-        let Some(limit) = self.per_ip else {
-            return Ok(StreamPermit { limiter: self.clone(), ip: None });
-        };
-        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = open.entry(ip).or_default();
-        if *count >= limit.get() {
-            tracing::info!(%ip, limit = limit.get(), "stream refused: too many streams from one IP");
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_streams",
-                format!("at most {limit} concurrent streams and long-polls per client address"),
+    pub fn open_connections(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, kind: ConnectionKind) -> Result<ConnectionPermit, ApiError> {
+        // Each counter is taken first and given back if a later check refuses.
+        let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut permit = ConnectionPermit { limiter: self.clone(), ip: None, parked_poll: false };
+        if let Some(limit) = self.total_limit
+            && total > limit.get()
+        {
+            return Err(refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                format!("the server holds its maximum of {limit} connections"),
             ));
         }
-        *count += 1;
-        Ok(StreamPermit { limiter: self.clone(), ip: Some(ip) })
+        if kind == ConnectionKind::ParkedPoll {
+            let parked = self.parked_polls.fetch_add(1, Ordering::AcqRel) + 1;
+            permit.parked_poll = true;
+            if let Some(limit) = self.parked_poll_limit
+                && parked > limit.get()
+            {
+                return Err(refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too_many_polls",
+                    format!("at most {limit} long-polls wait at once; poll again shortly"),
+                ));
+            }
+        }
+        if let Some(limit) = self.per_ip_limit {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let count = per_ip.entry(ip).or_default();
+            if *count >= limit.get() {
+                return Err(refused(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_connections_from_ip",
+                    format!("at most {limit} concurrent connections per client address"),
+                ));
+            }
+            *count += 1;
+            permit.ip = Some(ip);
+        }
+        Ok(permit)
     }
 }
 
-impl Drop for StreamPermit {
+impl Drop for ConnectionPermit {
     fn drop(&mut self) {
+        self.limiter.total.fetch_sub(1, Ordering::AcqRel);
+        if self.parked_poll {
+            self.limiter.parked_polls.fetch_sub(1, Ordering::AcqRel);
+        }
         let Some(ip) = self.ip else { return };
-        let mut open = self.limiter.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = open.get_mut(&ip) {
+        let mut per_ip = self.limiter.per_ip.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = per_ip.get_mut(&ip) {
             *count -= 1;
             if *count == 0 {
-                open.remove(&ip);
+                per_ip.remove(&ip);
             }
         }
+    }
+}
+
+/// A token bucket: `rate` tokens a second, holding at most `rate` (one second of burst).
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: NonZeroUsize) -> Self {
+        let rate = rate.get() as f64;
+        Self { rate, tokens: rate, refilled: Instant::now() }
+    }
+
+    /// Takes a token if there is one.
+    pub fn try_take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How long until the next token.
+    pub fn retry_after(&self) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
+    }
+}
+
+/// Token buckets per API key (by the key's index in the configuration).
+#[derive(Debug)]
+pub struct KeyRates {
+    rate: Option<NonZeroUsize>,
+    buckets: Mutex<HashMap<usize, TokenBucket>>,
+}
+
+impl KeyRates {
+    pub fn new(rate: Option<NonZeroUsize>) -> Self {
+        Self { rate, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes one publish from the key's bucket, or says when to retry.
+    pub fn take(&self, key: usize) -> Result<(), ApiError> {
+        let Some(rate) = self.rate else { return Ok(()) };
+        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let bucket = buckets.entry(key).or_insert_with(|| TokenBucket::new(rate));
+        if bucket.try_take() {
+            return Ok(());
+        }
+        let retry = bucket.retry_after().as_secs().max(1).to_string();
+        tracing::info!(key, "publish refused: API key over its rate");
+        Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("at most {rate} publishes a second"))
+            .with_header(header::RETRY_AFTER, HeaderValue::from_str(&retry).unwrap_or(HeaderValue::from_static("1"))))
     }
 }
 
@@ -65,23 +192,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admits_up_to_the_limit_per_ip_and_frees_on_drop() {
-        let limiter = StreamLimiter::new(NonZeroUsize::new(2));
+    fn admits_up_to_each_limit_and_frees_on_drop() {
+        let limiter = ConnectionLimiter::new(NonZeroUsize::new(3), NonZeroUsize::new(2), NonZeroUsize::new(1));
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let first = limiter.admit(a).unwrap();
-        let _second = limiter.admit(a).unwrap();
-        assert_eq!(limiter.admit(a).unwrap_err().body.code, "too_many_streams");
-        let _other = limiter.admit(b).unwrap();
+        let first = limiter.admit(a, ConnectionKind::WebSocket).unwrap();
+        let _second = limiter.admit(a, ConnectionKind::Stream).unwrap();
+        assert_eq!(limiter.admit(a, ConnectionKind::WebSocket).unwrap_err().body.code, "too_many_connections_from_ip");
+        let poll = limiter.admit(b, ConnectionKind::ParkedPoll).unwrap();
+        assert_eq!(limiter.admit(b, ConnectionKind::WebSocket).unwrap_err().body.code, "too_many_connections");
+        drop(poll);
+        assert_eq!(limiter.open_connections(), 2);
+        let _poll = limiter.admit(b, ConnectionKind::ParkedPoll).unwrap();
         drop(first);
-        assert!(limiter.admit(a).is_ok());
+        assert_eq!(limiter.admit(b, ConnectionKind::ParkedPoll).unwrap_err().body.code, "too_many_polls");
+        assert_eq!(limiter.open_connections(), 2, "refusals give their places back");
     }
 
     #[test]
-    fn without_a_limit_everything_is_admitted() {
-        let limiter = StreamLimiter::new(None);
+    fn without_limits_everything_is_admitted() {
+        let limiter = ConnectionLimiter::new(None, None, None);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let permits: Vec<_> = (0..1000).map(|_| limiter.admit(ip).unwrap()).collect();
-        assert_eq!(permits.len(), 1000);
+        let permits: Vec<_> = (0..1000).map(|_| limiter.admit(ip, ConnectionKind::WebSocket).unwrap()).collect();
+        assert_eq!(limiter.open_connections(), permits.len());
+    }
+
+    #[test]
+    fn a_bucket_allows_its_rate_then_refills() {
+        let mut bucket = TokenBucket::new(NonZeroUsize::new(5).unwrap());
+        assert_eq!((0..10).filter(|_| bucket.try_take()).count(), 5);
+        bucket.refilled -= Duration::from_millis(400);
+        assert_eq!((0..10).filter(|_| bucket.try_take()).count(), 2);
     }
 }

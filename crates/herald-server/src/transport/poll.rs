@@ -14,6 +14,7 @@ use herald_core::{Publication, Push};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::transport::limits::ConnectionKind;
 use crate::transport::origin::check_origin;
 use crate::transport::subscription::{HttpSubscription, SubscriptionQuery, parse_timeout};
 use crate::wire::publications_array;
@@ -40,7 +41,7 @@ async fn answer(
     let settings = &app.settings.poll;
     let wait = parse_timeout(query.timeout.as_deref(), settings.default_timeout, settings.max_timeout)?;
     let live = !wait.is_zero() && !app.shutdown.is_cancelled();
-    let _permit = if live { Some(app.stream_limiter.admit(peer.ip())?) } else { None };
+    let _permit = if live { Some(app.connections.admit(peer.ip(), ConnectionKind::ParkedPoll)?) } else { None };
     let max = settings.max_messages.get();
     // Room for a full answer plus what arrives while it is taken, so a prefix is never lost.
     let (mut subscription, mut inbox, opening) = HttpSubscription::open(&app, &query, live, max + 16).await?;

@@ -22,7 +22,7 @@ use tokio::time::{MissedTickBehavior, timeout};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::transport::limits::StreamPermit;
+use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 use crate::transport::origin::check_origin;
 use crate::transport::subscription::{HttpSubscription, Opening, SubscriptionQuery, Unrecovered};
 use crate::transport::ws::close_code;
@@ -147,7 +147,7 @@ async fn open_stream(
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "server is shutting down"));
     }
     let query = SubscriptionQuery::parse(query.as_deref(), &headers, &app, false)?;
-    let permit = app.stream_limiter.admit(peer.ip())?;
+    let permit = app.connections.admit(peer.ip(), ConnectionKind::Stream)?;
     let capacity = app.settings.websocket.outbox_capacity.get();
     let (subscription, inbox, opening) = HttpSubscription::open(&app, &query, true, capacity).await?;
     let (sender, receiver) = mpsc::channel::<Bytes>(BODY_CHUNKS);
@@ -175,7 +175,7 @@ async fn run_stream(
     opening: Opening,
     format: StreamFormat,
     sender: mpsc::Sender<Bytes>,
-    _permit: StreamPermit,
+    _permit: ConnectionPermit,
     expires_at: Option<u64>,
 ) {
     let write_timeout = app.settings.websocket.write_timeout;

@@ -140,6 +140,16 @@ impl WsClient {
         Self { stream, next_id: 1, pushes: VecDeque::new() }
     }
 
+    /// Connects from a chosen loopback source address (for per-IP limits).
+    pub async fn connect_from(url: &str, source: [u8; 4]) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((source, 0).into()).unwrap();
+        let address = url.trim_start_matches("ws://").split('/').next().unwrap().parse().unwrap();
+        let stream = MaybeTlsStream::Plain(socket.connect(address).await.expect("TCP connects"));
+        let (stream, _) = tokio_tungstenite::client_async(url, stream).await.expect("WebSocket connects");
+        Self { stream, next_id: 1, pushes: VecDeque::new() }
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.stream.send(Message::text(text)).await.expect("send");
     }

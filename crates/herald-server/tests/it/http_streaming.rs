@@ -190,11 +190,11 @@ async fn bad_stream_requests_get_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_per_ip_are_limited_when_configured() {
-    let server = TestServer::with_config("[limits]\nmax_streams_per_ip = 2").await;
+    let server = TestServer::with_config("[limits]\nmax_connections_per_ip = 2").await;
     let first = server.sse("channel=a").await;
     let _second = server.ndjson("channel=a").await;
     let (status, body) = server.get_json("/sse?channel=a").await;
-    assert_eq!((status, body["error"]["code"].as_str().unwrap()), (429, "too_many_streams"));
+    assert_eq!((status, body["error"]["code"].as_str().unwrap()), (429, "too_many_connections_from_ip"));
     drop(first);
     server.wait_for_subscribers("a", 1).await;
     let _third = server.sse("channel=a").await;

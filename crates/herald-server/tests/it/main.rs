@@ -8,6 +8,7 @@ mod binary;
 mod durable;
 mod helpers;
 mod http_streaming;
+mod limits;
 mod mixed_transports;
 mod node_client;
 mod poll;

@@ -111,6 +111,15 @@ where
         let data = command.data.ok_or_else(|| ErrorBody::new("missing_field", "missing field \"data\""))?;
         crate::auth::may_publish(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
             .map_err(|denied| ErrorBody::new(denied.code(), denied.to_string()))?;
+        if let Some(bucket) = &mut self.publish_rate
+            && !bucket.try_take()
+        {
+            let limit = self.app.settings.limits.client_publish_rate.map_or(0, |rate| rate.get());
+            return Err(ErrorBody::new(
+                "rate_limited",
+                format!("at most {limit} publishes a second on one connection"),
+            ));
+        }
         let request = PublishRequest {
             channel,
             data: json_payload(data),

@@ -16,7 +16,7 @@ mod session;
 
 use std::future::Future;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::transport::limits::ConnectionKind;
 use crate::transport::origin::check_origin;
 
 /// The socket type of every Herald WebSocket.
@@ -48,10 +49,18 @@ pub mod close_code {
 /// Publications per `history` reply at most.
 const MAX_HISTORY_LIMIT: usize = 100;
 
-pub async fn upgrade(State(app): State<AppState>, request: Request) -> Response {
+pub async fn upgrade(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    request: Request,
+) -> Response {
     if let Err(error) = check_origin(&app.settings, request.headers()) {
         return error.into_response();
     }
+    let permit = match app.connections.admit(peer.ip(), ConnectionKind::WebSocket) {
+        Ok(permit) => permit,
+        Err(error) => return error.into_response(),
+    };
     // A token may come with the upgrade (`?token=` or `Authorization`), or later in `connect`.
     let token =
         query_token(request.uri().query()).or_else(|| crate::auth::bearer(request.headers()).map(str::to_string));
@@ -60,8 +69,11 @@ pub async fn upgrade(State(app): State<AppState>, request: Request) -> Response 
         Err(error) => return ApiError::from(error).into_response(),
     };
     let session_app = app.clone();
-    accept(app, request, move |socket| session::run(session_app, socket, identity))
-        .unwrap_or_else(IntoResponse::into_response)
+    accept(app, request, move |socket| async move {
+        let _permit = permit;
+        session::run(session_app, socket, identity).await;
+    })
+    .unwrap_or_else(IntoResponse::into_response)
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {

@@ -44,7 +44,10 @@ where
         guard,
         identity: Identity::Anonymous,
         expiry: None,
+        publish_rate: None,
     };
+    session.publish_rate =
+        session.app.settings.limits.client_publish_rate.map(crate::transport::limits::TokenBucket::new);
     session.set_identity(identity);
     let ending = match session.serve(&mut inbox).await {
         Ending::Lagged => session.stop_reason(),
@@ -67,6 +70,8 @@ pub(in crate::transport::ws) struct Session<T> {
     pub(super) identity: Identity,
     /// When the token expires (boxed: most connections have none, or never reach it).
     expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The client's publish rate, when limited.
+    pub(super) publish_rate: Option<crate::transport::limits::TokenBucket>,
 }
 
 /// Why a session ended, which decides how it says goodbye.
