@@ -105,6 +105,7 @@ pub struct RawLimits {
     pub max_pending_polls: Option<usize>,
     pub client_publish_rate: Option<usize>,
     pub api_publish_rate: Option<usize>,
+    pub header_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -310,6 +311,8 @@ pub struct Limits {
     pub client_publish_rate: Option<NonZeroUsize>,
     /// Publishes a second per API key (token bucket); `None`: no limit.
     pub api_publish_rate: Option<NonZeroUsize>,
+    /// A client must send a request's headers within this time (slowloris).
+    pub header_timeout: Duration,
 }
 
 impl Settings {
@@ -435,6 +438,7 @@ impl Settings {
             max_pending_polls: optional_limit("limits.max_pending_polls", raw.limits.max_pending_polls)?,
             client_publish_rate: optional_limit("limits.client_publish_rate", raw.limits.client_publish_rate)?,
             api_publish_rate: optional_limit("limits.api_publish_rate", raw.limits.api_publish_rate)?,
+            header_timeout: duration("limits.header_timeout", raw.limits.header_timeout.as_deref(), "10s")?,
         };
         let streaming = StreamingSettings {
             heartbeat_interval: duration(

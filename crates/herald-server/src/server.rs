@@ -1,18 +1,24 @@
 //! Running the server: bind, serve, and shut down gracefully.
 //!
+//! Herald runs its own accept loop on hyper's HTTP/1 server rather than `axum::serve`: every
+//! connection is a tracked task, and headers have a read timeout (slowloris).
+//!
 //! Shutdown: stop accepting, let in-flight requests finish, tell WebSocket clients to reconnect
 //! (each session watches the cancellation token), then wait for every tracked task, at most the
 //! grace period.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use herald_core::Hub;
 
@@ -77,6 +83,7 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
 pub fn start_on(listener: TcpListener, settings: Settings, hub: Arc<Hub>) -> std::io::Result<RunningServer> {
     let local_addr = listener.local_addr()?;
     let grace = settings.shutdown_grace;
+    let header_timeout = settings.limits.header_timeout;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let app = AppState::new(hub.clone(), Arc::new(settings), shutdown.clone(), tasks.clone());
@@ -95,25 +102,47 @@ pub fn start_on(listener: TcpListener, settings: Settings, hub: Arc<Hub>) -> std
     let router = app::router(app);
     let serve_shutdown = shutdown.clone();
     let done = tokio::spawn(async move {
-        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(serve_shutdown.clone().cancelled_owned())
-            .into_future();
-        tokio::pin!(serve);
-        let mut served = false;
-        tokio::select! {
-            result = &mut serve => {
-                // Stopped on its own (or its graceful shutdown finished first).
-                served = true;
-                serve_shutdown.cancel();
-                result?;
-            }
-            () = serve_shutdown.cancelled() => {}
+        let mut http = http1::Builder::new();
+        // Headers must arrive within the timeout: a slowloris client is cut off.
+        http.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = serve_shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: wait a little rather than spin.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let router = router.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(request)
+            });
+            let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            let connection_shutdown = serve_shutdown.clone();
+            tasks.spawn(async move {
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = &mut connection => {}
+                    () = connection_shutdown.cancelled() => {
+                        // Finish the request in flight, then close (idle keep-alives close now).
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
+            });
         }
+        // Stop accepting; let in-flight requests finish, then wait for every tracked task.
+        drop(listener);
         tasks.close();
         let drained = tokio::time::timeout(grace, async {
-            if !served {
-                let _ = (&mut serve).await;
-            }
             tasks.wait().await;
         })
         .await;

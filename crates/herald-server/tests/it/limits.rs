@@ -106,3 +106,28 @@ async fn api_keys_have_rates_and_scopes() {
     assert_eq!(read(PUBLISH_KEY).await.unwrap().status(), 403, "a publish-only key cannot read");
     assert_eq!(read(KEY).await.unwrap().status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_client_is_cut_off_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::with_config("[limits]\nheader_timeout = \"500ms\"").await;
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Headers that never end, a byte at a time.
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: herald\r\n").await.unwrap();
+    let started = Instant::now();
+    let closed = async {
+        let mut buffer = [0u8; 1024];
+        loop {
+            if slow.write_all(b"X").await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut buffer)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed).await.expect("the slow client is cut off");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(server.get_json("/healthz").await.0, 200, "others are served");
+}
