@@ -20,27 +20,19 @@ where
 {
     /// Handles one command; returns the frames to send: the reply, then any pushes it caused.
     pub(super) async fn handle_command(&mut self, text: &str) -> Vec<Message> {
-        let command = match serde_json::from_str::<CommandFrame<'_>>(text) {
-            Ok(command) => command,
-            Err(error) => {
-                let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|frame| frame.id);
-                return vec![error_reply(id, ErrorBody::new("bad_request", format!("invalid command: {error}")))];
-            }
+        let (id, op, command) = match decode(text) {
+            Ok(decoded) => decoded,
+            Err((id, error)) => return vec![error_reply(id, error)],
         };
-        let Some(id) = command.id else {
-            return vec![error_reply(None, ErrorBody::new("missing_id", "every command needs a numeric \"id\""))];
-        };
-        let outcome = match command.op.as_deref() {
-            None => Err(ErrorBody::new("missing_field", "missing field \"op\"")),
-            Some("ping") => Ok(vec![result_reply(id, "{}".to_string())]),
-            Some("connect") => self.connect(id, &command, false),
-            Some("refresh") => self.connect(id, &command, true),
-            Some("subscribe") => self.subscribe(id, &command).await,
-            Some("unsubscribe") => self.unsubscribe(id, &command).await,
-            Some("publish") => self.publish(id, &command).await,
-            Some("history") => self.history(id, &command).await,
-            Some("presence") => Err(ErrorBody::new("not_available", "presence is not available in this build yet")),
-            Some(other) => Err(ErrorBody::new("unknown_op", format!("unknown op {other:?}"))),
+        let outcome = match op {
+            Op::Ping => Ok(vec![result_reply(id, "{}".to_string())]),
+            Op::Connect => self.connect(id, &command, false),
+            Op::Refresh => self.connect(id, &command, true),
+            Op::Subscribe => self.subscribe(id, &command).await,
+            Op::Unsubscribe => self.unsubscribe(id, &command).await,
+            Op::Publish => self.publish(id, &command).await,
+            Op::History => self.history(id, &command).await,
+            Op::Presence => Err(ErrorBody::new("not_available", "presence is not available in this build yet")),
         };
         outcome.unwrap_or_else(|error| vec![error_reply(Some(id), error)])
     }
@@ -179,10 +171,51 @@ pub(super) fn error_reply(id: Option<u64>, error: ErrorBody) -> Message {
     Message::Text(Utf8Bytes::from(reply.to_string()))
 }
 
+/// The operations of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Ping,
+    Connect,
+    Refresh,
+    Subscribe,
+    Unsubscribe,
+    Publish,
+    History,
+    Presence,
+}
+
+/// Decodes a client text frame: its id, its op and its fields, or the error reply's id (when
+/// one could be read) and error. Pure, and never panics, whatever the input (fuzzed).
+pub fn decode(text: &str) -> Result<(u64, Op, CommandFrame<'_>), (Option<u64>, ErrorBody)> {
+    let command = serde_json::from_str::<CommandFrame<'_>>(text).map_err(|error| {
+        let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|frame| frame.id);
+        (id, ErrorBody::new("bad_request", format!("invalid command: {error}")))
+    })?;
+    let Some(id) = command.id else {
+        return Err((None, ErrorBody::new("missing_id", "every command needs a numeric \"id\"")));
+    };
+    let op = match command.op.as_deref() {
+        None => return Err((Some(id), ErrorBody::new("missing_field", "missing field \"op\""))),
+        Some("ping") => Op::Ping,
+        Some("connect") => Op::Connect,
+        Some("refresh") => Op::Refresh,
+        Some("subscribe") => Op::Subscribe,
+        Some("unsubscribe") => Op::Unsubscribe,
+        Some("publish") => Op::Publish,
+        Some("history") => Op::History,
+        Some("presence") => Op::Presence,
+        Some(other) => return Err((Some(id), ErrorBody::new("unknown_op", format!("unknown op {other:?}")))),
+    };
+    if matches!(op, Op::Subscribe | Op::Unsubscribe | Op::Publish | Op::History | Op::Presence) {
+        command.channel().map_err(|error| (Some(id), error))?;
+    }
+    Ok((id, op, command))
+}
+
 /// A client command: `{"id":N,"op":"...", ...}`. Fields are checked per op, so an error can
 /// say exactly what is missing.
 #[derive(Deserialize)]
-struct CommandFrame<'a> {
+pub struct CommandFrame<'a> {
     id: Option<u64>,
     #[serde(borrow)]
     op: Option<Cow<'a, str>>,
@@ -203,9 +236,55 @@ struct IdOnly {
 }
 
 impl CommandFrame<'_> {
-    fn channel(&self) -> Result<ChannelName, ErrorBody> {
+    pub fn channel(&self) -> Result<ChannelName, ErrorBody> {
         let name =
             self.channel.as_deref().ok_or_else(|| ErrorBody::new("missing_field", "missing field \"channel\""))?;
         ChannelName::new(name).map_err(|error| ErrorBody::new("invalid_channel", error.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Property: no input panics the decoder, and every error has a code and a message.
+    #[test]
+    fn no_input_panics_the_decoder() {
+        let valid = [
+            r#"{"id":1,"op":"subscribe","channel":"a:b","since":{"epoch":"x","offset":3}}"#,
+            r#"{"id":2,"op":"publish","channel":"a","data":{"k":[1,2,{"z":null}]},"idempotency_key":"k"}"#,
+            r#"{"id":3,"op":"history","channel":"a","limit":5,"reverse":true}"#,
+            r#"{"id":4,"op":"connect","token":"a.b.c"}"#,
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..100_000 {
+            let text: String = if round % 3 == 0 {
+                (0..rng.usize(..64)).map(|_| rng.char(..)).collect()
+            } else {
+                let mut chars: Vec<char> = valid[rng.usize(..valid.len())].chars().collect();
+                for _ in 0..rng.usize(1..8) {
+                    let at = rng.usize(..chars.len());
+                    match rng.u8(..3) {
+                        0 => {
+                            chars.remove(at);
+                        }
+                        1 => chars.insert(at, rng.char(..)),
+                        _ => chars[at] = ['{', '}', '"', ':', ',', '[', ']', '\\', '0', '-'][rng.usize(..10)],
+                    }
+                    if chars.is_empty() {
+                        break;
+                    }
+                }
+                chars.into_iter().collect()
+            };
+            if let Err((_, error)) = decode(&text) {
+                assert!(!error.code.is_empty() && !error.message.is_empty(), "{text:?}");
+            }
+        }
+        assert_eq!(decode(valid[0]).map(|(id, op, _)| (id, op)).ok(), Some((1, Op::Subscribe)));
+        assert_eq!(
+            decode(r#"{"id":9,"op":"subscribe","channel":"a b"}"#).err().map(|(id, e)| (id, e.code)),
+            Some((Some(9), "invalid_channel"))
+        );
     }
 }

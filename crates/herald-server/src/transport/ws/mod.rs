@@ -10,7 +10,7 @@
 //! - [`commands`]: the client commands;
 //! - [`echo`]: the echo route.
 
-mod commands;
+pub mod commands;
 mod echo;
 mod session;
 
