@@ -199,9 +199,11 @@ async fn history_pages_through_a_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_cut_off_with_a_recoverable_position_and_hurts_nobody() {
     // The default write timeout (10 s) is longer than this test takes: the cut-off must come
-    // from the overflowing queue even while a write to the slow client is blocked.
+    // from the overflowing queue even while a write to the slow client is blocked. A queue of 64
+    // absorbs scheduling hiccups of the fast subscriber's task on a busy machine; the slow one,
+    // which never reads, fills its socket buffers and then any queue.
     let server =
-        TestServer::with_config("[websocket]\noutbox_capacity = 8\n[namespaces.default]\nhistory_size = 5000").await;
+        TestServer::with_config("[websocket]\noutbox_capacity = 64\n[namespaces.default]\nhistory_size = 5000").await;
     let mut slow = server.client().await;
     slow.subscribe("firehose").await;
     let mut fast = server.client().await;
@@ -209,7 +211,7 @@ async fn a_slow_subscriber_is_cut_off_with_a_recoverable_position_and_hurts_nobo
 
     // Enough data to fill the slow client's socket buffers and then its queue.
     let payload = "x".repeat(16 * 1024);
-    let total = 600u64;
+    let total = 800u64;
     let fast_reader = tokio::spawn(async move {
         let mut offsets = Vec::new();
         for _ in 0..total {
