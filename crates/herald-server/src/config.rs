@@ -44,6 +44,16 @@ pub struct RawConfig {
     pub storage: Option<RawStorage>,
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -162,6 +172,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub ws_echo_route: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A configuration problem, naming the key it is about.
@@ -196,6 +208,8 @@ pub struct Settings {
     pub limits: Limits,
     /// How long shutdown waits for connections to finish before giving up on them.
     pub shutdown_grace: Duration,
+    /// TLS termination by Herald itself; `None`: plain HTTP (or a proxy in front terminates).
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// What an API key may do.
@@ -353,6 +367,13 @@ impl Settings {
             }
             other => return Err(invalid("engine", format!("{other:?} is not one of \"memory\", \"redis\", \"nats\""))),
         };
+        let raw_tls = raw.tls.clone().unwrap_or_default();
+        let tls = match (overrides.tls_cert.clone().or(raw_tls.cert), overrides.tls_key.clone().or(raw_tls.key)) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(std::sync::Arc::new(tls_config(&cert, &key)?)),
+            (Some(_), None) => return Err(invalid("tls.key", "a certificate needs its key (--tls-key)")),
+            (None, Some(_)) => return Err(invalid("tls.cert", "a key needs its certificate (--tls-cert)")),
+        };
         let auth = match &raw.auth {
             None => None,
             Some(raw_auth) => Some(std::sync::Arc::new(authenticator(raw_auth)?)),
@@ -479,6 +500,7 @@ impl Settings {
             poll,
             limits,
             shutdown_grace: duration("shutdown_grace", raw.shutdown_grace.as_deref(), "10s")?,
+            tls,
         })
     }
 
@@ -486,6 +508,30 @@ impl Settings {
     pub fn api_dev_mode(&self) -> bool {
         self.api_keys.is_empty() && self.listen.ip().is_loopback()
     }
+}
+
+fn tls_config(cert: &Path, key: &Path) -> Result<tokio_rustls::rustls::ServerConfig, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let certs = CertificateDer::pem_file_iter(cert).and_then(|certs| certs.collect::<Result<Vec<_>, _>>()).map_err(
+        |error| invalid("tls.cert", format!("cannot read a PEM certificate chain from {}: {error}", cert.display())),
+    )?;
+    if certs.is_empty() {
+        return Err(invalid("tls.cert", format!("{} holds no certificate", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|error| {
+        invalid("tls.key", format!("cannot read a PEM private key from {}: {error}", key.display()))
+    })?;
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|error| invalid("tls", error.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|error| invalid("tls.key", format!("does not match the certificate: {error}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 fn authenticator(raw: &RawAuth) -> Result<crate::auth::Authenticator, ConfigError> {
@@ -584,6 +630,7 @@ fn herald_env() -> Env {
         "redis",
         "nats",
         "storage",
+        "tls",
     ];
     Env::prefixed("HERALD_").split("__").filter(|key| {
         // Keys are lowercased after this filter runs.

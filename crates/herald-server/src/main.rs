@@ -68,6 +68,12 @@ struct ConfigArgs {
     /// Serve /ws/echo, an echo route on the WebSocket stack, for conformance test runs only.
     #[arg(long)]
     ws_echo_route: bool,
+    /// Terminate TLS with this PEM certificate chain (with --tls-key) [config: tls.cert]
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert [config: tls.key]
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -76,6 +82,8 @@ impl ConfigArgs {
             listen: self.listen.clone(),
             data_dir: self.data_dir.clone(),
             ws_echo_route: self.ws_echo_route,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         };
         Ok(Settings::load(self.config.as_deref(), &overrides)?)
     }
@@ -137,6 +145,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let dev_mode = settings.api_dev_mode();
+        let (http, ws) = if settings.tls.is_some() { ("https", "wss") } else { ("http", "ws") };
         let no_keys = settings.api_keys.is_empty();
         let running = server::start(settings).await?;
         let address = running.local_addr();
@@ -149,8 +158,8 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         // Not println!: a closed stdout (a supervisor that stopped reading) must not stop us.
         let banner = format!(
-            "Herald is listening on http://{address}\n\
-             Open http://{address}/ in a browser; WebSocket clients connect to ws://{address}/ws\n"
+            "Herald is listening on {http}://{address}\n\
+             Open {http}://{address}/ in a browser; WebSocket clients connect to {ws}://{address}/ws\n"
         );
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());

@@ -68,6 +68,28 @@ impl RunningServer {
     }
 }
 
+/// Serves one HTTP/1 connection (upgrades included) until it ends; on shutdown the request in
+/// flight finishes and idle keep-alives close.
+async fn serve_connection<I, S>(http: &http1::Builder, io: I, service: S, shutdown: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = http.serve_connection(TokioIo::new(io), service).with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = &mut connection => {}
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
 /// Prepares the data directory, binds the configured address and starts serving.
 pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     std::fs::create_dir_all(&settings.data_dir)
@@ -84,6 +106,7 @@ pub fn start_on(listener: TcpListener, settings: Settings, hub: Arc<Hub>) -> std
     let local_addr = listener.local_addr()?;
     let grace = settings.shutdown_grace;
     let header_timeout = settings.limits.header_timeout;
+    let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let app = AppState::new(hub.clone(), Arc::new(settings), shutdown.clone(), tasks.clone());
@@ -125,17 +148,16 @@ pub fn start_on(listener: TcpListener, settings: Settings, hub: Arc<Hub>) -> std
                 request.extensions_mut().insert(ConnectInfo(peer));
                 router.clone().oneshot(request)
             });
-            let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
-            let connection_shutdown = serve_shutdown.clone();
+            let (http, connection_shutdown, tls) = (http.clone(), serve_shutdown.clone(), tls.clone());
             tasks.spawn(async move {
-                tokio::pin!(connection);
-                tokio::select! {
-                    _ = &mut connection => {}
-                    () = connection_shutdown.cancelled() => {
-                        // Finish the request in flight, then close (idle keep-alives close now).
-                        connection.as_mut().graceful_shutdown();
-                        let _ = connection.await;
-                    }
+                match tls {
+                    None => serve_connection(&http, stream, service, connection_shutdown).await,
+                    // The handshake gets the header timeout too: a silent client is not held.
+                    Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(&http, stream, service, connection_shutdown).await,
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    },
                 }
             });
         }

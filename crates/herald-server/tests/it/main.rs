@@ -14,4 +14,5 @@ mod node_client;
 mod poll;
 mod python_client;
 mod shutdown;
+mod tls;
 mod websocket;
