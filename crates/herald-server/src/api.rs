@@ -178,6 +178,7 @@ async fn publish(
         idempotency_key: checked_idempotency_key(body.idempotency_key)?,
     };
     let published = app.hub.publish(request).await?;
+    crate::metrics::published("api");
     Ok(Json(published_json(&published)))
 }
 

@@ -47,6 +47,7 @@ impl AppState {
         let connections =
             ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip, limits.max_pending_polls);
         let api_rates = KeyRates::new(limits.api_publish_rate);
+        crate::metrics::handle();
         Self(Arc::new(AppInner { hub, settings, shutdown, tasks, connections, api_rates }))
     }
 }
@@ -62,6 +63,7 @@ pub fn router(app: AppState) -> Router {
         .route("/poll", get(transport::poll::poll))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::scrape))
         .nest("/api", api::router().layer(DefaultBodyLimit::max(body_limit)));
     if app.settings.websocket.echo_route {
         router = router.route("/ws/echo", get(transport::ws::echo));

@@ -202,6 +202,13 @@ impl Authenticator {
 
     /// Checks a token; returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.check(token).inspect_err(|error| {
+            tracing::debug!(%error, "token refused");
+            crate::metrics::token_refused(error.code());
+        })
+    }
+
+    fn check(&self, token: &str) -> Result<Claims, TokenError> {
         let header = decode_header(token).map_err(|error| TokenError::Invalid(format!("malformed token ({error})")))?;
         let candidates = self
             .keys

@@ -43,6 +43,7 @@ pub struct ConnectionPermit {
 
 fn refused(status: StatusCode, code: &'static str, message: String) -> ApiError {
     tracing::info!(code, %message, "connection refused by a limit");
+    crate::metrics::refused(code);
     ApiError::new(status, code, message).with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
 }
 
@@ -182,6 +183,7 @@ impl KeyRates {
         }
         let retry = bucket.retry_after().as_secs().max(1).to_string();
         tracing::info!(key, "publish refused: API key over its rate");
+        crate::metrics::refused("rate_limited");
         Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("at most {rate} publishes a second"))
             .with_header(header::RETRY_AFTER, HeaderValue::from_str(&retry).unwrap_or(HeaderValue::from_static("1"))))
     }

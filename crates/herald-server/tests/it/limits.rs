@@ -131,3 +131,26 @@ async fn a_slowloris_client_is_cut_off_and_others_are_served() {
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert_eq!(server.get_json("/healthz").await.0, 200, "others are served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_show_in_the_metrics() {
+    let server = TestServer::with_config("[limits]\nmax_connections_per_ip = 1\nclient_publish_rate = 1").await;
+    let mut client = server.client().await;
+    assert_eq!(connect_from([127, 0, 0, 1], &server.ws_url()).await, Err(429));
+    for n in 0..3 {
+        client.command(json!({"op": "publish", "channel": "m", "data": n})).await;
+    }
+    let metrics = server.http().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |line_start: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(line_start))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{metrics}"))
+    };
+    assert!(value("herald_refused_total{code=\"too_many_connections_from_ip\"}") >= 1.0);
+    assert!(value("herald_refused_total{code=\"rate_limited\"}") >= 2.0);
+    assert!(value("herald_publishes_total{via=\"websocket\"}") >= 1.0);
+    assert!(value("herald_connections_open") >= 1.0);
+}

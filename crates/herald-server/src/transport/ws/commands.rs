@@ -107,6 +107,7 @@ where
             && !bucket.try_take()
         {
             let limit = self.app.settings.limits.client_publish_rate.map_or(0, |rate| rate.get());
+            crate::metrics::refused("rate_limited");
             return Err(ErrorBody::new(
                 "rate_limited",
                 format!("at most {limit} publishes a second on one connection"),
@@ -123,6 +124,7 @@ where
             .publish(request)
             .await
             .map_err(|error| ErrorBody::new("engine_unavailable", error.to_string()))?;
+        crate::metrics::published("websocket");
         Ok(vec![result_reply(id, published_json(&published).to_string())])
     }
 

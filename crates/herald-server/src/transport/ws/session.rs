@@ -99,6 +99,22 @@ impl Ending {
         }
     }
 
+    /// The name of the ending in metrics.
+    fn metric(self) -> &'static str {
+        match self {
+            Self::PeerClosed => "peer_closed",
+            Self::PeerGone => "peer_gone",
+            Self::Shutdown => "shutdown",
+            Self::Lagged => "slow_consumer",
+            Self::NoPong => "no_pong",
+            Self::TokenExpired => "token_expired",
+            Self::WriteFailed => "write_failed",
+            Self::TooBig => "message_too_big",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::ProtocolError => "protocol_error",
+        }
+    }
+
     /// The close code, reason, and whether the client should reconnect; `None`: no goodbye.
     fn goodbye(self) -> Option<(u16, &'static str, bool)> {
         match self {
@@ -291,6 +307,10 @@ where
             Ending::WriteFailed if inbox.lagged.is_cancelled() => self.stop_reason(),
             other => other,
         };
+        crate::metrics::websocket_closed(ending.metric());
+        if matches!(ending, Ending::Lagged | Ending::NoPong | Ending::TooBig | Ending::ProtocolError) {
+            tracing::info!(ending = ending.metric(), "WebSocket connection closed by the server");
+        }
         if ending == Ending::Shutdown {
             while let Ok(push) = inbox.queue.try_recv() {
                 let Push::Publication(publication) = push;

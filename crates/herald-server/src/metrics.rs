@@ -1,0 +1,54 @@
+//! Metrics: counters recorded with the `metrics` facade wherever something is refused or cut
+//! off, and gauges read at scrape time; `GET /metrics` serves them in the Prometheus text format.
+//!
+//! The recorder is process-wide (installed once, shared by every server in the process).
+
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::app::AppState;
+
+static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the recorder on first use; `None` if another one was installed first.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    RECORDER
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+        })
+        .as_ref()
+}
+
+/// A connection or request refused by a limit (`code` is the error code it got).
+pub fn refused(code: &'static str) {
+    metrics::counter!("herald_refused_total", "code" => code).increment(1);
+}
+
+/// A client token refused (`code`: token_expired, invalid_token).
+pub fn token_refused(code: &'static str) {
+    metrics::counter!("herald_tokens_refused_total", "code" => code).increment(1);
+}
+
+/// A WebSocket connection ended by the server for `reason` (slow_consumer, no_pong, ...).
+pub fn websocket_closed(reason: &'static str) {
+    metrics::counter!("herald_websocket_closed_total", "reason" => reason).increment(1);
+}
+
+/// A publish accepted through `via` (api, websocket).
+pub fn published(via: &'static str) {
+    metrics::counter!("herald_publishes_total", "via" => via).increment(1);
+}
+
+/// `GET /metrics`.
+pub async fn scrape(State(app): State<AppState>) -> impl IntoResponse {
+    metrics::gauge!("herald_connections_open").set(app.connections.open_connections() as f64);
+    metrics::gauge!("herald_channels_with_subscribers").set(app.hub.channels().len() as f64);
+    let body = handle().map(PrometheusHandle::render).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
