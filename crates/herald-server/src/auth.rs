@@ -105,9 +105,10 @@ struct VerifyingKey {
 }
 
 /// Verifies client tokens; built from `[auth]` when the configuration is read.
-#[derive(Clone)]
 pub struct Authenticator {
     keys: Vec<VerifyingKey>,
+    /// Keys fetched from `jwks` when it is a URL, refreshed while the server runs.
+    remote: Option<RemoteKeys>,
     /// The HS256 secret, kept to mint development tokens (`herald token`).
     hmac_secret: Option<String>,
     audience: Option<String>,
@@ -134,6 +135,33 @@ pub struct AuthKeys {
     pub public_key_pem: Option<String>,
     /// A JWKS document (JSON text).
     pub jwks: Option<String>,
+    /// Where to fetch a JWKS document from (refreshed while running).
+    pub jwks_url: Option<String>,
+}
+
+/// Keys from a JWKS URL: replaced on each refresh; a token naming an unknown key asks for one.
+struct RemoteKeys {
+    url: String,
+    keys: std::sync::RwLock<Vec<VerifyingKey>>,
+    refresh_wanted: tokio::sync::Notify,
+}
+
+/// The keys of a JWKS document.
+fn parse_jwks(document: &str) -> Result<Vec<VerifyingKey>, String> {
+    let set: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(document).map_err(|error| format!("not a JWKS document: {error}"))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let algorithm = match jwk.common.key_algorithm.map(|alg| alg.to_string()).as_deref() {
+            Some("RS256") => Algorithm::RS256,
+            Some("ES256") => Algorithm::ES256,
+            Some("HS256") => Algorithm::HS256,
+            other => return Err(format!("key algorithm {other:?} is not RS256, ES256 or HS256")),
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|error| error.to_string())?;
+        keys.push(VerifyingKey { key, algorithm, kid: jwk.common.key_id.clone() });
+    }
+    Ok(keys)
 }
 
 impl Authenticator {
@@ -165,24 +193,19 @@ impl Authenticator {
             verifying.push(VerifyingKey { key, algorithm, kid: None });
         }
         if let Some(jwks) = &keys.jwks {
-            let set: jsonwebtoken::jwk::JwkSet =
-                serde_json::from_str(jwks).map_err(|error| ("jwks", format!("not a JWKS document: {error}")))?;
-            for jwk in &set.keys {
-                let algorithm = match jwk.common.key_algorithm.map(|alg| alg.to_string()).as_deref() {
-                    Some("RS256") => Algorithm::RS256,
-                    Some("ES256") => Algorithm::ES256,
-                    Some("HS256") => Algorithm::HS256,
-                    other => return Err(("jwks", format!("key algorithm {other:?} is not RS256, ES256 or HS256"))),
-                };
-                let key = DecodingKey::from_jwk(jwk).map_err(|error| ("jwks", error.to_string()))?;
-                verifying.push(VerifyingKey { key, algorithm, kid: jwk.common.key_id.clone() });
-            }
+            verifying.extend(parse_jwks(jwks).map_err(|error| ("jwks", error))?);
         }
-        if verifying.is_empty() {
+        let remote = keys.jwks_url.as_ref().map(|url| RemoteKeys {
+            url: url.clone(),
+            keys: std::sync::RwLock::new(Vec::new()),
+            refresh_wanted: tokio::sync::Notify::new(),
+        });
+        if verifying.is_empty() && remote.is_none() {
             return Err(("hmac_secret", "[auth] needs hmac_secret, public_key_pem or jwks".into()));
         }
         Ok(Self {
             keys: verifying,
+            remote,
             hmac_secret: keys.hmac_secret.clone(),
             audience,
             issuer,
@@ -208,13 +231,43 @@ impl Authenticator {
         })
     }
 
+    /// Fetches the JWKS URL's keys now, if there is one.
+    pub async fn refresh_remote_keys(&self) -> Result<(), String> {
+        let Some(remote) = &self.remote else { return Ok(()) };
+        let keys = parse_jwks(&crate::jwks::fetch(&remote.url).await?)?;
+        tracing::info!(url = %remote.url, keys = keys.len(), "JWKS keys loaded");
+        *remote.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
+        Ok(())
+    }
+
+    /// Resolves when a token named a key id that is not known (time to refresh).
+    pub async fn unknown_key_seen(&self) {
+        match &self.remote {
+            Some(remote) => remote.refresh_wanted.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    pub fn has_remote_keys(&self) -> bool {
+        self.remote.is_some()
+    }
+
     fn check(&self, token: &str) -> Result<Claims, TokenError> {
         let header = decode_header(token).map_err(|error| TokenError::Invalid(format!("malformed token ({error})")))?;
-        let candidates = self
-            .keys
-            .iter()
-            .filter(|key| key.algorithm == header.alg)
-            .filter(|key| header.kid.is_none() || key.kid.is_none() || key.kid == header.kid);
+        let remote: Vec<VerifyingKey> = self.remote.as_ref().map_or_else(Vec::new, |remote| {
+            remote.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        });
+        let matching = |key: &&VerifyingKey| {
+            key.algorithm == header.alg && (header.kid.is_none() || key.kid.is_none() || key.kid == header.kid)
+        };
+        if let (Some(remote_keys), Some(_)) = (&self.remote, &header.kid)
+            && !self.keys.iter().chain(&remote).any(|key| matching(&key))
+        {
+            // Perhaps the issuer rotated its keys: ask for a refresh.
+            remote_keys.refresh_wanted.notify_one();
+            return Err(TokenError::Invalid("unknown key id (kid); keys are being refreshed".into()));
+        }
+        let candidates = self.keys.iter().chain(&remote).filter(matching);
         let mut last_error = TokenError::Invalid(format!("algorithm {:?} is not accepted here", header.alg));
         for key in candidates {
             let mut validation = Validation::new(key.algorithm);

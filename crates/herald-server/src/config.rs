@@ -535,20 +535,20 @@ fn tls_config(cert: &Path, key: &Path) -> Result<tokio_rustls::rustls::ServerCon
 }
 
 fn authenticator(raw: &RawAuth) -> Result<crate::auth::Authenticator, ConfigError> {
-    let jwks = match &raw.jwks {
-        None => None,
-        Some(location) if location.starts_with("http://") || location.starts_with("https://") => {
-            return Err(invalid("auth.jwks", "JWKS URLs are not supported yet; give the path of a JWKS file"));
+    let (jwks, jwks_url) = match &raw.jwks {
+        None => (None, None),
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => (None, Some(url.clone())),
+        Some(path) => {
+            let document = std::fs::read_to_string(path)
+                .map_err(|error| invalid("auth.jwks", format!("cannot read {path}: {error}")))?;
+            (Some(document), None)
         }
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|error| invalid("auth.jwks", format!("cannot read {path}: {error}")))?,
-        ),
     };
     let keys = crate::auth::AuthKeys {
         hmac_secret: raw.hmac_secret.clone(),
         public_key_pem: raw.public_key_pem.clone(),
         jwks,
+        jwks_url,
     };
     let leeway = duration_or_zero("auth.leeway", raw.leeway.as_deref(), "30s")?;
     if leeway > crate::auth::MAX_LEEWAY {

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod cursor;
 pub mod error;
+pub mod jwks;
 pub mod metrics;
 pub mod pages;
 pub mod server;

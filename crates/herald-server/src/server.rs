@@ -37,6 +37,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Storage(#[from] herald_storage::StorageOpenError),
+    #[error("cannot load the [auth] JWKS: {0}")]
+    Jwks(String),
 }
 
 /// A server that is accepting connections.
@@ -68,6 +70,29 @@ impl RunningServer {
     }
 }
 
+/// How often remote JWKS keys are fetched again; and the least time between two fetches asked
+/// for by unknown key ids.
+const JWKS_REFRESH: Duration = Duration::from_secs(600);
+const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
+
+/// Keeps the JWKS URL's keys fresh: periodically, and soon after a token names an unknown key.
+async fn refresh_remote_keys(auth: Arc<crate::auth::Authenticator>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(JWKS_REFRESH) => {}
+            () = auth.unknown_key_seen() => {}
+        }
+        if let Err(error) = auth.refresh_remote_keys().await {
+            tracing::warn!(%error, "JWKS refresh failed; keeping the keys we have");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(JWKS_MIN_REFRESH) => {}
+        }
+    }
+}
+
 /// Serves one HTTP/1 connection (upgrades included) until it ends; on shutdown the request in
 /// flight finishes and idle keep-alives close.
 async fn serve_connection<I, S>(http: &http1::Builder, io: I, service: S, shutdown: CancellationToken)
@@ -94,7 +119,10 @@ where
 pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|source| StartError::DataDir { path: settings.data_dir.display().to_string(), source })?;
-    // Storage is opened (and checked) before the port is bound.
+    // Storage is opened (and checked), and remote token keys loaded, before the port is bound.
+    if let Some(auth) = &settings.auth {
+        auth.refresh_remote_keys().await.map_err(StartError::Jwks)?;
+    }
     let hub = wiring::hub(&settings).await?;
     let addr = settings.listen;
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
@@ -122,6 +150,9 @@ pub fn start_on(listener: TcpListener, settings: Settings, hub: Arc<Hub>) -> std
         }
     });
 
+    if let Some(auth) = app.settings.auth.clone().filter(|auth| auth.has_remote_keys()) {
+        tasks.spawn(refresh_remote_keys(auth, shutdown.clone()));
+    }
     let router = app::router(app);
     let serve_shutdown = shutdown.clone();
     let done = tokio::spawn(async move {

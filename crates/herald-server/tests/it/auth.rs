@@ -209,3 +209,67 @@ async fn herald_token_mints_a_token_the_server_accepts() {
     let text = String::from_utf8(keys.stdout).unwrap();
     assert!(text.contains("hmac_secret = \"") && text.contains("keys = [\""), "{text}");
 }
+
+/// A JWKS endpoint on loopback whose document the test can change (key rotation).
+async fn jwks_server(document: std::sync::Arc<std::sync::Mutex<String>>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let document = document.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 2048];
+                let _ = stream.read(&mut request).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{document}",
+                    document.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    address
+}
+
+fn oct_jwks(kid: &str, secret: &str) -> String {
+    use base64::Engine as _;
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    json!({"keys": [{"kty": "oct", "alg": "HS256", "kid": kid, "k": k}]}).to_string()
+}
+
+fn token_with_kid(kid: &str, secret: &str) -> String {
+    let mut header = Header::default();
+    header.kid = Some(kid.to_string());
+    let claims = json!({"sub": "dana", "exp": now() + 600});
+    encode(&header, &claims, &EncodingKey::from_secret(secret.as_bytes()).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_jwks_url_are_loaded_and_refreshed_when_an_unknown_key_appears() {
+    let first = "first-secret-first-secret-first-secret";
+    let second = "second-secret-second-secret-second-se";
+    let document = std::sync::Arc::new(std::sync::Mutex::new(oct_jwks("k1", first)));
+    let address = jwks_server(document.clone()).await;
+    let server = TestServer::with_config(&format!("[auth]\njwks = \"http://{address}/jwks.json\"\n")).await;
+    let poll = |token: String| {
+        let url = server.url(&format!("/poll?channel=a&timeout=0&token={token}"));
+        let http = server.http().clone();
+        async move { http_outcome(http.get(url).send().await.unwrap()).await }
+    };
+    assert_eq!(poll(token_with_kid("k1", first)).await.0, 204, "the URL's key is used");
+
+    // The issuer rotates its key: the first token with the new kid asks for a refresh.
+    *document.lock().unwrap() = oct_jwks("k2", second);
+    let (status, code) = poll(token_with_kid("k2", second)).await;
+    assert_eq!((status, code.as_str()), (401, "invalid_token"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if poll(token_with_kid("k2", second)).await.0 == 204 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new key was not fetched");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(poll(token_with_kid("k1", first)).await.0, 401, "the retired key is gone");
+}
