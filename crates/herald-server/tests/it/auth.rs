@@ -239,8 +239,7 @@ fn oct_jwks(kid: &str, secret: &str) -> String {
 }
 
 fn token_with_kid(kid: &str, secret: &str) -> String {
-    let mut header = Header::default();
-    header.kid = Some(kid.to_string());
+    let header = Header { kid: Some(kid.to_string()), ..Default::default() };
     let claims = json!({"sub": "dana", "exp": now() + 600});
     encode(&header, &claims, &EncodingKey::from_secret(secret.as_bytes()).unwrap()).unwrap()
 }
