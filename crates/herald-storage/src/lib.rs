@@ -11,6 +11,7 @@ pub mod sqlite;
 
 #[cfg(test)]
 mod conformance;
+mod shared;
 
 pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;

@@ -6,21 +6,19 @@
 //! reach the fan-out only after commit, in offset order. Reads go through a second connection.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_core::{
     ChannelName, EngineError, Epoch, FanOut, HistoryPage, HistoryQuery, Namespaces, Position, Publication,
-    PublishError, PublishRequest, Published, Storage,
+    PublishRequest, Published, Storage,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
 
 use crate::StorageOpenError;
-
-const QUEUE: usize = 4096;
-const GROUP: usize = 1024;
+use crate::shared::{Append, Appended, GROUP, Outcomes, QUEUE, storage_error, unix_millis};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS channels (
@@ -43,16 +41,6 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (channel, key)
 );
 ";
-
-type Outcomes = Vec<Result<Published, PublishError>>;
-
-struct Append {
-    batch: Vec<PublishRequest>,
-    fan_out: Option<Arc<dyn FanOut>>,
-    reply: oneshot::Sender<Outcomes>,
-}
-
-type Appended = (Published, Option<Arc<Publication>>);
 
 /// The first offset retention keeps (as in the SQLite storage: the newest `history_size`, and
 /// of those the run from the oldest one younger than the TTL on, so age never cuts a hole).
@@ -80,14 +68,6 @@ pub struct PostgresStorage {
     appends: mpsc::Sender<Append>,
     reader: Client,
     namespaces: Arc<Namespaces>,
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
-fn storage_error(error: impl std::fmt::Display) -> EngineError {
-    EngineError::Failed(format!("storage: {error}"))
 }
 
 async fn connect(url: &str, schema: Option<&str>) -> Result<Client, tokio_postgres::Error> {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,11 +21,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StorageOpenError;
-
-/// Appends waiting at most before the writer takes them (bounded: publishers wait beyond it).
-const QUEUE: usize = 4096;
-/// Requests in one transaction at most.
-const GROUP: usize = 1024;
+use crate::shared::{Append, Appended, GROUP, QUEUE, storage_error, unix_millis};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS channels (
@@ -49,19 +45,6 @@ CREATE TABLE IF NOT EXISTS idempotency (
 ) WITHOUT ROWID;
 ";
 
-type Outcomes = Vec<Result<Published, PublishError>>;
-
-/// One append as the writer receives it.
-struct Append {
-    batch: Vec<PublishRequest>,
-    fan_out: Option<Arc<dyn FanOut>>,
-    reply: oneshot::Sender<Outcomes>,
-}
-
-/// What one request did inside the transaction: its outcome, and the publication to deliver
-/// after commit (none for an idempotent repeat).
-type Appended = (Published, Option<Arc<Publication>>);
-
 enum Job {
     Append(Append),
     EnsureChannel { channel: ChannelName, reply: oneshot::Sender<Result<(), EngineError>> },
@@ -75,14 +58,6 @@ pub struct SqliteStorage {
     namespaces: Arc<Namespaces>,
     /// Held while open: two processes appending to one file would hand out the same offsets.
     _lock: std::fs::File,
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
-fn storage_error(error: impl std::fmt::Display) -> EngineError {
-    EngineError::Failed(format!("storage: {error}"))
 }
 
 impl SqliteStorage {

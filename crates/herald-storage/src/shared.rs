@@ -1,0 +1,33 @@
+//! What both storages share: the append queue's shape and limits, and small helpers.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use herald_core::{EngineError, FanOut, Publication, PublishError, PublishRequest, Published};
+use tokio::sync::oneshot;
+
+/// Appends waiting at most before the writer takes them (bounded: publishers wait beyond it).
+pub const QUEUE: usize = 4096;
+/// Requests in one transaction at most.
+pub const GROUP: usize = 1024;
+
+pub type Outcomes = Vec<Result<Published, PublishError>>;
+
+/// One append as the writer receives it.
+pub struct Append {
+    pub batch: Vec<PublishRequest>,
+    pub fan_out: Option<Arc<dyn FanOut>>,
+    pub reply: oneshot::Sender<Outcomes>,
+}
+
+/// What one request did inside the transaction: its outcome, and the publication to deliver
+/// after commit (none for an idempotent repeat).
+pub type Appended = (Published, Option<Arc<Publication>>);
+
+pub fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+pub fn storage_error(error: impl std::fmt::Display) -> EngineError {
+    EngineError::Failed(format!("storage: {error}"))
+}
