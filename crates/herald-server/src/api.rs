@@ -79,13 +79,17 @@ impl FromRequestParts<AppState> for ApiCaller {
 }
 
 impl ApiCaller {
-    /// May this caller publish to `channel`? Takes from its API key's publish rate.
-    fn check_publish(&self, app: &AppState, channel: &ChannelName) -> Result<(), ApiError> {
+    /// May this caller publish to `channels`? Takes one publish per channel from its rate.
+    fn check_publish(&self, app: &AppState, channels: &[ChannelName]) -> Result<(), ApiError> {
         match self {
             Self::Server { scope, .. } if !scope.may_publish() => Err(read_only()),
-            Self::Server { key, .. } => key.map_or(Ok(()), |key| app.api_rates.take(key)),
+            Self::Server { key, .. } => key.map_or(Ok(()), |key| app.api_rates.take(key, channels.len())),
             Self::Client(identity) => {
-                Ok(crate::auth::may_publish(identity, app.hub.namespaces().options_for(channel), channel)?)
+                for channel in channels {
+                    crate::auth::may_publish(identity, app.hub.namespaces().options_for(channel), channel)?;
+                }
+                let user = identity.user().unwrap_or_default().to_string();
+                app.client_api_rates.take(user, channels.len())
             }
         }
     }
@@ -134,6 +138,21 @@ struct BroadcastBody<'a> {
     idempotency_key: Option<String>,
 }
 
+/// Bodies must be declared JSON: a cross-site form or `text/plain` POST (which browsers send
+/// without asking) is refused before it is read.
+fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    if content_type.split(';').next().is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json")) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ))
+    }
+}
+
 fn read_json<'a, T: Deserialize<'a>>(body: &'a Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.as_ref().map_err(|rejection| {
         let code =
@@ -167,11 +186,13 @@ fn payload(app: &AppState, data: Option<&RawValue>) -> Result<Bytes, ApiError> {
 async fn publish(
     caller: ApiCaller,
     State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    require_json(&headers)?;
     let body: PublishBody = read_json(&body)?;
     let channel = channel_name(&body.channel)?;
-    caller.check_publish(&app, &channel)?;
+    caller.check_publish(&app, std::slice::from_ref(&channel))?;
     let request = PublishRequest {
         channel,
         data: payload(&app, body.data)?,
@@ -185,8 +206,10 @@ async fn publish(
 async fn broadcast(
     caller: ApiCaller,
     State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    require_json(&headers)?;
     let body: BroadcastBody = read_json(&body)?;
     if body.channels.is_empty() || body.channels.len() > MAX_BROADCAST_CHANNELS {
         return Err(ApiError::bad_request(
@@ -198,7 +221,7 @@ async fn broadcast(
     if matches!(caller, ApiCaller::Client(_)) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "permission_denied", "broadcast needs an API key"));
     }
-    caller.check_publish(&app, &channels[0])?;
+    caller.check_publish(&app, &channels)?;
     let data = payload(&app, body.data)?;
     let key = checked_idempotency_key(body.idempotency_key)?;
     let requests = channels

@@ -31,7 +31,9 @@ pub struct AppInner {
     /// Admission of long-lived connections (in all, per client IP, parked polls).
     pub connections: Arc<ConnectionLimiter>,
     /// Publish rate per API key.
-    pub api_rates: KeyRates,
+    pub api_rates: KeyRates<usize>,
+    /// Publish rate per client user publishing through the server API (the WebSocket rate).
+    pub client_api_rates: KeyRates<String>,
 }
 
 impl std::ops::Deref for AppState {
@@ -47,8 +49,9 @@ impl AppState {
         let connections =
             ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip, limits.max_pending_polls);
         let api_rates = KeyRates::new(limits.api_publish_rate);
+        let client_api_rates = KeyRates::new(limits.client_publish_rate);
         crate::metrics::handle();
-        Self(Arc::new(AppInner { hub, settings, shutdown, tasks, connections, api_rates }))
+        Self(Arc::new(AppInner { hub, settings, shutdown, tasks, connections, api_rates, client_api_rates }))
     }
 }
 
@@ -64,7 +67,7 @@ pub fn router(app: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::metrics::scrape))
-        .nest("/api", api::router().layer(DefaultBodyLimit::max(body_limit)));
+        .nest("/api", api::router().layer(DefaultBodyLimit::max(body_limit)).layer(api_cors_layer(&app.settings)));
     if app.settings.websocket.echo_route {
         router = router.route("/ws/echo", get(transport::ws::echo));
     }
@@ -78,7 +81,18 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-/// CORS for browser use of every endpoint: the configured origins, or any origin in dev mode.
+/// CORS for the server API: only the configured origins (never "any"): a web page a developer
+/// happens to visit must not drive their local Herald's API.
+fn api_cors_layer(settings: &Settings) -> CorsLayer {
+    let origins = settings.allowed_origins.iter().flatten().filter_map(|origin| HeaderValue::from_str(origin).ok());
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(3600))
+}
+
+/// CORS for browser use of the transports: the configured origins, or any origin in dev mode.
 fn cors_layer(settings: &Settings) -> CorsLayer {
     let origins = match &settings.allowed_origins {
         None => AllowOrigin::any(),

@@ -33,8 +33,9 @@ pub struct Claims {
     pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// A string or an array of strings (RFC 7519); checked by the verifier when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     /// Subscribe patterns; absent: whatever the namespaces allow.
@@ -152,14 +153,27 @@ fn parse_jwks(document: &str) -> Result<Vec<VerifyingKey>, String> {
         serde_json::from_str(document).map_err(|error| format!("not a JWKS document: {error}"))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
-        let algorithm = match jwk.common.key_algorithm.map(|alg| alg.to_string()).as_deref() {
-            Some("RS256") => Algorithm::RS256,
-            Some("ES256") => Algorithm::ES256,
-            Some("HS256") => Algorithm::HS256,
-            other => return Err(format!("key algorithm {other:?} is not RS256, ES256 or HS256")),
+        use jsonwebtoken::jwk::AlgorithmParameters;
+        let algorithm = match (jwk.common.key_algorithm.map(|alg| alg.to_string()).as_deref(), &jwk.algorithm) {
+            (Some("RS256"), _) => Algorithm::RS256,
+            (Some("ES256"), _) => Algorithm::ES256,
+            (Some("HS256"), _) => Algorithm::HS256,
+            // No `alg` (several identity providers omit it): what the key type implies.
+            (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
+            (None, AlgorithmParameters::EllipticCurve(_)) => Algorithm::ES256,
+            (None, AlgorithmParameters::OctetKey(_)) => Algorithm::HS256,
+            (other, _) => {
+                tracing::warn!(alg = ?other, kid = ?jwk.common.key_id, "JWKS key skipped: not RS256, ES256 or HS256");
+                continue;
+            }
         };
-        let key = DecodingKey::from_jwk(jwk).map_err(|error| error.to_string())?;
-        keys.push(VerifyingKey { key, algorithm, kid: jwk.common.key_id.clone() });
+        match DecodingKey::from_jwk(jwk) {
+            Ok(key) => keys.push(VerifyingKey { key, algorithm, kid: jwk.common.key_id.clone() }),
+            Err(error) => tracing::warn!(%error, kid = ?jwk.common.key_id, "JWKS key skipped"),
+        }
+    }
+    if keys.is_empty() {
+        return Err("the JWKS holds no usable RS256, ES256 or HS256 key".into());
     }
     Ok(keys)
 }
@@ -217,7 +231,7 @@ impl Authenticator {
     /// and issuer are filled in when the claims have none.
     pub fn mint(&self, mut claims: Claims) -> Result<String, String> {
         let secret = self.hmac_secret.as_ref().ok_or("minting needs [auth] hmac_secret")?;
-        claims.aud = claims.aud.or_else(|| self.audience.clone());
+        claims.aud = claims.aud.or_else(|| self.audience.clone().map(serde_json::Value::from));
         claims.iss = claims.iss.or_else(|| self.issuer.clone());
         let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).map_err(|error| error.to_string())?;
         jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).map_err(|error| error.to_string())
@@ -274,14 +288,20 @@ impl Authenticator {
             validation.leeway = self.leeway.as_secs();
             validation.validate_nbf = true;
             validation.required_spec_claims.clear();
+            let mut required = Vec::new();
             match &self.audience {
-                Some(audience) => validation.set_audience(&[audience]),
+                Some(audience) => {
+                    validation.set_audience(&[audience]);
+                    required.push("aud");
+                }
                 None => validation.validate_aud = false,
             }
             if let Some(issuer) = &self.issuer {
                 validation.set_issuer(&[issuer]);
-                validation.set_required_spec_claims(&["iss"]);
+                required.push("iss");
             }
+            // Configured checks cannot be dodged by leaving the claim out.
+            validation.set_required_spec_claims(&required);
             match decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(error) => {

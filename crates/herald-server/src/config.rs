@@ -505,8 +505,10 @@ impl Settings {
     }
 
     /// No API keys and a loopback address: the server API is open to local callers.
+    /// No API keys, no `[auth]` and a loopback address: the server API is open to local
+    /// callers. Configuring `[auth]` means clients are checked, so the API is too.
     pub fn api_dev_mode(&self) -> bool {
-        self.api_keys.is_empty() && self.listen.ip().is_loopback()
+        self.api_keys.is_empty() && self.auth.is_none() && self.listen.ip().is_loopback()
     }
 }
 

@@ -143,12 +143,17 @@ impl TokenBucket {
 
     /// Takes a token if there is one.
     pub fn try_take(&mut self) -> bool {
+        self.try_take_many(1)
+    }
+
+    /// Takes `count` tokens if there are that many (all or nothing).
+    pub fn try_take_many(&mut self, count: usize) -> bool {
         let now = Instant::now();
         let elapsed = now.duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
         self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= count as f64 {
+            self.tokens -= count as f64;
             true
         } else {
             false
@@ -161,28 +166,33 @@ impl TokenBucket {
     }
 }
 
-/// Token buckets per API key (by the key's index in the configuration).
+/// Token buckets per caller: API keys (by index) or client tokens (by user) publishing through
+/// the server API.
 #[derive(Debug)]
-pub struct KeyRates {
+pub struct KeyRates<K> {
     rate: Option<NonZeroUsize>,
-    buckets: Mutex<HashMap<usize, TokenBucket>>,
+    buckets: Mutex<HashMap<K, TokenBucket>>,
 }
 
-impl KeyRates {
+impl<K: std::hash::Hash + Eq + std::fmt::Debug> KeyRates<K> {
     pub fn new(rate: Option<NonZeroUsize>) -> Self {
         Self { rate, buckets: Mutex::new(HashMap::new()) }
     }
 
-    /// Takes one publish from the key's bucket, or says when to retry.
-    pub fn take(&self, key: usize) -> Result<(), ApiError> {
+    /// Takes `count` publishes from the caller's bucket (all or nothing), or says when to retry.
+    pub fn take(&self, key: K, count: usize) -> Result<(), ApiError> {
         let Some(rate) = self.rate else { return Ok(()) };
         let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if buckets.len() > 100_000 {
+            // Callers that come and go (users) must not grow this without bound.
+            buckets.clear();
+        }
         let bucket = buckets.entry(key).or_insert_with(|| TokenBucket::new(rate));
-        if bucket.try_take() {
+        if count <= rate.get() && bucket.try_take_many(count) {
             return Ok(());
         }
         let retry = bucket.retry_after().as_secs().max(1).to_string();
-        tracing::info!(key, "publish refused: API key over its rate");
+        tracing::info!(count, "publish refused: over the caller's publish rate");
         crate::metrics::refused("rate_limited");
         Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("at most {rate} publishes a second"))
             .with_header(header::RETRY_AFTER, HeaderValue::from_str(&retry).unwrap_or(HeaderValue::from_static("1"))))

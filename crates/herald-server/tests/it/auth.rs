@@ -178,7 +178,7 @@ async fn an_expiring_token_is_refreshed_without_dropping_subscriptions_or_ends_t
     assert_eq!(code, 4003, "{reason}");
     assert_eq!(pushes.last().unwrap()["disconnect"]["reconnect"], true);
 
-    server.publish_with_key("chat:a", json!("still here"), API_KEY).await;
+    server.publish_with_key("chat:a", json!("still here"), API_KEY).await.unwrap();
     let push = kept.next_push().await;
     assert_eq!(push["data"], "still here");
     assert!(!matches!(kept.receive_raw_quick().await, Some(Received::Close(_))));
@@ -271,4 +271,48 @@ async fn keys_from_a_jwks_url_are_loaded_and_refreshed_when_an_unknown_key_appea
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(poll(token_with_kid("k1", first)).await.0, 401, "the retired key is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_side_door_history_connect_switch_missing_audience_or_dev_mode() {
+    let secret = SECRET;
+    let server = TestServer::with_config(&format!("[auth]\nhmac_secret = \"{secret}\"\naudience = \"herald\"\n")).await;
+    let token = |claims: Value| token_with(claims, secret);
+    let alice = token(json!({"sub": "alice", "aud": "herald", "exp": now() + 600, "channels": ["chat:*"]}));
+    let bob = token(json!({"sub": "bob", "aud": ["other", "herald"], "exp": now() + 600}));
+    let no_audience = token(json!({"sub": "eve", "exp": now() + 600}));
+
+    // History is reading: the same rule as subscribing.
+    server.publish_with_key("chat:a", json!(1), "unused").await.ok();
+    let mut anonymous = server.client().await;
+    let reply = anonymous.command(json!({"op": "history", "channel": "chat:a"})).await;
+    assert_eq!(reply["error"]["code"], "unauthorized", "{reply}");
+    let reply = anonymous.command(json!({"op": "refresh", "token": alice})).await;
+    assert_eq!(reply["error"]["code"], "not_connected");
+    let reply = anonymous.command(json!({"op": "connect", "token": no_audience})).await;
+    assert_eq!(reply["error"]["code"], "invalid_token", "a configured audience cannot be left out: {reply}");
+    let reply = anonymous.command(json!({"op": "connect", "token": alice})).await;
+    assert_eq!(reply["result"]["user"], "alice", "{reply}");
+    let reply = anonymous.command(json!({"op": "history", "channel": "news:a"})).await;
+    assert_eq!(reply["error"]["code"], "permission_denied");
+    let reply = anonymous.command(json!({"op": "connect", "token": bob})).await;
+    assert_eq!(reply["error"]["code"], "already_connected", "no switching users: {reply}");
+
+    // An array audience is fine.
+    let mut bobs = server.client().await;
+    assert_eq!(bobs.command(json!({"op": "connect", "token": bob})).await["result"]["user"], "bob");
+
+    // With [auth] the server API is no longer open on loopback, and JSON must say it is JSON.
+    let response = server.http().get(server.url("/api/channels")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let response = server
+        .http()
+        .post(server.url("/api/publish"))
+        .bearer_auth(&alice)
+        .header("content-type", "text/plain")
+        .body(r#"{"channel":"chat:a","data":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
 }

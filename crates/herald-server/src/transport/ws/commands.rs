@@ -46,8 +46,24 @@ where
             return Err(ErrorBody::new("auth_not_configured", "this server has no [auth]: every client is anonymous"));
         };
         let claims = auth.verify(token).map_err(|error| ErrorBody::new(error.code(), error.to_string()))?;
-        if refresh && self.identity.user() != claims.sub.as_deref() {
-            return Err(ErrorBody::new("user_mismatch", "a refreshed token must be for the same user (sub)"));
+        match (&self.identity, refresh) {
+            (crate::auth::Identity::Anonymous, false) => {}
+            (crate::auth::Identity::User(_), false) => {
+                return Err(ErrorBody::new("already_connected", "this connection has a token: use refresh"));
+            }
+            (crate::auth::Identity::Anonymous, true) => {
+                return Err(ErrorBody::new("not_connected", "refresh needs a token given earlier: use connect"));
+            }
+            (crate::auth::Identity::User(current), true) if current.sub.is_none() || current.sub != claims.sub => {
+                return Err(ErrorBody::new("user_mismatch", "a refreshed token must be for the same user (sub)"));
+            }
+            (crate::auth::Identity::User(_), true) => {}
+        }
+        // The new token may grant less: it must still grant every open subscription.
+        let identity = crate::auth::Identity::User(Box::new(claims.clone()));
+        for (channel, _) in self.positions.iter() {
+            crate::auth::may_subscribe(&identity, self.app.hub.namespaces().options_for(channel), channel)
+                .map_err(|denied| ErrorBody::new(denied.code(), format!("{denied}; unsubscribe first")))?;
         }
         let result = serde_json::json!({ "user": claims.sub, "expires": claims.exp });
         self.set_identity(crate::auth::Identity::User(Box::new(claims)));
@@ -130,6 +146,9 @@ where
 
     async fn history(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
         let channel = command.channel()?;
+        // Reading history is reading the channel: the same rule as subscribing.
+        crate::auth::may_subscribe(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
+            .map_err(|denied| ErrorBody::new(denied.code(), denied.to_string()))?;
         let limit = command.limit.unwrap_or(MAX_HISTORY_LIMIT).min(MAX_HISTORY_LIMIT);
         let query = HistoryQuery {
             since: command.since.as_ref().map(|since| since.offset),

@@ -80,9 +80,25 @@ fn query_token(query: Option<&str>) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes()).find(|(key, _)| key == "token").map(|(_, value)| value.into_owned())
 }
 
-pub async fn echo(State(app): State<AppState>, request: Request) -> Response {
+pub async fn echo(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    request: Request,
+) -> Response {
+    // Same admission as /ws: the echo route is for conformance runs, not a way around limits.
+    if let Err(error) = check_origin(&app.settings, request.headers()) {
+        return error.into_response();
+    }
+    let permit = match app.connections.admit(peer.ip(), ConnectionKind::WebSocket) {
+        Ok(permit) => permit,
+        Err(error) => return error.into_response(),
+    };
     let echo_app = app.clone();
-    accept(app, request, move |socket| echo::run(echo_app, socket)).unwrap_or_else(IntoResponse::into_response)
+    accept(app, request, move |socket| async move {
+        let _permit = permit;
+        echo::run(echo_app, socket).await;
+    })
+    .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Checks the handshake, answers `101 Switching Protocols`, and runs `serve` on the socket in a
