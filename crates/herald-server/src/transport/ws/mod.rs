@@ -54,13 +54,6 @@ pub async fn upgrade(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     request: Request,
 ) -> Response {
-    if let Err(error) = check_origin(&app.settings, request.headers()) {
-        return error.into_response();
-    }
-    let permit = match app.connections.admit(peer.ip(), ConnectionKind::WebSocket) {
-        Ok(permit) => permit,
-        Err(error) => return error.into_response(),
-    };
     // A token may come with the upgrade (`?token=` or `Authorization`), or later in `connect`.
     let token =
         query_token(request.uri().query()).or_else(|| crate::auth::bearer(request.headers()).map(str::to_string));
@@ -69,45 +62,39 @@ pub async fn upgrade(
         Err(error) => return ApiError::from(error).into_response(),
     };
     let session_app = app.clone();
-    accept(app, request, move |socket| async move {
-        let _permit = permit;
-        session::run(session_app, socket, identity).await;
-    })
-    .unwrap_or_else(IntoResponse::into_response)
+    accept(app, peer, request, move |socket| session::run(session_app, socket, identity))
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes()).find(|(key, _)| key == "token").map(|(_, value)| value.into_owned())
 }
 
+/// The echo route: same origin check, admission, handshake and limits as `/ws`.
 pub async fn echo(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     request: Request,
 ) -> Response {
-    // Same admission as /ws: the echo route is for conformance runs, not a way around limits.
-    if let Err(error) = check_origin(&app.settings, request.headers()) {
-        return error.into_response();
-    }
-    let permit = match app.connections.admit(peer.ip(), ConnectionKind::WebSocket) {
-        Ok(permit) => permit,
-        Err(error) => return error.into_response(),
-    };
     let echo_app = app.clone();
-    accept(app, request, move |socket| async move {
-        let _permit = permit;
-        echo::run(echo_app, socket).await;
-    })
-    .unwrap_or_else(IntoResponse::into_response)
+    accept(app, peer, request, move |socket| echo::run(echo_app, socket)).unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Checks the handshake, answers `101 Switching Protocols`, and runs `serve` on the socket in a
-/// tracked task once hyper hands it over.
-fn accept<F, Fut>(app: AppState, mut request: Request, serve: F) -> Result<Response, ApiError>
+/// Checks the origin, admits the connection, checks the handshake, answers `101 Switching
+/// Protocols`, and runs `serve` on the socket in a tracked task (holding the admission) once
+/// hyper hands it over.
+fn accept<F, Fut>(
+    app: AppState,
+    peer: std::net::SocketAddr,
+    mut request: Request,
+    serve: F,
+) -> Result<Response, ApiError>
 where
     F: FnOnce(Socket) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    check_origin(&app.settings, request.headers())?;
+    let permit = app.connections.admit(peer.ip(), ConnectionKind::WebSocket)?;
     let accept_key = check_handshake(request.headers())?;
     if app.shutdown.is_cancelled() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "server is shutting down"));
@@ -116,6 +103,7 @@ where
     let config = socket_config(&app);
     let shutdown = app.shutdown.clone();
     app.tasks.spawn(async move {
+        let _permit = permit;
         let upgraded = tokio::select! {
             upgraded = on_upgrade => upgraded,
             () = shutdown.cancelled() => return,
