@@ -66,8 +66,23 @@ async fn first_kept(
 /// Durable history in PostgreSQL.
 pub struct PostgresStorage {
     appends: mpsc::Sender<Append>,
-    reader: Client,
+    /// The reading connection; replaced when the database dropped it.
+    reader: std::sync::RwLock<Arc<Client>>,
+    target: Target,
     namespaces: Arc<Namespaces>,
+}
+
+/// Where to connect (again, after the database restarted or dropped us).
+#[derive(Clone)]
+struct Target {
+    url: String,
+    schema: Option<String>,
+}
+
+impl Target {
+    async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+        connect(&self.url, self.schema.as_deref()).await
+    }
 }
 
 async fn connect(url: &str, schema: Option<&str>) -> Result<Client, tokio_postgres::Error> {
@@ -75,6 +90,7 @@ async fn connect(url: &str, schema: Option<&str>) -> Result<Client, tokio_postgr
     if let Some(schema) = schema {
         config.options(format!("-c search_path={schema}"));
     }
+    config.application_name(format!("herald:{}", schema.unwrap_or("public")));
     let (client, connection) = config.connect(NoTls).await?;
     // The connection's IO task ends when the client is dropped.
     tokio::spawn(connection);
@@ -94,12 +110,27 @@ impl PostgresStorage {
         writer.batch_execute(SCHEMA).await.map_err(failed)?;
         let reader = connect(url, schema).await.map_err(failed)?;
         let (appends, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(Writer { client: writer, namespaces: namespaces.clone() }.run(queue));
-        Ok(Self { appends, reader, namespaces })
+        let target = Target { url: url.to_string(), schema: schema.map(str::to_string) };
+        tokio::spawn(Writer { client: writer, target: target.clone(), namespaces: namespaces.clone() }.run(queue));
+        Ok(Self { appends, reader: std::sync::RwLock::new(Arc::new(reader)), target, namespaces })
+    }
+
+    /// The reading connection, connected again first if the database dropped it.
+    async fn reader(&self) -> Result<Arc<Client>, EngineError> {
+        let current = self.reader.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        if !current.is_closed() {
+            return Ok(current);
+        }
+        let fresh = Arc::new(
+            self.target.connect().await.map_err(|error| EngineError::Unavailable(format!("database: {error}")))?,
+        );
+        *self.reader.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh.clone();
+        Ok(fresh)
     }
 
     async fn ensure_channel(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.reader
+        self.reader()
+            .await?
             .execute(
                 "INSERT INTO channels (name, epoch, top) VALUES ($1, $2, 0) ON CONFLICT (name) DO NOTHING",
                 &[&channel.as_str(), &Epoch::random().as_str()],
@@ -110,8 +141,8 @@ impl PostgresStorage {
     }
 
     async fn read_page(&self, channel: &ChannelName, query: HistoryQuery) -> Result<Option<HistoryPage>, EngineError> {
-        let Some(row) = self
-            .reader
+        let reader = self.reader().await?;
+        let Some(row) = reader
             .query_opt("SELECT epoch, top FROM channels WHERE name = $1", &[&channel.as_str()])
             .await
             .map_err(storage_error)?
@@ -120,9 +151,8 @@ impl PostgresStorage {
         };
         let epoch = Epoch::new(row.get::<_, &str>(0));
         let top = row.get::<_, i64>(1) as u64;
-        let first_kept = first_kept(&self.reader, channel.as_str(), top, self.namespaces.options_for(channel)).await?;
-        let oldest: Option<i64> = self
-            .reader
+        let first_kept = first_kept(&reader, channel.as_str(), top, self.namespaces.options_for(channel)).await?;
+        let oldest: Option<i64> = reader
             .query_one(
                 "SELECT MIN(\"offset\") FROM publications WHERE channel = $1 AND \"offset\" >= $2",
                 &[&channel.as_str(), &first_kept],
@@ -143,8 +173,7 @@ impl PostgresStorage {
                 since.unwrap_or(0).min(i64::MAX as u64) as i64,
             ),
         };
-        let rows =
-            self.reader.query(sql, &[&channel.as_str(), &first_kept, &bound, &limit]).await.map_err(storage_error)?;
+        let rows = reader.query(sql, &[&channel.as_str(), &first_kept, &bound, &limit]).await.map_err(storage_error)?;
         let publications = rows
             .iter()
             .map(|row| {
@@ -186,7 +215,8 @@ impl Storage for PostgresStorage {
     }
 
     async fn sweep(&self) {
-        let Ok(rows) = self.reader.query("SELECT name, top FROM channels", &[]).await else {
+        let Ok(reader) = self.reader().await else { return };
+        let Ok(rows) = reader.query("SELECT name, top FROM channels", &[]).await else {
             return;
         };
         let now = unix_millis();
@@ -194,17 +224,15 @@ impl Storage for PostgresStorage {
             let Ok(channel) = ChannelName::new(row.get::<_, &str>(0)) else { continue };
             let top = row.get::<_, i64>(1) as u64;
             let options = self.namespaces.options_for(&channel);
-            let Ok(first_kept) = first_kept(&self.reader, channel.as_str(), top, options).await else { continue };
+            let Ok(first_kept) = first_kept(&reader, channel.as_str(), top, options).await else { continue };
             let idempotency_cutoff = now.saturating_sub(options.idempotency_window.as_millis() as u64) as i64;
-            let _ = self
-                .reader
+            let _ = reader
                 .execute(
                     "DELETE FROM publications WHERE channel = $1 AND \"offset\" < $2",
                     &[&channel.as_str(), &first_kept],
                 )
                 .await;
-            let _ = self
-                .reader
+            let _ = reader
                 .execute(
                     "DELETE FROM idempotency WHERE channel = $1 AND time_ms < $2",
                     &[&channel.as_str(), &idempotency_cutoff],
@@ -216,6 +244,7 @@ impl Storage for PostgresStorage {
 
 struct Writer {
     client: Client,
+    target: Target,
     namespaces: Arc<Namespaces>,
 }
 
@@ -234,6 +263,20 @@ impl Writer {
     }
 
     async fn commit_group(&mut self, group: Vec<Append>) {
+        // The database restarted or dropped us: connect again, or fail this group plainly (the
+        // publishers get an error, nothing is acknowledged) and try again with the next one.
+        if self.client.is_closed() {
+            match self.target.connect().await {
+                Ok(client) => self.client = client,
+                Err(error) => {
+                    let error = EngineError::Unavailable(format!("database: {error}"));
+                    for Append { batch, reply, .. } in group {
+                        let _ = reply.send(batch.iter().map(|_| Err(error.clone())).collect());
+                    }
+                    return;
+                }
+            }
+        }
         let now = unix_millis();
         let result: Result<Vec<Vec<Appended>>, tokio_postgres::Error> = async {
             let transaction = self.client.transaction().await?;
@@ -370,6 +413,44 @@ mod tests {
     }
 
     crate::conformance::suite!(PostgresSchema::from_env());
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connects_again_after_the_database_drops_its_connections() {
+        use crate::conformance::Backend;
+        let Some(backend) = PostgresSchema::from_env() else { return };
+        let options = herald_core::NamespaceOptions { durable: true, ..Default::default() };
+        let namespaces = Arc::new(Namespaces::new(options, std::collections::HashMap::new()));
+        let storage = backend.open(namespaces).await;
+        let request = || PublishRequest {
+            channel: ChannelName::new("a").unwrap(),
+            data: Bytes::from_static(b"1"),
+            idempotency_key: None,
+        };
+        assert_eq!(storage.append(vec![request()], None).await.remove(0).unwrap().position.offset, 1);
+        // What a database restart does to Herald's connections.
+        let admin = connect(&backend.url, None).await.unwrap();
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&format!("herald:{}", backend.schema)],
+            )
+            .await
+            .unwrap();
+        let mut outcome = None;
+        for _ in 0..50 {
+            match storage.append(vec![request()], None).await.remove(0) {
+                Ok(published) => {
+                    outcome = Some(published.position.offset);
+                    break;
+                }
+                // Until the client notices the connection is gone, a publish fails plainly.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        assert_eq!(outcome, Some(2), "publishing works again, offsets continue");
+        let page = storage.history(&ChannelName::new("a").unwrap(), HistoryQuery::after(0)).await.unwrap();
+        assert_eq!(page.publications.len(), 2, "reads work again");
+    }
 
     #[tokio::test]
     async fn an_unreachable_database_is_a_clear_error() {
