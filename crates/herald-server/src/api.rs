@@ -153,7 +153,11 @@ fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn read_json<'a, T: Deserialize<'a>>(body: &'a Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+fn read_json<'a, T: Deserialize<'a>>(
+    headers: &axum::http::HeaderMap,
+    body: &'a Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    require_json(headers)?;
     let body = body.as_ref().map_err(|rejection| {
         let code =
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "bad_request" };
@@ -189,8 +193,7 @@ async fn publish(
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_json(&headers)?;
-    let body: PublishBody = read_json(&body)?;
+    let body: PublishBody = read_json(&headers, &body)?;
     let channel = channel_name(&body.channel)?;
     caller.check_publish(&app, std::slice::from_ref(&channel))?;
     let request = PublishRequest {
@@ -209,8 +212,7 @@ async fn broadcast(
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_json(&headers)?;
-    let body: BroadcastBody = read_json(&body)?;
+    let body: BroadcastBody = read_json(&headers, &body)?;
     if body.channels.is_empty() || body.channels.len() > MAX_BROADCAST_CHANNELS {
         return Err(ApiError::bad_request(
             "invalid_channels",

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
 
 use crate::StorageOpenError;
-use crate::shared::{Append, Appended, GROUP, Outcomes, QUEUE, storage_error, unix_millis};
+use crate::shared::{Append, Appended, GROUP, Outcomes, QUEUE, complete, fail, storage_error, unix_millis};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS channels (
@@ -268,13 +268,7 @@ impl Writer {
         if self.client.is_closed() {
             match self.target.connect().await {
                 Ok(client) => self.client = client,
-                Err(error) => {
-                    let error = EngineError::Unavailable(format!("database: {error}"));
-                    for Append { batch, reply, .. } in group {
-                        let _ = reply.send(batch.iter().map(|_| Err(error.clone())).collect());
-                    }
-                    return;
-                }
+                Err(error) => return fail(group, EngineError::Unavailable(format!("database: {error}"))),
             }
         }
         let now = unix_millis();
@@ -294,24 +288,8 @@ impl Writer {
         }
         .await;
         match result {
-            Ok(outcomes) => {
-                for (Append { fan_out, reply, .. }, appended) in group.into_iter().zip(outcomes) {
-                    let mut answers = Vec::with_capacity(appended.len());
-                    for (published, publication) in appended {
-                        if let (Some(fan_out), Some(publication)) = (&fan_out, publication) {
-                            fan_out.deliver(publication);
-                        }
-                        answers.push(Ok(published));
-                    }
-                    let _ = reply.send(answers);
-                }
-            }
-            Err(error) => {
-                let error = storage_error(error);
-                for Append { batch, reply, .. } in group {
-                    let _ = reply.send(batch.iter().map(|_| Err(error.clone())).collect());
-                }
-            }
+            Ok(outcomes) => complete(group, outcomes),
+            Err(error) => fail(group, storage_error(error)),
         }
     }
 }

@@ -31,3 +31,25 @@ pub fn unix_millis() -> u64 {
 pub fn storage_error(error: impl std::fmt::Display) -> EngineError {
     EngineError::Failed(format!("storage: {error}"))
 }
+
+/// After a commit: hands each new publication to its fan-out, in order, then answers each
+/// append. The one place where "delivered only once committed" happens, for every storage.
+pub fn complete(group: Vec<Append>, outcomes: Vec<Vec<Appended>>) {
+    for (Append { fan_out, reply, .. }, appended) in group.into_iter().zip(outcomes) {
+        let mut answers = Vec::with_capacity(appended.len());
+        for (published, publication) in appended {
+            if let (Some(fan_out), Some(publication)) = (&fan_out, publication) {
+                fan_out.deliver(publication);
+            }
+            answers.push(Ok(published));
+        }
+        let _ = reply.send(answers);
+    }
+}
+
+/// Nothing was committed: every request of every append gets `error`.
+pub fn fail(group: Vec<Append>, error: EngineError) {
+    for Append { batch, reply, .. } in group {
+        let _ = reply.send(batch.iter().map(|_| Err(error.clone())).collect());
+    }
+}

@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StorageOpenError;
-use crate::shared::{Append, Appended, GROUP, QUEUE, storage_error, unix_millis};
+use crate::shared::{Append, Appended, GROUP, QUEUE, complete, fail, storage_error, unix_millis};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS channels (
@@ -293,26 +293,12 @@ impl Writer {
             Ok(outcomes)
         })();
         match result {
-            Ok(outcomes) => {
-                for (Append { fan_out, reply, .. }, job_outcomes) in appends.into_iter().zip(outcomes) {
-                    let mut answers = Vec::with_capacity(job_outcomes.len());
-                    for (published, new_publication) in job_outcomes {
-                        if let (Some(fan_out), Some(publication)) = (&fan_out, new_publication) {
-                            fan_out.deliver(publication);
-                        }
-                        answers.push(Ok(published));
-                    }
-                    let _ = reply.send(answers);
-                }
-            }
+            Ok(outcomes) => complete(appends, outcomes),
             Err(error) => {
                 // Nothing was committed: forget the cached tops, which may include offsets handed
                 // out in this transaction; they are read again from the database.
                 self.tops.clear();
-                let error = storage_error(error);
-                for Append { batch, reply, .. } in appends {
-                    let _ = reply.send(batch.iter().map(|_| Err(error.clone())).collect());
-                }
+                fail(appends, storage_error(error));
             }
         }
     }
