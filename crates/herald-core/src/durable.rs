@@ -3,6 +3,7 @@
 //! engine according to the channel's namespace.
 
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -10,6 +11,7 @@ use crate::channel::ChannelName;
 use crate::engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishError, PublishRequest, Published};
 use crate::memory::MemoryEngine;
 use crate::namespace::Namespaces;
+use crate::presence::PresenceEntry;
 
 /// Durable history with positions. Implementations keep each channel's epoch and offsets across
 /// restarts.
@@ -34,7 +36,8 @@ pub trait Storage: Send + Sync + 'static {
 }
 
 /// The engine of a single node with durable namespaces: `durable = true` channels live in
-/// [`Storage`], the others in the [`MemoryEngine`]; local interest is counted by the latter.
+/// [`Storage`], the others in the [`MemoryEngine`]; local interest and presence are kept by the
+/// latter.
 pub struct DurableEngine {
     memory: MemoryEngine,
     storage: Arc<dyn Storage>,
@@ -95,6 +98,31 @@ impl Engine for DurableEngine {
 
     async fn unsubscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
         self.memory.unsubscribe(channels).await
+    }
+
+    async fn presence_join(
+        &self,
+        channel: &ChannelName,
+        entry: PresenceEntry,
+        lease: Duration,
+    ) -> Result<(), EngineError> {
+        self.memory.presence_join(channel, entry, lease).await
+    }
+
+    async fn presence_leave(&self, channel: &ChannelName, client: &str) -> Result<(), EngineError> {
+        self.memory.presence_leave(channel, client).await
+    }
+
+    async fn presence_refresh(&self, entries: &[(ChannelName, String)], lease: Duration) -> Result<(), EngineError> {
+        self.memory.presence_refresh(entries, lease).await
+    }
+
+    async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError> {
+        self.memory.presence(channel).await
+    }
+
+    async fn presence_count(&self, channel: &ChannelName) -> Result<usize, EngineError> {
+        self.memory.presence_count(channel).await
     }
 
     async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryPage, EngineError> {

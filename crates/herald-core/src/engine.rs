@@ -5,11 +5,13 @@
 //! batched, and publications reach the hub through [`FanOut`] whichever node published them.
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::channel::ChannelName;
 use crate::position::Position;
+use crate::presence::{ChannelEvent, PresenceEntry, PresenceEvent};
 use crate::publication::{Payload, Publication};
 
 /// One publish asked of the engine.
@@ -82,6 +84,14 @@ pub type PublishError = EngineError;
 /// channel. Implemented by the hub. Must not block: it runs on the engine's delivery path.
 pub trait FanOut: Send + Sync {
     fn deliver(&self, publication: Arc<Publication>);
+
+    /// A join or leave in a `join_leave` namespace, from this node or any other.
+    fn deliver_presence(&self, event: Arc<PresenceEvent>);
+
+    /// Something that happened to a channel because of this node (its first subscriber, its
+    /// last one gone, a join or leave it caused): reported on this node only, so a cluster
+    /// reports each event once.
+    fn report(&self, event: ChannelEvent);
 }
 
 /// An engine: positions, history, cross-node fan-out and idempotency.
@@ -95,7 +105,9 @@ pub trait Engine: Send + Sync + 'static {
     async fn publish(&self, batch: Vec<PublishRequest>) -> Vec<Result<Published, PublishError>>;
 
     /// This node has gained local subscribers on `channels` (the hub calls this when a channel
-    /// goes from none to one). Engines count interest, since calls for one channel may race.
+    /// goes from none to one). Engines count interest, since calls for one channel may race;
+    /// a channel whose interest goes from none to some, anywhere, is reported occupied, and
+    /// vacated when it goes back to none.
     async fn subscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError>;
 
     /// This node has lost its last local subscriber on `channels`.
@@ -104,6 +116,29 @@ pub trait Engine: Send + Sync + 'static {
     /// Reads a channel's history and current position.
     async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryPage, EngineError>;
 
-    /// Housekeeping (expiring history, forgetting idle channels), called periodically.
+    /// Adds `entry` to the channel's presence, or extends its lease if it is there already (no
+    /// event then). A new entry is a join: delivered to every node in `join_leave` namespaces.
+    /// Entries not refreshed within `lease` leave by themselves.
+    async fn presence_join(
+        &self,
+        channel: &ChannelName,
+        entry: PresenceEntry,
+        lease: Duration,
+    ) -> Result<(), EngineError>;
+
+    /// Removes a client from the channel's presence (a leave, if it was there).
+    async fn presence_leave(&self, channel: &ChannelName, client: &str) -> Result<(), EngineError>;
+
+    /// Extends the leases of entries that are still there; never adds one back.
+    async fn presence_refresh(&self, entries: &[(ChannelName, String)], lease: Duration) -> Result<(), EngineError>;
+
+    /// The channel's present clients, oldest first.
+    async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError>;
+
+    /// How many clients are present: cheaper than [`Engine::presence`].
+    async fn presence_count(&self, channel: &ChannelName) -> Result<usize, EngineError>;
+
+    /// Housekeeping (expiring history and presence leases, forgetting idle channels), called
+    /// periodically.
     async fn sweep(&self) {}
 }

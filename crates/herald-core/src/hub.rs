@@ -4,19 +4,27 @@
 //! into every subscriber's queue with `try_send`: no allocation per subscriber, no waiting. A
 //! subscriber whose queue is full is marked lagged and its session disconnects it with a
 //! position it can recover from; publishers and other subscribers never wait for it.
+//!
+//! A channel whose last local subscriber left keeps the engine's interest for the grace period
+//! (see [`PresenceTiming`]), so a reconnect or a poll client's next request neither resubscribes
+//! on the engine nor reports the channel vacated and occupied again.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::ChannelName;
 use crate::engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishRequest, Published};
 use crate::namespace::Namespaces;
 use crate::position::Position;
+use crate::presence::{
+    ChannelEvent, ChannelEventSink, LocalPresence, PresenceEntry, PresenceEvent, PresenceSnapshot, PresenceTiming,
+};
 use crate::publication::Publication;
 
 const SHARDS: usize = 64;
@@ -25,6 +33,8 @@ const SHARDS: usize = 64;
 #[derive(Debug, Clone)]
 pub enum Push {
     Publication(Arc<Publication>),
+    /// A join or leave, in a `join_leave` namespace.
+    Presence(Arc<PresenceEvent>),
 }
 
 /// The receiving end of one connection: its queue and the signal that it fell behind.
@@ -69,7 +79,15 @@ pub enum HubError {
     Engine(#[from] EngineError),
 }
 
-type Subscribers = HashMap<ChannelName, Vec<SubscriberHandle>>;
+/// The local subscribers of one channel.
+#[derive(Default)]
+struct ChannelSubscribers {
+    subscribers: Vec<SubscriberHandle>,
+    /// Set when the last subscriber left: the engine's interest is released after the grace.
+    idle_since: Option<Instant>,
+}
+
+type Subscribers = HashMap<ChannelName, ChannelSubscribers>;
 
 /// The local fan-out hub of one node.
 pub struct Hub {
@@ -78,17 +96,21 @@ pub struct Hub {
     shards: Box<[Mutex<Subscribers>]>,
     hasher: RandomState,
     next_subscriber_id: AtomicU64,
+    presence: LocalPresence,
+    events: OnceLock<Arc<dyn ChannelEventSink>>,
 }
 
 impl Hub {
     /// A hub on `engine`, which it attaches itself to.
-    pub fn new(engine: Arc<dyn Engine>, namespaces: Arc<Namespaces>) -> Arc<Self> {
+    pub fn new(engine: Arc<dyn Engine>, namespaces: Arc<Namespaces>, timing: PresenceTiming) -> Arc<Self> {
         let hub = Arc::new(Self {
             engine,
             namespaces,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             next_subscriber_id: AtomicU64::new(1),
+            presence: LocalPresence::new(timing),
+            events: OnceLock::new(),
         });
         let fan_out: Weak<dyn FanOut> = Arc::downgrade(&(hub.clone() as Arc<dyn FanOut>));
         hub.engine.attach(fan_out);
@@ -97,6 +119,11 @@ impl Hub {
 
     pub fn namespaces(&self) -> &Namespaces {
         &self.namespaces
+    }
+
+    /// Where this node's [`ChannelEvent`]s go (webhooks, metrics); set once.
+    pub fn set_event_sink(&self, sink: Arc<dyn ChannelEventSink>) {
+        let _ = self.events.set(sink);
     }
 
     /// A new connection with a queue of `queue_capacity` pushes.
@@ -128,12 +155,14 @@ impl Hub {
     ) -> Result<Subscribed, HubError> {
         let first_here = {
             let mut shard = self.shard(channel);
-            let subscribers = shard.entry(channel.clone()).or_default();
-            let added = !subscribers.iter().any(|existing| existing.id == subscriber.id);
+            let local = shard.entry(channel.clone()).or_default();
+            let added = !local.subscribers.iter().any(|existing| existing.id == subscriber.id);
             if added {
-                subscribers.push(subscriber.clone());
+                local.subscribers.push(subscriber.clone());
             }
-            added && subscribers.len() == 1
+            // A channel still in its grace period has the engine's interest already.
+            let lingering = local.idle_since.take().is_some();
+            added && local.subscribers.len() == 1 && !lingering
         };
         if first_here && let Err(error) = self.engine.subscribe(std::slice::from_ref(channel)).await {
             self.remove(subscriber, channel);
@@ -191,21 +220,91 @@ impl Hub {
         }
     }
 
-    /// Removes the subscriber locally; returns (was subscribed, channel now has none here).
+    /// Removes the subscriber locally; returns (was subscribed, the engine's interest is to be
+    /// released now). With a grace period, the channel lingers instead and [`Hub::tick`]
+    /// releases it later.
     fn remove(&self, subscriber: &SubscriberHandle, channel: &ChannelName) -> (bool, bool) {
         let mut shard = self.shard(channel);
-        let Some(subscribers) = shard.get_mut(channel) else {
+        let Some(local) = shard.get_mut(channel) else {
             return (false, false);
         };
-        let Some(index) = subscribers.iter().position(|existing| existing.id == subscriber.id) else {
+        let Some(index) = local.subscribers.iter().position(|existing| existing.id == subscriber.id) else {
             return (false, false);
         };
-        subscribers.swap_remove(index);
-        let now_empty = subscribers.is_empty();
-        if now_empty {
-            shard.remove(channel);
+        local.subscribers.swap_remove(index);
+        if !local.subscribers.is_empty() {
+            return (true, false);
         }
-        (true, now_empty)
+        if self.presence.timing().grace.is_zero() {
+            shard.remove(channel);
+            (true, true)
+        } else {
+            local.idle_since = Some(Instant::now());
+            (true, false)
+        }
+    }
+
+    /// Periodic work, about once a second: releases the engine's interest in channels idle for
+    /// the grace period, and settles presence (leaves past their grace, lease refreshes).
+    pub async fn tick(&self) {
+        // Leaves first: a channel's last client leaves before the channel is vacated.
+        self.presence.tick(&*self.engine).await;
+        let grace = self.presence.timing().grace;
+        let now = Instant::now();
+        let mut released = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            shard.retain(|channel, local| {
+                let expired = local.idle_since.is_some_and(|since| now.duration_since(since) >= grace);
+                if expired {
+                    released.push(channel.clone());
+                }
+                !expired
+            });
+        }
+        self.release_interest(&released).await;
+    }
+
+    /// `entry.client` joins `channel`'s presence, if its namespace keeps presence: call after
+    /// subscribing it. Each call is undone by one [`Hub::leave_presence`].
+    pub async fn join_presence(&self, channel: &ChannelName, entry: PresenceEntry) {
+        if self.namespaces.options_for(channel).presence {
+            self.presence.hold(&*self.engine, channel, entry).await;
+        }
+    }
+
+    /// Undoes one [`Hub::join_presence`]. `graceful`: the connection ended, so the client
+    /// leaves only if it is not back within the grace period; otherwise (an unsubscribe) it
+    /// leaves now. Never waits on the engine; a leave that is due is made by the next
+    /// [`Hub::settle_presence`] or [`Hub::tick`].
+    pub fn leave_presence(&self, channel: &ChannelName, client: &str, graceful: bool) -> bool {
+        self.namespaces.options_for(channel).presence && self.presence.release(channel, client, graceful)
+    }
+
+    /// Makes a leave that [`Hub::leave_presence`] said is due.
+    pub async fn settle_presence(&self, channel: &ChannelName, client: &str) {
+        self.presence.settle(&*self.engine, &(channel.clone(), client.to_string())).await;
+    }
+
+    /// Presence entries this node holds, within their grace period included.
+    pub fn held_presence_entries(&self) -> usize {
+        self.presence.len()
+    }
+
+    /// The channel's presence (across nodes); `None` when its namespace keeps none.
+    pub async fn presence(&self, channel: &ChannelName) -> Result<Option<PresenceSnapshot>, HubError> {
+        if !self.namespaces.options_for(channel).presence {
+            return Ok(None);
+        }
+        Ok(Some(PresenceSnapshot { clients: self.engine.presence(channel).await? }))
+    }
+
+    /// How many clients are present; `None` when the namespace keeps no presence.
+    pub async fn presence_count(&self, channel: &ChannelName) -> Result<Option<usize>, HubError> {
+        if !self.namespaces.options_for(channel).presence {
+            return Ok(None);
+        }
+        Ok(Some(self.engine.presence_count(channel).await?))
     }
 
     pub async fn publish(&self, request: PublishRequest) -> Result<Published, HubError> {
@@ -231,7 +330,7 @@ impl Hub {
 
     /// Local subscriber count of one channel.
     pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
-        self.shard(channel).get(channel).map_or(0, Vec::len)
+        self.shard(channel).get(channel).map_or(0, |local| local.subscribers.len())
     }
 
     /// Channels with local subscribers and their counts, sorted by name.
@@ -241,7 +340,11 @@ impl Hub {
             .iter()
             .flat_map(|shard| {
                 let shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                shard.iter().map(|(channel, subscribers)| (channel.clone(), subscribers.len())).collect::<Vec<_>>()
+                shard
+                    .iter()
+                    .filter(|(_, local)| !local.subscribers.is_empty())
+                    .map(|(channel, local)| (channel.clone(), local.subscribers.len()))
+                    .collect::<Vec<_>>()
             })
             .collect();
         channels.sort_by(|a, b| a.0.cmp(&b.0));
@@ -269,19 +372,36 @@ fn is_recoverable(since: &Position, page: &HistoryPage) -> bool {
         && reaches_top
 }
 
-impl FanOut for Hub {
-    fn deliver(&self, publication: Arc<Publication>) {
-        let shard = self.shard(&publication.channel);
-        let Some(subscribers) = shard.get(&publication.channel) else {
+impl Hub {
+    /// Queues `push` for every local subscriber of `channel`.
+    fn push_to(&self, channel: &ChannelName, push: impl Fn() -> Push) {
+        let shard = self.shard(channel);
+        let Some(local) = shard.get(channel) else {
             return;
         };
-        for subscriber in subscribers {
-            match subscriber.queue.try_send(Push::Publication(publication.clone())) {
+        for subscriber in &local.subscribers {
+            match subscriber.queue.try_send(push()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => subscriber.lagged.cancel(),
                 // The session is ending and will unsubscribe.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
+        }
+    }
+}
+
+impl FanOut for Hub {
+    fn deliver(&self, publication: Arc<Publication>) {
+        self.push_to(&publication.channel, || Push::Publication(publication.clone()));
+    }
+
+    fn deliver_presence(&self, event: Arc<PresenceEvent>) {
+        self.push_to(&event.channel, || Push::Presence(event.clone()));
+    }
+
+    fn report(&self, event: ChannelEvent) {
+        if let Some(sink) = self.events.get() {
+            sink.channel_event(event);
         }
     }
 }
@@ -296,11 +416,15 @@ mod tests {
 
     fn hub(options: NamespaceOptions) -> Arc<Hub> {
         let namespaces = Arc::new(Namespaces::new(options, HashMap::new()));
-        Hub::new(Arc::new(MemoryEngine::new(namespaces.clone())), namespaces)
+        Hub::new(Arc::new(MemoryEngine::new(namespaces.clone())), namespaces, no_grace())
     }
 
     fn channel(name: &str) -> ChannelName {
         ChannelName::new(name).unwrap()
+    }
+
+    fn no_grace() -> PresenceTiming {
+        PresenceTiming { grace: std::time::Duration::ZERO, ..Default::default() }
     }
 
     async fn publish(hub: &Hub, name: &str, data: &str) -> Published {
@@ -311,8 +435,10 @@ mod tests {
 
     fn drain(inbox: &mut Inbox) -> Vec<(String, u64)> {
         let mut seen = Vec::new();
-        while let Ok(Push::Publication(p)) = inbox.queue.try_recv() {
-            seen.push((p.channel.to_string(), p.position.offset));
+        while let Ok(push) = inbox.queue.try_recv() {
+            if let Push::Publication(p) = push {
+                seen.push((p.channel.to_string(), p.position.offset));
+            }
         }
         seen
     }
@@ -373,6 +499,30 @@ mod tests {
             }
             self.inner.unsubscribe(channels).await
         }
+        async fn presence_join(
+            &self,
+            channel: &ChannelName,
+            entry: PresenceEntry,
+            lease: std::time::Duration,
+        ) -> Result<(), EngineError> {
+            self.inner.presence_join(channel, entry, lease).await
+        }
+        async fn presence_leave(&self, channel: &ChannelName, client: &str) -> Result<(), EngineError> {
+            self.inner.presence_leave(channel, client).await
+        }
+        async fn presence_refresh(
+            &self,
+            entries: &[(ChannelName, String)],
+            lease: std::time::Duration,
+        ) -> Result<(), EngineError> {
+            self.inner.presence_refresh(entries, lease).await
+        }
+        async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError> {
+            self.inner.presence(channel).await
+        }
+        async fn presence_count(&self, channel: &ChannelName) -> Result<usize, EngineError> {
+            self.inner.presence_count(channel).await
+        }
         async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryPage, EngineError> {
             let extra = self.publish_during_history.lock().unwrap().take();
             if let Some(request) = extra {
@@ -389,7 +539,7 @@ mod tests {
             interest: Mutex::new(HashMap::new()),
             publish_during_history: Mutex::new(None),
         });
-        (Hub::new(engine.clone(), namespaces), engine)
+        (Hub::new(engine.clone(), namespaces, no_grace()), engine)
     }
 
     #[tokio::test]
@@ -430,7 +580,7 @@ mod tests {
         let mut delivered = Vec::new();
         let queued = std::iter::from_fn(|| match inbox.queue.try_recv() {
             Ok(Push::Publication(publication)) => Some(publication),
-            Err(_) => None,
+            _ => None,
         });
         let everything: Vec<Arc<Publication>> = subscribed.missed.iter().cloned().chain(queued).collect();
         assert_eq!(everything.len(), 4, "offset 3 arrives twice: from history and live");

@@ -9,6 +9,8 @@
 //! - [`memory`]: the single-node in-memory engine;
 //! - [`durable`]: the storage trait for durable history, and the engine that sends durable
 //!   namespaces to it;
+//! - [`presence`]: presence entries, join/leave and channel lifecycle events, and this node's
+//!   side of presence (grace period, leases);
 //! - [`hub`]: local subscribers, fan-out through bounded per-connection queues, recovery.
 //!
 //! The core knows no HTTP, no socket, no wire format and no backend: it is pure logic on top of
@@ -21,6 +23,7 @@ pub mod hub;
 pub mod memory;
 pub mod namespace;
 pub mod position;
+pub mod presence;
 pub mod publication;
 
 pub use channel::{ChannelName, InvalidChannelName};
@@ -30,4 +33,8 @@ pub use hub::{Hub, HubError, Inbox, Push, Subscribed, SubscriberHandle};
 pub use memory::MemoryEngine;
 pub use namespace::{NamespaceOptions, Namespaces};
 pub use position::{Epoch, Position, PositionTracker};
+pub use presence::{
+    ChannelEvent, ChannelEventSink, LocalPresence, PresenceChange, PresenceEntry, PresenceEvent, PresenceSnapshot,
+    PresenceTiming,
+};
 pub use publication::{Payload, Publication};

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use tokio::time::Instant;
@@ -13,6 +13,7 @@ use crate::channel::ChannelName;
 use crate::engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishError, PublishRequest, Published};
 use crate::namespace::{NamespaceOptions, Namespaces};
 use crate::position::{Epoch, Position};
+use crate::presence::{ChannelEvent, PresenceChange, PresenceEntry, PresenceEvent};
 use crate::publication::Publication;
 
 const SHARDS: usize = 64;
@@ -34,6 +35,15 @@ struct ChannelStream {
     /// Local subscribers' interest; a channel with interest is never forgotten.
     interest: usize,
     last_used: Instant,
+    /// Present clients by client id, each with its lease's end and its join number.
+    presence: HashMap<String, PresentClient>,
+    joins: u64,
+}
+
+struct PresentClient {
+    entry: PresenceEntry,
+    expires: Instant,
+    joined: u64,
 }
 
 /// Idempotency keys in arrival order, so expired ones leave from the front.
@@ -64,6 +74,8 @@ impl ChannelStream {
             idempotency: IdempotencyKeys::default(),
             interest: 0,
             last_used: now,
+            presence: HashMap::new(),
+            joins: 0,
         }
     }
 
@@ -91,6 +103,7 @@ impl ChannelStream {
     /// Forgettable: nobody listens, nothing is kept, and it has been idle for the TTL.
     fn is_idle(&self, now: Instant, options: &NamespaceOptions) -> bool {
         self.interest == 0
+            && self.presence.is_empty()
             && self.history.is_empty()
             && self.idempotency.arrival.is_empty()
             && now.duration_since(self.last_used) >= options.history_ttl
@@ -154,6 +167,50 @@ impl MemoryEngine {
     }
 }
 
+impl MemoryEngine {
+    fn fan_out(&self) -> Option<Arc<dyn FanOut>> {
+        self.fan_out.get().and_then(Weak::upgrade)
+    }
+
+    /// Changes interest by `delta` on each channel, reporting a channel occupied or vacated as
+    /// its interest leaves or reaches zero (under its lock, so the reports alternate).
+    fn change_interest(&self, channels: &[ChannelName], delta: isize) {
+        let fan_out = self.fan_out();
+        for channel in channels {
+            self.with_stream(channel, |stream, _| {
+                let before = stream.interest;
+                stream.interest = before.saturating_add_signed(delta);
+                let event = match (before, stream.interest) {
+                    (0, 1..) => ChannelEvent::Occupied(channel.clone()),
+                    (1.., 0) => ChannelEvent::Vacated(channel.clone()),
+                    _ => return,
+                };
+                if let Some(fan_out) = &fan_out {
+                    fan_out.report(event);
+                }
+            });
+        }
+    }
+
+    /// Tells every subscriber (and the reports) that `entry` joined or left `channel`, when its
+    /// namespace wants to hear it.
+    fn announce(
+        &self,
+        fan_out: Option<&Arc<dyn FanOut>>,
+        channel: &ChannelName,
+        change: PresenceChange,
+        entry: PresenceEntry,
+    ) {
+        if !self.namespaces.options_for(channel).join_leave {
+            return;
+        }
+        let Some(fan_out) = fan_out else { return };
+        let event = Arc::new(PresenceEvent::new(channel.clone(), change, entry));
+        fan_out.deliver_presence(event.clone());
+        fan_out.report(ChannelEvent::Presence(event));
+    }
+}
+
 fn unix_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
@@ -165,22 +222,71 @@ impl Engine for MemoryEngine {
     }
 
     async fn publish(&self, batch: Vec<PublishRequest>) -> Vec<Result<Published, PublishError>> {
-        let fan_out = self.fan_out.get().and_then(Weak::upgrade);
+        let fan_out = self.fan_out();
         batch.into_iter().map(|request| Ok(self.publish_one(request, fan_out.as_ref()))).collect()
     }
 
     async fn subscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
-        for channel in channels {
-            self.with_stream(channel, |stream, _| stream.interest += 1);
-        }
+        self.change_interest(channels, 1);
         Ok(())
     }
 
     async fn unsubscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
-        for channel in channels {
-            self.with_stream(channel, |stream, _| stream.interest = stream.interest.saturating_sub(1));
+        self.change_interest(channels, -1);
+        Ok(())
+    }
+
+    async fn presence_join(
+        &self,
+        channel: &ChannelName,
+        entry: PresenceEntry,
+        lease: Duration,
+    ) -> Result<(), EngineError> {
+        let fan_out = self.fan_out();
+        self.with_stream(channel, |stream, now| {
+            if let Some(present) = stream.presence.get_mut(&entry.client) {
+                present.expires = now + lease;
+                return;
+            }
+            stream.joins += 1;
+            let present = PresentClient { entry: entry.clone(), expires: now + lease, joined: stream.joins };
+            stream.presence.insert(entry.client.clone(), present);
+            self.announce(fan_out.as_ref(), channel, PresenceChange::Join, entry);
+        });
+        Ok(())
+    }
+
+    async fn presence_leave(&self, channel: &ChannelName, client: &str) -> Result<(), EngineError> {
+        let fan_out = self.fan_out();
+        self.with_stream(channel, |stream, _| {
+            if let Some(present) = stream.presence.remove(client) {
+                self.announce(fan_out.as_ref(), channel, PresenceChange::Leave, present.entry);
+            }
+        });
+        Ok(())
+    }
+
+    async fn presence_refresh(&self, entries: &[(ChannelName, String)], lease: Duration) -> Result<(), EngineError> {
+        for (channel, client) in entries {
+            self.with_stream(channel, |stream, now| {
+                if let Some(present) = stream.presence.get_mut(client) {
+                    present.expires = now + lease;
+                }
+            });
         }
         Ok(())
+    }
+
+    async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError> {
+        Ok(self.with_stream(channel, |stream, _| {
+            let mut present: Vec<&PresentClient> = stream.presence.values().collect();
+            present.sort_unstable_by_key(|present| present.joined);
+            present.into_iter().map(|present| present.entry.clone()).collect()
+        }))
+    }
+
+    async fn presence_count(&self, channel: &ChannelName) -> Result<usize, EngineError> {
+        Ok(self.with_stream(channel, |stream, _| stream.presence.len()))
     }
 
     async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryPage, EngineError> {
@@ -201,11 +307,24 @@ impl Engine for MemoryEngine {
 
     async fn sweep(&self) {
         let now = Instant::now();
+        let fan_out = self.fan_out();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             shard.retain(|channel, stream| {
                 let options = self.namespaces.options_for(channel);
                 stream.expire(now, options);
+                // Entries whose node stopped refreshing them (it crashed, or lost track) leave.
+                let expired: Vec<String> = stream
+                    .presence
+                    .iter()
+                    .filter(|(_, present)| present.expires <= now)
+                    .map(|(client, _)| client.clone())
+                    .collect();
+                for client in expired {
+                    if let Some(present) = stream.presence.remove(&client) {
+                        self.announce(fan_out.as_ref(), channel, PresenceChange::Leave, present.entry);
+                    }
+                }
                 !stream.is_idle(now, options)
             });
         }

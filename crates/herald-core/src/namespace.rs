@@ -20,6 +20,10 @@ pub struct NamespaceOptions {
     pub anonymous: bool,
     /// How long an idempotency key is remembered after its publish.
     pub idempotency_window: Duration,
+    /// Whether the channels keep track of who is subscribed.
+    pub presence: bool,
+    /// Whether joins and leaves are pushed to subscribers (needs `presence`).
+    pub join_leave: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -31,6 +35,8 @@ impl Default for NamespaceOptions {
             client_publish: true,
             anonymous: true,
             idempotency_window: Duration::from_secs(300),
+            presence: false,
+            join_leave: false,
         }
     }
 }

@@ -20,31 +20,45 @@ pub struct Publication {
     /// Milliseconds since the Unix epoch when the engine accepted it.
     pub time_ms: u64,
     /// The edge's encoded form, made by whichever subscriber needs it first.
-    encoded: OnceLock<Box<dyn Any + Send + Sync>>,
+    encoded: EncodedSlot,
 }
 
 impl Publication {
     pub fn new(channel: ChannelName, position: Position, data: Payload, time_ms: u64) -> Self {
-        Self { channel, position, data, time_ms, encoded: OnceLock::new() }
+        Self { channel, position, data, time_ms, encoded: EncodedSlot::default() }
     }
 
     /// The encoded form of this publication, made by `encode` on first use and shared after.
-    ///
-    /// The core does not know wire formats; the server picks one type `T` holding all the forms
-    /// it needs. Should another `T` ever be asked for, it is encoded afresh (slower, still right).
     pub fn encoded<T>(&self, encode: impl FnOnce(&Publication) -> T) -> T
     where
         T: Any + Clone + Send + Sync,
     {
+        self.encoded.get_or_encode(|| encode(self))
+    }
+}
+
+/// A slot for the encoded form of something pushed to many subscribers, filled by the first
+/// one that needs it.
+///
+/// The core does not know wire formats; the server picks one type `T` holding all the forms it
+/// needs. Should another `T` ever be asked for, it is encoded afresh (slower, still right).
+#[derive(Default)]
+pub struct EncodedSlot(OnceLock<Box<dyn Any + Send + Sync>>);
+
+impl EncodedSlot {
+    pub fn get_or_encode<T>(&self, encode: impl FnOnce() -> T) -> T
+    where
+        T: Any + Clone + Send + Sync,
+    {
         let mut encode = Some(encode);
-        let cached = self.encoded.get_or_init(|| {
+        let cached = self.0.get_or_init(|| {
             let encode = encode.take().expect("get_or_init runs its closure at most once");
-            Box::new(encode(self))
+            Box::new(encode())
         });
         match (cached.downcast_ref::<T>(), encode) {
             (Some(value), _) => value.clone(),
             // Another type is cached, so our closure never ran and is still here.
-            (None, Some(encode)) => encode(self),
+            (None, Some(encode)) => encode(),
             (None, None) => unreachable!("a value encoded just now has the asked-for type"),
         }
     }

@@ -1,5 +1,5 @@
-//! The server API under `/api`: publish, broadcast, channels and history, for backends holding
-//! an API key (`Authorization: Bearer <key>`).
+//! The server API under `/api`: publish, broadcast, channels, history and presence, for
+//! backends holding an API key (`Authorization: Bearer <key>`).
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -247,14 +247,18 @@ async fn broadcast(
     Ok(Json(serde_json::json!({ "results": results })))
 }
 
-async fn channels(_access: ApiAccess, State(app): State<AppState>) -> Json<serde_json::Value> {
-    let channels: Vec<serde_json::Value> = app
-        .hub
-        .channels()
-        .into_iter()
-        .map(|(channel, subscribers)| serde_json::json!({ "channel": channel.as_str(), "subscribers": subscribers }))
-        .collect();
-    Json(serde_json::json!({ "channels": channels }))
+/// Channels with subscribers on this node, with their counts, and the (cluster-wide) number of
+/// present clients where the namespace keeps presence.
+async fn channels(_access: ApiAccess, State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut channels = Vec::new();
+    for (channel, subscribers) in app.hub.channels() {
+        let mut entry = serde_json::json!({ "channel": channel.as_str(), "subscribers": subscribers });
+        if let Some(present) = app.hub.presence_count(&channel).await? {
+            entry["presence"] = present.into();
+        }
+        channels.push(entry);
+    }
+    Ok(Json(serde_json::json!({ "channels": channels })))
 }
 
 #[derive(Deserialize)]
@@ -283,11 +287,14 @@ async fn channel_resource(
                 query.map_err(|rejection| ApiError::bad_request("bad_request", rejection.body_text()))?;
             history(access, app, channel_name(channel)?, params).await
         }
-        "presence" => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_available",
-            "presence is not available in this build yet",
-        )),
+        "presence" => {
+            let channel = channel_name(channel)?;
+            let snapshot = app.hub.presence(&channel).await?.ok_or_else(|| {
+                let error = crate::presence::not_kept(&channel);
+                ApiError::new(StatusCode::BAD_REQUEST, error.code, error.message)
+            })?;
+            Ok(Json(crate::presence::snapshot_json(&snapshot)).into_response())
+        }
         _ => Err(ApiError::not_found()),
     }
 }

@@ -39,6 +39,8 @@ pub struct RawConfig {
     pub streaming: RawStreaming,
     #[serde(default)]
     pub poll: RawPoll,
+    #[serde(default)]
+    pub presence: RawPresence,
     pub redis: Option<RawRedis>,
     pub nats: Option<RawNats>,
     pub storage: Option<RawStorage>,
@@ -135,6 +137,13 @@ pub struct RawPoll {
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawPresence {
+    pub grace_period: Option<String>,
+    pub lease: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawRedis {
     #[serde(default)]
     pub urls: Vec<String>,
@@ -206,6 +215,8 @@ pub struct Settings {
     pub streaming: StreamingSettings,
     pub poll: PollSettings,
     pub limits: Limits,
+    /// Presence's grace period (also how long an empty channel waits to be vacated) and lease.
+    pub presence: herald_core::PresenceTiming,
     /// How long shutdown waits for connections to finish before giving up on them.
     pub shutdown_grace: Duration,
     /// TLS termination by Herald itself; `None`: plain HTTP (or a proxy in front terminates).
@@ -477,6 +488,13 @@ impl Settings {
         if poll.default_timeout > poll.max_timeout {
             return Err(invalid("poll.default_timeout", "must not be longer than poll.max_timeout"));
         }
+        let presence = herald_core::PresenceTiming {
+            grace: duration_or_zero("presence.grace_period", raw.presence.grace_period.as_deref(), "5s")?,
+            lease: duration("presence.lease", raw.presence.lease.as_deref(), "30s")?,
+        };
+        if presence.lease < Duration::from_secs(3) {
+            return Err(invalid("presence.lease", "must be at least 3s (it is refreshed every third of it)"));
+        }
 
         Ok(Self {
             listen,
@@ -498,6 +516,7 @@ impl Settings {
             websocket,
             streaming,
             poll,
+            presence,
             limits,
             shutdown_grace: duration("shutdown_grace", raw.shutdown_grace.as_deref(), "10s")?,
             tls,
@@ -570,12 +589,14 @@ fn duration_or_zero(key: &str, text: Option<&str>, default: &str) -> Result<Dura
 fn namespace_options(key: &str, raw: &RawNamespace, auth: bool) -> Result<NamespaceOptions, ConfigError> {
     // With [auth], namespaces are closed to anonymous clients unless they say otherwise.
     let defaults = NamespaceOptions { anonymous: !auth, ..NamespaceOptions::default() };
-    for (flag, value) in [("presence", raw.presence), ("join_leave", raw.join_leave)] {
-        if value == Some(true) {
-            return Err(invalid(format!("{key}.{flag}"), "not available in this build yet"));
-        }
+    let presence = raw.presence.unwrap_or(defaults.presence);
+    let join_leave = raw.join_leave.unwrap_or(defaults.join_leave);
+    if join_leave && !presence {
+        return Err(invalid(format!("{key}.join_leave"), "join and leave events need presence = true"));
     }
     Ok(NamespaceOptions {
+        presence,
+        join_leave,
         history_size: raw.history_size.unwrap_or(defaults.history_size),
         history_ttl: match &raw.history_ttl {
             Some(text) => parse_duration(&format!("{key}.history_ttl"), text)?,
@@ -629,6 +650,7 @@ fn herald_env() -> Env {
         "limits",
         "streaming",
         "poll",
+        "presence",
         "redis",
         "nats",
         "storage",

@@ -1,9 +1,13 @@
 //! Cursors: the opaque, URL-safe strings that SSE ids, NDJSON lines and poll responses carry,
 //! encoding the position of every channel of one subscription.
 //!
-//! Layout (version 1), then base64url without padding:
-//! `[1] [count: varint] count × ([channel: crc32 of name, 4 bytes] [epoch length: 1 byte]
-//! [epoch] [offset: varint]) [crc32 of all before: 4 bytes]`.
+//! Layout (version 2), then base64url without padding:
+//! `[2] [client id: 16 bytes] [count: varint] count × ([channel: crc32 of name, 4 bytes]
+//! [epoch length: 1 byte] [epoch] [offset: varint]) [crc32 of all before: 4 bytes]`.
+//! Version 1 (the same without the client id) is still read.
+//!
+//! The client id makes an HTTP client's requests one client in presence: each poll, and an
+//! `EventSource` reconnecting with `Last-Event-ID`, carries it.
 //!
 //! The checksum makes garbage and truncated cursors a clear error. A hand-made cursor that
 //! passes it cannot produce wrong data either: each position is checked against the channel's
@@ -13,7 +17,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_core::{ChannelName, Epoch, Position, PositionTracker};
 
-const VERSION: u8 = 1;
+use crate::presence::ClientId;
+
+const VERSION: u8 = 2;
+const VERSION_WITHOUT_CLIENT: u8 = 1;
 /// Longer cursors are refused before decoding.
 pub const MAX_CURSOR_LEN: usize = 16 * 1024;
 
@@ -36,6 +43,8 @@ pub enum CursorError {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Cursor {
     entries: Vec<(u32, Position)>,
+    /// The client it was given to (absent in version 1 cursors).
+    pub client: Option<ClientId>,
 }
 
 fn channel_hash(channel: &ChannelName) -> u32 {
@@ -43,10 +52,11 @@ fn channel_hash(channel: &ChannelName) -> u32 {
 }
 
 impl Cursor {
-    /// The cursor for the positions `tracker` holds on `channels`, in that order.
-    pub fn encode(tracker: &PositionTracker, channels: &[ChannelName]) -> String {
-        let mut bytes = Vec::with_capacity(8 + channels.len() * 20);
+    /// The cursor of `client` for the positions `tracker` holds on `channels`, in that order.
+    pub fn encode(tracker: &PositionTracker, channels: &[ChannelName], client: ClientId) -> String {
+        let mut bytes = Vec::with_capacity(24 + channels.len() * 20);
         bytes.push(VERSION);
+        bytes.extend_from_slice(&client.to_bytes());
         let tracked: Vec<(&ChannelName, &Position)> =
             channels.iter().filter_map(|channel| tracker.get(channel).map(|position| (channel, position))).collect();
         write_varint(&mut bytes, tracked.len() as u64);
@@ -77,9 +87,13 @@ impl Cursor {
         }
         let mut reader = Reader { bytes: body };
         let version = reader.byte()?;
-        if version != VERSION {
-            return Err(CursorError::Version(version));
-        }
+        let client = match version {
+            VERSION => Some(ClientId::from_bytes(
+                reader.take(16)?.try_into().map_err(|_| CursorError::Malformed("client id"))?,
+            )),
+            VERSION_WITHOUT_CLIENT => None,
+            other => return Err(CursorError::Version(other)),
+        };
         let count = reader.varint()?;
         if count > 10_000 {
             return Err(CursorError::Malformed("too many channels"));
@@ -95,7 +109,7 @@ impl Cursor {
         if !reader.bytes.is_empty() {
             return Err(CursorError::Malformed("trailing bytes"));
         }
-        Ok(Self { entries })
+        Ok(Self { entries, client })
     }
 
     /// The position this cursor holds for `channel`, if any.
@@ -163,17 +177,32 @@ mod tests {
     #[test]
     fn round_trips_positions_and_is_url_safe() {
         let channels = [channel("a"), channel("chat:lobby")];
-        let text = Cursor::encode(&tracker(&[("a", "e1", 0), ("chat:lobby", "xyz", 300_000)]), &channels);
+        let client = ClientId::random();
+        let text = Cursor::encode(&tracker(&[("a", "e1", 0), ("chat:lobby", "xyz", 300_000)]), &channels, client);
         assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{text}");
         let cursor = Cursor::decode(&text).unwrap();
         assert_eq!(cursor.position_for(&channels[1]), Some(&Position { epoch: Epoch::new("xyz"), offset: 300_000 }));
         assert_eq!(cursor.position_for(&channels[0]).unwrap().offset, 0);
         assert_eq!(cursor.position_for(&channel("b")), None);
+        assert_eq!(cursor.client, Some(client));
+    }
+
+    #[test]
+    fn version_1_cursors_are_still_read() {
+        // [1] [1 channel] [crc32("a")] [2] "e1" [5] [checksum]
+        let mut bytes = vec![1, 1];
+        bytes.extend_from_slice(&crc32fast::hash(b"a").to_be_bytes());
+        bytes.extend_from_slice(&[2, b'e', b'1', 5]);
+        let checksum = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&checksum.to_be_bytes());
+        let cursor = Cursor::decode(&URL_SAFE_NO_PAD.encode(&bytes)).unwrap();
+        assert_eq!(cursor.position_for(&channel("a")), Some(&Position { epoch: Epoch::new("e1"), offset: 5 }));
+        assert_eq!(cursor.client, None);
     }
 
     #[test]
     fn garbage_and_tampering_are_refused() {
-        let text = Cursor::encode(&tracker(&[("a", "e1", 5)]), &[channel("a")]);
+        let text = Cursor::encode(&tracker(&[("a", "e1", 5)]), &[channel("a")], ClientId::random());
         assert_eq!(Cursor::decode("not a cursor!"), Err(CursorError::NotBase64));
         assert!(Cursor::decode("").is_err());
         assert!(Cursor::decode(&text[..text.len() - 2]).is_err());

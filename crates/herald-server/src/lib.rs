@@ -12,6 +12,7 @@ pub mod error;
 pub mod jwks;
 pub mod metrics;
 pub mod pages;
+pub mod presence;
 pub mod server;
 pub mod transport;
 pub mod wire;

@@ -45,6 +45,15 @@ pub fn published(via: &'static str) {
     metrics::counter!("herald_publishes_total", "via" => via).increment(1);
 }
 
+/// Counts channel events (`channel.occupied`, `presence.join`, ...) by type.
+pub struct ChannelEventCounter;
+
+impl herald_core::ChannelEventSink for ChannelEventCounter {
+    fn channel_event(&self, event: herald_core::ChannelEvent) {
+        metrics::counter!("herald_channel_events_total", "type" => event.kind()).increment(1);
+    }
+}
+
 /// `GET /metrics`.
 pub async fn scrape(State(app): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("herald_connections_open").set(app.connections.open_connections() as f64);

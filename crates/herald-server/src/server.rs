@@ -27,7 +27,10 @@ use crate::config::Settings;
 use crate::wiring;
 
 /// How often engine housekeeping (history expiry, idle channels) runs.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the hub's periodic work runs (presence grace and leases, idle channels).
+const TICK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the engine's housekeeping runs, in ticks.
+const SWEEP_EVERY_TICKS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -141,11 +144,17 @@ pub fn start_on(listener: TcpListener, settings: Settings, hub: Arc<Hub>) -> std
 
     let sweeper_shutdown = shutdown.clone();
     tasks.spawn(async move {
-        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-        loop {
+        let mut tick = tokio::time::interval(TICK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for count in 0u32.. {
             tokio::select! {
                 () = sweeper_shutdown.cancelled() => break,
-                _ = tick.tick() => hub.sweep().await,
+                _ = tick.tick() => {
+                    hub.tick().await;
+                    if count % SWEEP_EVERY_TICKS == 0 {
+                        hub.sweep().await;
+                    }
+                }
             }
         }
     });

@@ -22,27 +22,33 @@ pub struct EncodedPublication {
 impl EncodedPublication {
     pub fn of(publication: &Publication) -> Self {
         publication.encoded(|publication| {
-            let json = publication_json(publication);
-            let mut frame = Vec::with_capacity(json.len() + 10);
-            frame.push(0x81); // FIN + text
-            match json.len() {
-                len @ 0..=125 => frame.push(len as u8),
-                len @ 126..=0xffff => {
-                    frame.push(126);
-                    frame.extend_from_slice(&(len as u16).to_be_bytes());
-                }
-                len => {
-                    frame.push(127);
-                    frame.extend_from_slice(&(len as u64).to_be_bytes());
-                }
-            }
-            let header_len = frame.len();
-            frame.extend_from_slice(json.as_bytes());
-            let ws_frame = Bytes::from(frame);
-            let json = Utf8Bytes::try_from(ws_frame.slice(header_len..)).unwrap_or_else(|_| Utf8Bytes::from(json));
+            let (json, ws_frame) = text_frame(publication_json(publication));
             Self { json, ws_frame }
         })
     }
+}
+
+/// `json` as an unmasked, final WebSocket text frame (header + payload), and the JSON itself as
+/// a view into the same allocation: a server's frame is the same bytes for every connection.
+pub fn text_frame(json: String) -> (Utf8Bytes, Bytes) {
+    let mut frame = Vec::with_capacity(json.len() + 10);
+    frame.push(0x81); // FIN + text
+    match json.len() {
+        len @ 0..=125 => frame.push(len as u8),
+        len @ 126..=0xffff => {
+            frame.push(126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    let header_len = frame.len();
+    frame.extend_from_slice(json.as_bytes());
+    let ws_frame = Bytes::from(frame);
+    let json = Utf8Bytes::try_from(ws_frame.slice(header_len..)).unwrap_or_else(|_| Utf8Bytes::from(json));
+    (json, ws_frame)
 }
 
 fn publication_json(publication: &Publication) -> String {

@@ -29,5 +29,7 @@ pub async fn hub(settings: &Settings) -> Result<Arc<Hub>, StorageOpenError> {
     let engine: Arc<dyn Engine> = match settings.engine {
         EngineKind::Memory => Arc::new(DurableEngine::new(namespaces.clone(), storage)),
     };
-    Ok(Hub::new(engine, namespaces))
+    let hub = Hub::new(engine, namespaces, settings.presence);
+    hub.set_event_sink(Arc::new(crate::metrics::ChannelEventCounter));
+    Ok(hub)
 }

@@ -71,6 +71,10 @@ impl FanOut for Recorder {
     fn deliver(&self, publication: Arc<Publication>) {
         self.0.lock().unwrap().push((publication.channel.to_string(), publication.position.offset));
     }
+
+    // Storage deals in publications only.
+    fn deliver_presence(&self, _event: Arc<herald_core::PresenceEvent>) {}
+    fn report(&self, _event: herald_core::ChannelEvent) {}
 }
 
 pub async fn positions_history_and_idempotency_survive_a_restart(backend: &dyn Backend) {

@@ -1,8 +1,9 @@
 //! Long- and short-polling: `GET /poll?channel=..[&since=CURSOR][&timeout=S]`.
 //!
 //! A poll answers at once with what was missed after the cursor; otherwise it parks (an async
-//! wait on its queue: no thread, no busy loop) until a publication arrives or the timeout ends.
-//! `timeout=0` is the short poll: it only reads, never subscribes.
+//! wait on its queue: no thread, no busy loop) until a publication (or a join or leave, in
+//! `join_leave` namespaces: the answer's `events`) arrives or the timeout ends.
+//! `timeout=0` is the short poll: it only reads, never subscribes (nor joins presence).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,10 +11,11 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use herald_core::{Publication, Push};
+use herald_core::{PresenceEvent, Publication, Push};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::presence::EncodedPresence;
 use crate::transport::limits::ConnectionKind;
 use crate::transport::origin::check_origin;
 use crate::transport::subscription::{HttpSubscription, SubscriptionQuery, parse_timeout};
@@ -47,12 +49,13 @@ async fn answer(
     let (mut subscription, mut inbox, opening) = HttpSubscription::open(&app, &query, live, max + 16).await?;
 
     let mut messages: Vec<Arc<Publication>> = Vec::new();
+    let mut events: Vec<Arc<PresenceEvent>> = Vec::new();
     take(&mut subscription, &mut messages, opening.missed.iter().cloned(), max);
     if messages.is_empty() && opening.unrecovered.is_empty() && live {
         let deadline = tokio::time::Instant::now() + wait;
         let before_wait = subscription.positions.clone();
         let mut batch = Vec::with_capacity(16);
-        while messages.is_empty() {
+        while messages.is_empty() && events.is_empty() {
             tokio::select! {
                 biased;
                 () = app.shutdown.cancelled() => break,
@@ -61,8 +64,12 @@ async fn answer(
                     if received == 0 {
                         break;
                     }
-                    let publications = batch.drain(..).map(|push| match push {
-                        Push::Publication(publication) => publication,
+                    let publications = batch.drain(..).filter_map(|push| match push {
+                        Push::Publication(publication) => Some(publication),
+                        Push::Presence(event) => {
+                            events.push(event);
+                            None
+                        }
                     });
                     take(&mut subscription, &mut messages, publications, max);
                 }
@@ -84,10 +91,20 @@ async fn answer(
     let cursor_header = HeaderValue::from_str(&cursor).map_err(|_| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cursor is not a valid header value")
     })?;
-    if messages.is_empty() && opening.unrecovered.is_empty() {
+    if messages.is_empty() && events.is_empty() && opening.unrecovered.is_empty() {
         return Ok((StatusCode::NO_CONTENT, [(CURSOR_HEADER, cursor_header)]).into_response());
     }
     let mut body = format!("{{\"messages\":{},\"cursor\":\"{cursor}\"", publications_array(&messages));
+    if !events.is_empty() {
+        body.push_str(",\"events\":[");
+        for (index, event) in events.iter().enumerate() {
+            if index > 0 {
+                body.push(',');
+            }
+            body.push_str(&String::from_utf8_lossy(&EncodedPresence::of(event).typed));
+        }
+        body.push(']');
+    }
     if !opening.unrecovered.is_empty() {
         let notices: Vec<serde_json::Value> = opening.unrecovered.iter().map(|notice| notice.json()).collect();
         body.push_str(&format!(",\"recovery\":{}", serde_json::Value::from(notices)));

@@ -22,6 +22,7 @@ use tokio::time::{MissedTickBehavior, timeout};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::presence::EncodedPresence;
 use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 use crate::transport::origin::check_origin;
 use crate::transport::subscription::{HttpSubscription, Opening, SubscriptionQuery, Unrecovered};
@@ -80,6 +81,25 @@ impl StreamFormat {
                 out.put_slice(b",\"cursor\":\"");
                 out.put_slice(cursor.as_bytes());
                 out.put_slice(b"\"}\n");
+            }
+        }
+    }
+
+    /// A join or leave: a named SSE event (`join`/`leave`) without an id, so the cursor the
+    /// browser resumes from stays the last publication's; a typed NDJSON line.
+    fn presence(self, out: &mut BytesMut, event: &herald_core::PresenceEvent) {
+        let encoded = EncodedPresence::of(event);
+        match self {
+            Self::Sse => {
+                out.put_slice(b"event: ");
+                out.put_slice(event.change.as_str().as_bytes());
+                out.put_slice(b"\ndata: ");
+                out.put_slice(encoded.json.as_bytes());
+                out.put_slice(b"\n\n");
+            }
+            Self::Ndjson => {
+                out.put_slice(&encoded.typed);
+                out.put_slice(b"\n");
             }
         }
     }
@@ -241,9 +261,14 @@ async fn run_stream(
                     return;
                 }
                 for push in batch.drain(..) {
-                    let Push::Publication(publication) = push;
-                    if subscription.positions.advance(&publication) {
-                        format.publication(&mut chunk, &EncodedPublication::of(&publication), &subscription.cursor());
+                    match push {
+                        Push::Publication(publication) => {
+                            if subscription.positions.advance(&publication) {
+                                let encoded = EncodedPublication::of(&publication);
+                                format.publication(&mut chunk, &encoded, &subscription.cursor());
+                            }
+                        }
+                        Push::Presence(event) => format.presence(&mut chunk, &event),
                     }
                 }
             }

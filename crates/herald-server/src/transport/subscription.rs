@@ -1,6 +1,6 @@
 //! What the HTTP transports (SSE, NDJSON, poll) share: reading `channel=` and `since=` (or
-//! `Last-Event-ID`), subscribing every channel with recovery, the cursor, and cleaning up at
-//! once when the subscription is dropped, wherever that happens.
+//! `Last-Event-ID`), subscribing every channel with recovery, presence, the cursor, and
+//! cleaning up at once when the subscription is dropped, wherever that happens.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use crate::app::AppState;
 use crate::auth::Identity;
 use crate::cursor::Cursor;
 use crate::error::ApiError;
+use crate::presence::ClientId;
 use crate::wire::WirePosition;
 
 /// A parsed `?channel=A&channel=B&since=CURSOR[&timeout=S][&token=JWT]` query.
@@ -106,6 +107,10 @@ pub struct HttpSubscription {
     channels: Vec<ChannelName>,
     live: bool,
     pub positions: PositionTracker,
+    /// The client, kept across requests in the cursor.
+    client: ClientId,
+    /// Channels whose presence this subscription holds.
+    present: Vec<ChannelName>,
 }
 
 /// What opening found: publications missed since the cursor (oldest first per channel) and
@@ -125,8 +130,16 @@ impl HttpSubscription {
         queue_capacity: usize,
     ) -> Result<(Self, Inbox, Opening), ApiError> {
         let (subscriber, inbox) = app.hub.connect(queue_capacity);
-        let mut subscription =
-            Self { app: app.clone(), subscriber, channels: Vec::new(), live, positions: PositionTracker::default() };
+        let client = query.cursor.as_ref().and_then(|cursor| cursor.client).unwrap_or_else(ClientId::random);
+        let mut subscription = Self {
+            app: app.clone(),
+            subscriber,
+            channels: Vec::new(),
+            live,
+            positions: PositionTracker::default(),
+            client,
+            present: Vec::new(),
+        };
         let mut opening = Opening { missed: Vec::new(), unrecovered: Vec::new() };
         let mut missed_per_channel = Vec::with_capacity(query.channels.len());
         for channel in &query.channels {
@@ -150,6 +163,11 @@ impl HttpSubscription {
             }
             subscription.positions.track(channel.clone(), start);
             missed_per_channel.push(subscribed.missed);
+            if live {
+                // Registered before the await, like the channel, for the same reason.
+                subscription.present.push(channel.clone());
+                app.hub.join_presence(channel, crate::presence::entry(&query.identity, client)).await;
+            }
         }
         opening.missed = merge_by_time(missed_per_channel);
         Ok((subscription, inbox, opening))
@@ -157,7 +175,7 @@ impl HttpSubscription {
 
     /// The cursor after everything delivered so far.
     pub fn cursor(&self) -> String {
-        Cursor::encode(&self.positions, &self.channels)
+        Cursor::encode(&self.positions, &self.channels, self.client)
     }
 }
 
@@ -166,7 +184,12 @@ impl Drop for HttpSubscription {
         if !self.live {
             return;
         }
-        // Local delivery stops now; the engine hears of it from a tracked task.
+        // Local delivery stops now; the engine hears of it from a tracked task. The client
+        // stays present for the grace period: its next poll or reconnect keeps it there.
+        let client = self.client.to_string();
+        for channel in &self.present {
+            self.app.hub.leave_presence(channel, &client, true);
+        }
         let emptied = self.app.hub.detach(&self.subscriber, &self.channels);
         if !emptied.is_empty() {
             let hub = self.app.hub.clone();

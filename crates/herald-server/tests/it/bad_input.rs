@@ -32,7 +32,7 @@ async fn malformed_and_incomplete_commands_get_error_replies() {
         (r#"{"id":6,"op":"publish","channel":"a"}"#, Some(6), "missing_field"),
         (r#"{"id":7,"op":"subscribe","channel":"a","since":{"epoch":1}}"#, Some(7), "bad_request"),
         (r#"{"id":8,"op":"unsubscribe","channel":"never"}"#, Some(8), "not_subscribed"),
-        (r#"{"id":9,"op":"presence","channel":"a"}"#, Some(9), "not_available"),
+        (r#"{"id":9,"op":"presence","channel":"a"}"#, Some(9), "presence_disabled"),
     ];
     for (text, id, code) in cases {
         let reply = reply_to(&mut client, text).await;

@@ -12,6 +12,7 @@ mod limits;
 mod mixed_transports;
 mod node_client;
 mod poll;
+mod presence;
 mod python_client;
 mod shutdown;
 mod tls;

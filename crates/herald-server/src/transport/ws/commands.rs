@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::MAX_HISTORY_LIMIT;
 use super::session::Session;
+use crate::presence::ClientId;
 use crate::wire::{
     ErrorBody, WirePosition, idempotency_key, json_payload, present_raw_value, publications_array, published_json,
 };
@@ -32,16 +33,34 @@ where
             Op::Unsubscribe => self.unsubscribe(id, &command).await,
             Op::Publish => self.publish(id, &command).await,
             Op::History => self.history(id, &command).await,
-            Op::Presence => Err(ErrorBody::new("not_available", "presence is not available in this build yet")),
+            Op::Presence => self.presence(id, &command).await,
         };
         outcome.unwrap_or_else(|error| vec![error_reply(Some(id), error)])
     }
 
-    /// `connect {token}` (or `refresh {token}`, which must keep the same user): the connection
-    /// takes on the token's identity, keeping its subscriptions.
+    /// `connect {token?, client?}` (or `refresh {token}`, which must keep the same user): the
+    /// connection takes on the token's identity, keeping its subscriptions, and, before any
+    /// subscription, may take back the client id of an earlier connection (so a quick
+    /// reconnect does not leave and join presence again). The reply says who and which client
+    /// this is.
     fn connect(&mut self, id: u64, command: &CommandFrame<'_>, refresh: bool) -> Result<Vec<Message>, ErrorBody> {
-        let token =
-            command.token.as_deref().ok_or_else(|| ErrorBody::new("missing_field", "missing field \"token\""))?;
+        if let Some(client) = command.client.as_deref() {
+            let client = ClientId::parse(client)?;
+            if refresh {
+                return Err(ErrorBody::new("bad_request", "a client id is taken back on connect, not refresh"));
+            }
+            if !self.positions.is_empty() {
+                return Err(ErrorBody::new("already_subscribed", "take back a client id before subscribing"));
+            }
+            self.client = client;
+        }
+        let Some(token) = command.token.as_deref() else {
+            if refresh {
+                return Err(ErrorBody::new("missing_field", "missing field \"token\""));
+            }
+            let result = serde_json::json!({ "client": self.client.to_string(), "user": self.identity.user() });
+            return Ok(vec![result_reply(id, result.to_string())]);
+        };
         let Some(auth) = self.app.settings.auth.as_deref() else {
             return Err(ErrorBody::new("auth_not_configured", "this server has no [auth]: every client is anonymous"));
         };
@@ -65,7 +84,8 @@ where
             crate::auth::may_subscribe(&identity, self.app.hub.namespaces().options_for(channel), channel)
                 .map_err(|denied| ErrorBody::new(denied.code(), format!("{denied}; unsubscribe first")))?;
         }
-        let result = serde_json::json!({ "user": claims.sub, "expires": claims.exp });
+        let result =
+            serde_json::json!({ "client": self.client.to_string(), "user": claims.sub, "expires": claims.exp });
         self.set_identity(crate::auth::Identity::User(Box::new(claims)));
         Ok(vec![result_reply(id, result.to_string())])
     }
@@ -93,6 +113,7 @@ where
             _ => subscribed.position.clone(),
         };
         self.positions.track(channel.clone(), start);
+        self.app.hub.join_presence(&channel, crate::presence::entry(&self.identity, self.client)).await;
         let mut result = serde_json::json!({
             "channel": channel.as_str(),
             "position": WirePosition::from(&subscribed.position),
@@ -111,7 +132,26 @@ where
             return Err(ErrorBody::new("not_subscribed", format!("not subscribed to {channel}")));
         }
         self.app.hub.unsubscribe(&self.subscriber, &channel).await;
+        let client = self.client.to_string();
+        if self.app.hub.leave_presence(&channel, &client, false) {
+            self.app.hub.settle_presence(&channel, &client).await;
+        }
         Ok(vec![result_reply(id, "{}".to_string())])
+    }
+
+    /// `presence {channel}`: who is there, for clients that may read the channel.
+    async fn presence(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
+        let channel = command.channel()?;
+        crate::auth::may_subscribe(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
+            .map_err(|denied| ErrorBody::new(denied.code(), denied.to_string()))?;
+        let snapshot = self
+            .app
+            .hub
+            .presence(&channel)
+            .await
+            .map_err(|error| ErrorBody::new("engine_unavailable", error.to_string()))?
+            .ok_or_else(|| crate::presence::not_kept(&channel))?;
+        Ok(vec![result_reply(id, crate::presence::snapshot_json(&snapshot).to_string())])
     }
 
     async fn publish(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
@@ -249,6 +289,7 @@ pub struct CommandFrame<'a> {
     limit: Option<usize>,
     reverse: Option<bool>,
     token: Option<String>,
+    client: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -21,6 +21,7 @@ use super::close_code;
 use super::commands::error_reply;
 use crate::app::AppState;
 use crate::auth::Identity;
+use crate::presence::{ClientId, EncodedPresence};
 use crate::wire::{EncodedPublication, ErrorBody, WirePosition};
 
 /// Pushes written per flush at most.
@@ -43,6 +44,7 @@ where
         pending: VecDeque::new(),
         guard,
         identity: Identity::Anonymous,
+        client: ClientId::random(),
         expiry: None,
         publish_rate: None,
     };
@@ -68,6 +70,8 @@ pub(in crate::transport::ws) struct Session<T> {
     guard: WriteGuard,
     /// Who the client is: anonymous until a token says otherwise.
     pub(super) identity: Identity,
+    /// The client's id in presence (one per connection, unless `connect` takes back an old one).
+    pub(super) client: ClientId,
     /// When the token expires (boxed: most connections have none, or never reach it).
     expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// The client's publish rate, when limited.
@@ -272,12 +276,21 @@ where
     /// frames are always written before anything else, so positions say what the client gets.
     async fn write_pushes(&mut self, batch: &mut Vec<Push>) -> Result<(), Ending> {
         for push in batch.drain(..) {
-            let Push::Publication(publication) = push;
-            if self.positions.advance(&publication) {
-                self.pending.push_back(EncodedPublication::of(&publication).ws_frame);
-            }
+            self.queue_push(push);
         }
         self.guard.run(write_frames(&mut self.socket, &mut self.pending)).await
+    }
+
+    /// Queues a push's shared frame, unless it is a publication this connection has seen.
+    fn queue_push(&mut self, push: Push) {
+        match push {
+            Push::Publication(publication) => {
+                if self.positions.advance(&publication) {
+                    self.pending.push_back(EncodedPublication::of(&publication).ws_frame);
+                }
+            }
+            Push::Presence(event) => self.pending.push_back(EncodedPresence::of(&event).ws_frame),
+        }
     }
 
     /// Writes frames with one flush.
@@ -299,8 +312,11 @@ where
     /// the pushes already queued go out first: in-flight work is finished.
     async fn finish(mut self, ending: Ending, mut inbox: Inbox) {
         let channels: Vec<ChannelName> = self.positions.iter().map(|(channel, _)| channel.clone()).collect();
+        let client = self.client.to_string();
         for channel in &channels {
             self.app.hub.unsubscribe(&self.subscriber, channel).await;
+            // Gone, unless the client is back within the grace period.
+            self.app.hub.leave_presence(channel, &client, true);
         }
         let ending = match ending {
             // A write that failed while the queue overflowed: the client is too slow.
@@ -313,10 +329,7 @@ where
         }
         if ending == Ending::Shutdown {
             while let Ok(push) = inbox.queue.try_recv() {
-                let Push::Publication(publication) = push;
-                if self.positions.advance(&publication) {
-                    self.pending.push_back(EncodedPublication::of(&publication).ws_frame);
-                }
+                self.queue_push(push);
             }
         }
         // Frames already queued (perhaps half written when the session ended) go first.
