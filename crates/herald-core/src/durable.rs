@@ -113,7 +113,11 @@ impl Engine for DurableEngine {
         self.memory.presence_leave(channel, client).await
     }
 
-    async fn presence_refresh(&self, entries: &[(ChannelName, String)], lease: Duration) -> Result<(), EngineError> {
+    async fn presence_refresh(
+        &self,
+        entries: &[(ChannelName, String)],
+        lease: Duration,
+    ) -> Result<Vec<usize>, EngineError> {
         self.memory.presence_refresh(entries, lease).await
     }
 

@@ -129,8 +129,13 @@ pub trait Engine: Send + Sync + 'static {
     /// Removes a client from the channel's presence (a leave, if it was there).
     async fn presence_leave(&self, channel: &ChannelName, client: &str) -> Result<(), EngineError>;
 
-    /// Extends the leases of entries that are still there; never adds one back.
-    async fn presence_refresh(&self, entries: &[(ChannelName, String)], lease: Duration) -> Result<(), EngineError>;
+    /// Extends the leases of entries that are still there; never adds one back. Returns the
+    /// indexes (into `entries`) of those that were missing, so their node can join them again.
+    async fn presence_refresh(
+        &self,
+        entries: &[(ChannelName, String)],
+        lease: Duration,
+    ) -> Result<Vec<usize>, EngineError>;
 
     /// The channel's present clients, oldest first.
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError>;

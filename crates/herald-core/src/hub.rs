@@ -91,7 +91,7 @@ type Subscribers = HashMap<ChannelName, ChannelSubscribers>;
 
 /// The local fan-out hub of one node.
 pub struct Hub {
-    engine: Arc<dyn Engine>,
+    pub(crate) engine: Arc<dyn Engine>,
     namespaces: Arc<Namespaces>,
     shards: Box<[Mutex<Subscribers>]>,
     hasher: RandomState,
@@ -514,7 +514,7 @@ mod tests {
             &self,
             entries: &[(ChannelName, String)],
             lease: std::time::Duration,
-        ) -> Result<(), EngineError> {
+        ) -> Result<Vec<usize>, EngineError> {
             self.inner.presence_refresh(entries, lease).await
         }
         async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError> {

@@ -266,15 +266,25 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    async fn presence_refresh(&self, entries: &[(ChannelName, String)], lease: Duration) -> Result<(), EngineError> {
-        for (channel, client) in entries {
-            self.with_stream(channel, |stream, now| {
-                if let Some(present) = stream.presence.get_mut(client) {
+    async fn presence_refresh(
+        &self,
+        entries: &[(ChannelName, String)],
+        lease: Duration,
+    ) -> Result<Vec<usize>, EngineError> {
+        let mut missing = Vec::new();
+        for (index, (channel, client)) in entries.iter().enumerate() {
+            let found = self.with_stream(channel, |stream, now| match stream.presence.get_mut(client) {
+                Some(present) => {
                     present.expires = now + lease;
+                    true
                 }
+                None => false,
             });
+            if !found {
+                missing.push(index);
+            }
         }
-        Ok(())
+        Ok(missing)
     }
 
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError> {

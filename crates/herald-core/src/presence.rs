@@ -283,11 +283,24 @@ impl LocalPresence {
         for key in &due {
             self.settle(engine, key).await;
         }
-        if !refresh.is_empty() {
-            // Refreshing only extends what the engine still has, so it cannot undo a leave.
-            if let Err(error) = engine.presence_refresh(&refresh, self.timing.lease).await {
-                tracing::warn!(%error, entries = refresh.len(), "presence lease refresh failed");
+        if refresh.is_empty() {
+            return;
+        }
+        // Refreshing only extends what the engine still has, so it cannot undo a leave. What
+        // the engine lost (a flushed Redis) is joined again by the next tick.
+        match engine.presence_refresh(&refresh, self.timing.lease).await {
+            Ok(missing) => {
+                let mut held = self.held();
+                for key in missing.into_iter().filter_map(|index| refresh.get(index)) {
+                    if let Some(record) = held.get_mut(key)
+                        && record.joined
+                        && !record.busy
+                    {
+                        record.joined = false;
+                    }
+                }
             }
+            Err(error) => tracing::warn!(%error, entries = refresh.len(), "presence lease refresh failed"),
         }
     }
 
@@ -485,7 +498,8 @@ mod tests {
         engine.presence_join(&room, entry("ghost", ""), lease).await.unwrap();
         tokio::time::advance(Duration::from_secs(20)).await;
         engine.presence_refresh(&[(room.clone(), "kept".into())], lease).await.unwrap();
-        engine.presence_refresh(&[(room.clone(), "never-joined".into())], lease).await.unwrap();
+        let missing = engine.presence_refresh(&[(room.clone(), "never-joined".into())], lease).await.unwrap();
+        assert_eq!(missing, [0]);
         tokio::time::advance(Duration::from_secs(15)).await;
         engine.sweep().await;
         let clients: Vec<String> = engine.presence(&room).await.unwrap().into_iter().map(|e| e.client).collect();
@@ -501,6 +515,22 @@ mod tests {
             tokio::time::advance(Duration::from_secs(1)).await;
             hub.tick().await;
             hub.sweep().await;
+        }
+        assert_eq!(hub.presence_count(&room).await.unwrap(), Some(1));
+        assert_eq!(recorder.take(), [event("presence.join", "c")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_the_engine_lost_are_joined_again_by_the_next_ticks() {
+        let (hub, recorder) = hub(Duration::ZERO);
+        let room = channel("room");
+        hub.join_presence(&room, entry("c", "")).await;
+        // As if the engine's state was wiped behind the node's back (without events).
+        hub.engine.presence_leave(&room, "c").await.unwrap();
+        recorder.take();
+        for _ in 0..12 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            hub.tick().await;
         }
         assert_eq!(hub.presence_count(&room).await.unwrap(), Some(1));
         assert_eq!(recorder.take(), [event("presence.join", "c")]);
