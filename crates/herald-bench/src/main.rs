@@ -58,6 +58,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // reqwest is built with TLS in this workspace (webhooks) and wants a provider chosen.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     let config = RunConfig {
         label: args.label,

@@ -29,6 +29,9 @@ pub struct PublishRequest {
 pub struct Published {
     pub channel: ChannelName,
     pub position: Position,
+    /// When the engine accepted it (milliseconds since the Unix epoch); for a duplicate, when
+    /// the repeat was seen.
+    pub time_ms: u64,
     /// True when the idempotency key was seen before and nothing new was published.
     pub duplicate: bool,
 }

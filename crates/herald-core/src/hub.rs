@@ -235,7 +235,9 @@ impl Hub {
         if !local.subscribers.is_empty() {
             return (true, false);
         }
-        if self.presence.timing().grace.is_zero() {
+        // Presence channels always wait for the tick, which makes leaves first: a channel's
+        // last client leaves before the channel is vacated.
+        if self.presence.timing().grace.is_zero() && !self.namespaces.options_for(channel).presence {
             shard.remove(channel);
             (true, true)
         } else {

@@ -35,6 +35,9 @@ struct ChannelStream {
     /// Local subscribers' interest; a channel with interest is never forgotten.
     interest: usize,
     last_used: Instant,
+    /// The last publication's time: times never go backwards within a channel, so ordering
+    /// by time (history merges, webhook lanes) keeps offset order when the clock steps back.
+    last_time_ms: u64,
     /// Present clients by client id, each with its lease's end and its join number.
     presence: HashMap<String, PresentClient>,
     joins: u64,
@@ -74,6 +77,7 @@ impl ChannelStream {
             idempotency: IdempotencyKeys::default(),
             interest: 0,
             last_used: now,
+            last_time_ms: 0,
             presence: HashMap::new(),
             joins: 0,
         }
@@ -143,13 +147,16 @@ impl MemoryEngine {
                 return Published {
                     channel: request.channel.clone(),
                     position: Position { epoch: stream.epoch.clone(), offset },
+                    time_ms: unix_millis(),
                     duplicate: true,
                 };
             }
             stream.top += 1;
             let position = stream.top();
+            let time_ms = unix_millis().max(stream.last_time_ms);
+            stream.last_time_ms = time_ms;
             let publication =
-                Arc::new(Publication::new(request.channel.clone(), position.clone(), request.data, unix_millis()));
+                Arc::new(Publication::new(request.channel.clone(), position.clone(), request.data, time_ms));
             if options.history_size > 0 {
                 stream.history.push_back((now, publication.clone()));
                 stream.expire(now, options);
@@ -162,7 +169,7 @@ impl MemoryEngine {
             if let Some(fan_out) = fan_out {
                 fan_out.deliver(publication);
             }
-            Published { channel: request.channel.clone(), position, duplicate: false }
+            Published { channel: request.channel.clone(), position, time_ms, duplicate: false }
         })
     }
 }

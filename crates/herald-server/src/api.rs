@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/channels", get(channels))
         // A wildcard, since channel names may contain '/': `/api/channels/a/b/history`.
         .route("/channels/{*channel_and_action}", get(channel_resource))
+        .nest("/webhooks", crate::webhooks::api::router())
 }
 
 /// Who is calling the server API: a backend with an API key (or anyone in dev mode), or, for
@@ -153,7 +154,7 @@ fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn read_json<'a, T: Deserialize<'a>>(
+pub(crate) fn read_json<'a, T: Deserialize<'a>>(
     headers: &axum::http::HeaderMap,
     body: &'a Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
@@ -201,7 +202,7 @@ async fn publish(
         data: payload(&app, body.data)?,
         idempotency_key: checked_idempotency_key(body.idempotency_key)?,
     };
-    let published = app.hub.publish(request).await?;
+    let published = app.publish(request).await?;
     crate::metrics::published("api");
     Ok(Json(published_json(&published)))
 }
@@ -231,17 +232,13 @@ async fn broadcast(
         .map(|channel| PublishRequest { channel, data: data.clone(), idempotency_key: key.clone() })
         .collect();
     let results: Vec<serde_json::Value> = app
-        .hub
         .publish_batch(requests)
         .await
         .into_iter()
         .zip(&body.channels)
         .map(|(outcome, channel)| match outcome {
             Ok(published) => published_json(&published),
-            Err(error) => {
-                let error = ApiError::from(error);
-                serde_json::json!({ "channel": channel, "error": error.body })
-            }
+            Err(error) => serde_json::json!({ "channel": channel, "error": error.body }),
         })
         .collect();
     Ok(Json(serde_json::json!({ "results": results })))

@@ -7,7 +7,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use herald_core::Hub;
+use bytes::Bytes;
+use herald_core::{Hub, PublishRequest, Published};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -34,6 +35,7 @@ pub struct AppInner {
     pub api_rates: KeyRates<usize>,
     /// Publish rate per client user publishing through the server API (the WebSocket rate).
     pub client_api_rates: KeyRates<String>,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl std::ops::Deref for AppState {
@@ -44,14 +46,65 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(hub: Arc<Hub>, settings: Arc<Settings>, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        webhooks: Arc<crate::webhooks::Webhooks>,
+        settings: Arc<Settings>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
         let limits = &settings.limits;
         let connections =
             ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip, limits.max_pending_polls);
         let api_rates = KeyRates::new(limits.api_publish_rate);
         let client_api_rates = KeyRates::new(limits.client_publish_rate);
         crate::metrics::handle();
-        Self(Arc::new(AppInner { hub, settings, shutdown, tasks, connections, api_rates, client_api_rates }))
+        Self(Arc::new(AppInner { hub, settings, shutdown, tasks, connections, api_rates, client_api_rates, webhooks }))
+    }
+
+    /// Publishes a batch, and records the webhook events of what was published before
+    /// answering: an acknowledged publish has its events in the outbox. Outcomes in order.
+    pub async fn publish_batch(&self, requests: Vec<PublishRequest>) -> Vec<Result<Published, ApiError>> {
+        let data: Vec<Option<Bytes>> = requests
+            .iter()
+            .map(|request| self.webhooks.wants_publications(&request.channel).then(|| request.data.clone()))
+            .collect();
+        if data.iter().all(Option::is_none) {
+            return self.hub.publish_batch(requests).await.into_iter().map(|outcome| Ok(outcome?)).collect();
+        }
+        let channels: Vec<_> = requests.iter().map(|request| request.channel.clone()).collect();
+        let order = self.webhooks.order_guard(channels.iter()).await;
+        let outcomes = self.hub.publish_batch(requests).await;
+        let events: Vec<(&Published, &Bytes)> = outcomes
+            .iter()
+            .zip(&data)
+            .filter_map(|(outcome, data)| Some((outcome.as_ref().ok()?, data.as_ref()?)))
+            .collect();
+        let submitted = self.webhooks.submit_publications(&events).await;
+        drop(order);
+        let recorded = match submitted {
+            Ok(pending) => pending.wait().await,
+            Err(error) => Err(error),
+        };
+        outcomes
+            .into_iter()
+            .zip(data)
+            .map(|(outcome, data)| match (outcome, &recorded) {
+                (Err(error), _) => Err(ApiError::from(error)),
+                (Ok(_), Err(error)) if data.is_some() => Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "outbox_unavailable",
+                    format!("published, but its webhook event could not be recorded ({error}): publish again with the same idempotency key"),
+                )),
+                (Ok(published), _) => Ok(published),
+            })
+            .collect()
+    }
+
+    pub async fn publish(&self, request: PublishRequest) -> Result<Published, ApiError> {
+        self.publish_batch(vec![request]).await.pop().unwrap_or_else(|| {
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no outcome for a publish"))
+        })
     }
 }
 
@@ -87,7 +140,7 @@ fn api_cors_layer(settings: &Settings) -> CorsLayer {
     let origins = settings.allowed_origins.iter().flatten().filter_map(|origin| HeaderValue::from_str(origin).ok());
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::POST])
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .max_age(std::time::Duration::from_secs(3600))
 }

@@ -46,6 +46,8 @@ pub struct RawConfig {
     pub storage: Option<RawStorage>,
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
+    #[serde(default)]
+    pub webhook_delivery: RawWebhookDelivery,
     pub tls: Option<RawTls>,
 }
 
@@ -175,6 +177,17 @@ pub struct RawWebhook {
     pub description: Option<String>,
 }
 
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhookDelivery {
+    pub timeout: Option<String>,
+    pub retry_schedule: Option<Vec<String>>,
+    pub max_concurrency: Option<usize>,
+    pub disable_after: Option<String>,
+    pub log_retention: Option<String>,
+    pub secret_rotation_grace: Option<String>,
+}
+
 /// Command-line flags that override the file and environment.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -217,6 +230,7 @@ pub struct Settings {
     pub limits: Limits,
     /// Presence's grace period (also how long an empty channel waits to be vacated) and lease.
     pub presence: herald_core::PresenceTiming,
+    pub webhooks: WebhookSettings,
     /// How long shutdown waits for connections to finish before giving up on them.
     pub shutdown_grace: Duration,
     /// TLS termination by Herald itself; `None`: plain HTTP (or a proxy in front terminates).
@@ -365,6 +379,7 @@ impl Settings {
     }
 
     pub fn from_raw(raw: RawConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let webhooks = webhook_settings(&raw)?;
         let listen_text = overrides.listen.clone().or(raw.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_text
             .parse()
@@ -389,9 +404,6 @@ impl Settings {
             None => None,
             Some(raw_auth) => Some(std::sync::Arc::new(authenticator(raw_auth)?)),
         };
-        if !raw.webhooks.is_empty() {
-            return Err(invalid("webhooks", "webhooks are not available in this build yet"));
-        }
         let raw_storage = raw.storage.clone().unwrap_or_default();
         let storage = match raw_storage.kind.as_deref().unwrap_or("sqlite") {
             "sqlite" => StorageKind::Sqlite,
@@ -517,6 +529,7 @@ impl Settings {
             streaming,
             poll,
             presence,
+            webhooks,
             limits,
             shutdown_grace: duration("shutdown_grace", raw.shutdown_grace.as_deref(), "10s")?,
             tls,
@@ -612,6 +625,93 @@ fn namespace_options(key: &str, raw: &RawNamespace, auth: bool) -> Result<Namesp
     })
 }
 
+/// How webhooks are delivered, and the endpoints the file declares.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// `allow_private_webhook_targets`: loopback, private and link-local targets allowed.
+    pub allow_private_targets: bool,
+    /// Per attempt, connecting included.
+    pub timeout: Duration,
+    /// The delay before each attempt, the first included (usually 0); its length is the
+    /// number of attempts before a delivery is dead.
+    pub retry_schedule: Vec<Duration>,
+    /// Attempts in flight per endpoint at most.
+    pub max_concurrency: NonZeroUsize,
+    /// An endpoint failing every attempt for this long is disabled.
+    pub disable_after: Duration,
+    /// How long finished deliveries stay in the log.
+    pub log_retention: Duration,
+    /// How long a rotated-out secret still signs.
+    pub secret_rotation_grace: Duration,
+    pub endpoints: Vec<ConfigEndpoint>,
+}
+
+/// A `[[webhooks]]` entry, validated.
+#[derive(Debug, Clone)]
+pub struct ConfigEndpoint {
+    pub url: String,
+    pub channels: Vec<String>,
+    pub events: Vec<String>,
+    pub secret: String,
+    pub description: Option<String>,
+}
+
+fn webhook_settings(raw: &RawConfig) -> Result<WebhookSettings, ConfigError> {
+    let delivery = &raw.webhook_delivery;
+    let retry_schedule = match &delivery.retry_schedule {
+        None => ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "10h"]
+            .iter()
+            .map(|text| duration_or_zero("webhook_delivery.retry_schedule", Some(text), "0s"))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(list) if list.is_empty() || list.len() > 50 => {
+            return Err(invalid(
+                "webhook_delivery.retry_schedule",
+                "list 1 to 50 delays, like [\"0s\", \"5s\", \"5m\"]",
+            ));
+        }
+        Some(list) => list
+            .iter()
+            .map(|text| duration_or_zero("webhook_delivery.retry_schedule", Some(text), "0s"))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let mut endpoints = Vec::new();
+    for (index, endpoint) in raw.webhooks.iter().enumerate() {
+        let key = |field: &str| format!("webhooks[{index}].{field}");
+        let check = |field: &str, result: Result<(), crate::wire::ErrorBody>| {
+            result.map_err(|error| invalid(key(field), error.message))
+        };
+        check("url", crate::webhooks::target::parse_url(&endpoint.url).map(|_| ()))?;
+        check("channels", crate::webhooks::check_patterns(&endpoint.channels))?;
+        check("events", crate::webhooks::check_events(&endpoint.events))?;
+        let secret = endpoint.secret.clone().ok_or_else(|| {
+            invalid(key("secret"), "an endpoint in the file needs its secret (herald keygen makes one)")
+        })?;
+        check("secret", crate::webhooks::signature::secret_key(&secret).map(|_| ()))?;
+        check("description", crate::webhooks::check_description(endpoint.description.as_deref()))?;
+        endpoints.push(ConfigEndpoint {
+            url: endpoint.url.clone(),
+            channels: endpoint.channels.clone(),
+            events: endpoint.events.clone(),
+            secret,
+            description: endpoint.description.clone(),
+        });
+    }
+    Ok(WebhookSettings {
+        allow_private_targets: raw.allow_private_webhook_targets.unwrap_or(false),
+        timeout: duration("webhook_delivery.timeout", delivery.timeout.as_deref(), "15s")?,
+        retry_schedule,
+        max_concurrency: non_zero("webhook_delivery.max_concurrency", delivery.max_concurrency.unwrap_or(16))?,
+        disable_after: duration("webhook_delivery.disable_after", delivery.disable_after.as_deref(), "5d")?,
+        log_retention: duration("webhook_delivery.log_retention", delivery.log_retention.as_deref(), "72h")?,
+        secret_rotation_grace: duration(
+            "webhook_delivery.secret_rotation_grace",
+            delivery.secret_rotation_grace.as_deref(),
+            "24h",
+        )?,
+        endpoints,
+    })
+}
+
 fn duration(key: &str, text: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
     parse_duration(key, text.unwrap_or(default))
 }
@@ -651,6 +751,7 @@ fn herald_env() -> Env {
         "streaming",
         "poll",
         "presence",
+        "webhook_delivery",
         "redis",
         "nats",
         "storage",

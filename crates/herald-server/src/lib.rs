@@ -15,5 +15,12 @@ pub mod pages;
 pub mod presence;
 pub mod server;
 pub mod transport;
+pub mod webhooks;
 pub mod wire;
 pub mod wiring;
+
+/// Makes ring the process's TLS crypto provider (Herald's choice everywhere), which the
+/// HTTP client (reqwest, for webhooks) requires before any client is built. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+}

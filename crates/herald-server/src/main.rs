@@ -90,6 +90,7 @@ impl ConfigArgs {
 }
 
 fn main() -> ExitCode {
+    herald_server::install_crypto_provider();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

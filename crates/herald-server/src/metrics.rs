@@ -45,13 +45,14 @@ pub fn published(via: &'static str) {
     metrics::counter!("herald_publishes_total", "via" => via).increment(1);
 }
 
-/// Counts channel events (`channel.occupied`, `presence.join`, ...) by type.
-pub struct ChannelEventCounter;
+/// A channel event (`channel.occupied`, `presence.join`, ...) this node reported.
+pub fn channel_event(kind: &'static str) {
+    metrics::counter!("herald_channel_events_total", "type" => kind).increment(1);
+}
 
-impl herald_core::ChannelEventSink for ChannelEventCounter {
-    fn channel_event(&self, event: herald_core::ChannelEvent) {
-        metrics::counter!("herald_channel_events_total", "type" => event.kind()).increment(1);
-    }
+/// A webhook attempt's outcome: delivered, failed (to be retried) or dead.
+pub fn webhook_attempt(outcome: &'static str) {
+    metrics::counter!("herald_webhook_attempts_total", "outcome" => outcome).increment(1);
 }
 
 /// `GET /metrics`.

@@ -20,10 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use herald_core::Hub;
-
 use crate::app::{self, AppState};
 use crate::config::Settings;
+use crate::webhooks::{ChannelEventRouter, Webhooks};
 use crate::wiring;
 
 /// How often engine housekeeping (history expiry, idle channels) runs.
@@ -31,6 +30,8 @@ use crate::wiring;
 const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the engine's housekeeping runs, in ticks.
 const SWEEP_EVERY_TICKS: u32 = 5;
+/// How often the webhook delivery log is pruned, in ticks.
+const PRUNE_EVERY_TICKS: u32 = 600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -127,20 +128,32 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
         auth.refresh_remote_keys().await.map_err(StartError::Jwks)?;
     }
     let hub = wiring::hub(&settings).await?;
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    // Pending webhook deliveries resume now, whatever happens to the rest of the start.
+    let webhooks = Webhooks::start(&settings, tasks.clone(), shutdown.clone()).await?;
+    hub.set_event_sink(Arc::new(ChannelEventRouter(webhooks.clone())));
     let addr = settings.listen;
-    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-    start_on(listener, settings, hub).map_err(|source| StartError::Bind { addr, source })
+    let listener = match TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(source) => {
+            shutdown.cancel();
+            return Err(StartError::Bind { addr, source });
+        }
+    };
+    let app = AppState::new(hub, webhooks, Arc::new(settings), shutdown, tasks);
+    start_on(listener, app).map_err(|source| StartError::Bind { addr, source })
 }
 
-/// Serves on an already bound listener, with the hub `wiring::hub` made from `settings`.
-pub fn start_on(listener: TcpListener, settings: Settings, hub: Arc<Hub>) -> std::io::Result<RunningServer> {
+/// Serves `app` on an already bound listener.
+fn start_on(listener: TcpListener, app: AppState) -> std::io::Result<RunningServer> {
     let local_addr = listener.local_addr()?;
+    let settings = &app.settings;
     let grace = settings.shutdown_grace;
     let header_timeout = settings.limits.header_timeout;
     let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    let app = AppState::new(hub.clone(), Arc::new(settings), shutdown.clone(), tasks.clone());
+    let (shutdown, tasks, hub, webhooks) =
+        (app.shutdown.clone(), app.tasks.clone(), app.hub.clone(), app.webhooks.clone());
 
     let sweeper_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -153,6 +166,9 @@ pub fn start_on(listener: TcpListener, settings: Settings, hub: Arc<Hub>) -> std
                     hub.tick().await;
                     if count % SWEEP_EVERY_TICKS == 0 {
                         hub.sweep().await;
+                    }
+                    if count % PRUNE_EVERY_TICKS == 0 {
+                        webhooks.prune().await;
                     }
                 }
             }

@@ -29,7 +29,5 @@ pub async fn hub(settings: &Settings) -> Result<Arc<Hub>, StorageOpenError> {
     let engine: Arc<dyn Engine> = match settings.engine {
         EngineKind::Memory => Arc::new(DurableEngine::new(namespaces.clone(), storage)),
     };
-    let hub = Hub::new(engine, namespaces, settings.presence);
-    hub.set_event_sink(Arc::new(crate::metrics::ChannelEventCounter));
-    Ok(hub)
+    Ok(Hub::new(engine, namespaces, settings.presence))
 }

@@ -1,11 +1,13 @@
 //! Herald's durable storage, behind the core's [`herald_core::Storage`] trait.
 //!
 //! - [`sqlite`]: the embedded default, a file in the data directory (WAL, group commit);
-//! - [`postgres`]: PostgreSQL, for storage shared by several nodes.
+//! - [`postgres`]: PostgreSQL, for storage shared by several nodes;
+//! - [`outbox`]: the webhook outbox and endpoint registry (SQLite).
 //!
 //! Both keep the same tables (channels with epoch and top, publications, idempotency keys) and
 //! pass the same conformance suite (`tests` in each module).
 
+pub mod outbox;
 pub mod postgres;
 pub mod sqlite;
 
@@ -13,6 +15,7 @@ pub mod sqlite;
 mod conformance;
 mod shared;
 
+pub use outbox::SqliteOutbox;
 pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 

@@ -322,7 +322,7 @@ async fn append_one(
             .await?;
         if let Some(row) = seen {
             let position = Position { epoch, offset: row.get::<_, i64>(0) as u64 };
-            return Ok((Published { channel: request.channel.clone(), position, duplicate: true }, None));
+            return Ok((Published { channel: request.channel.clone(), position, time_ms: now, duplicate: true }, None));
         }
     }
     transaction.execute("UPDATE channels SET top = $2 WHERE name = $1", &[&channel, &offset]).await?;
@@ -343,7 +343,7 @@ async fn append_one(
     }
     let position = Position { epoch, offset: offset as u64 };
     let publication = Arc::new(Publication::new(request.channel.clone(), position.clone(), request.data.clone(), now));
-    Ok((Published { channel: request.channel.clone(), position, duplicate: false }, Some(publication)))
+    Ok((Published { channel: request.channel.clone(), position, time_ms: now, duplicate: false }, Some(publication)))
 }
 
 #[cfg(test)]

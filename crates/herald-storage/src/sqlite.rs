@@ -395,7 +395,7 @@ fn append_one(
             .optional()?;
         if let Some(offset) = seen {
             let position = Position { epoch, offset: offset as u64 };
-            return Ok((Published { channel: request.channel.clone(), position, duplicate: true }, None));
+            return Ok((Published { channel: request.channel.clone(), position, time_ms: now, duplicate: true }, None));
         }
     }
     let offset = top + 1;
@@ -415,7 +415,7 @@ fn append_one(
     tops.insert(request.channel.clone(), (epoch.clone(), offset));
     let position = Position { epoch, offset };
     let publication = Arc::new(Publication::new(request.channel.clone(), position.clone(), request.data.clone(), now));
-    Ok((Published { channel: request.channel.clone(), position, duplicate: false }, Some(publication)))
+    Ok((Published { channel: request.channel.clone(), position, time_ms: now, duplicate: false }, Some(publication)))
 }
 
 #[cfg(test)]

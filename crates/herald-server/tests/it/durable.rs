@@ -44,7 +44,7 @@ async fn acknowledged_publications_survive_kill_9_with_their_offsets_and_epoch()
     let config = dir.path().join("herald.toml");
     std::fs::write(&config, DURABLE).unwrap();
     let data_dir = dir.path().join("data");
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http_client();
 
     let (mut first, address) = spawn_herald(&data_dir, &config);
     let mut epoch = Value::Null;
@@ -213,7 +213,7 @@ async fn every_acknowledged_publish_survives_a_kill_9_during_concurrent_publishi
         .map(|publisher| {
             let (address, acknowledged) = (address.clone(), acknowledged.clone());
             tokio::spawn(async move {
-                let http = reqwest::Client::new();
+                let http = crate::helpers::http_client();
                 for n in 0.. {
                     let body = json!({"channel": "orders:storm", "data": {"p": publisher, "n": n}});
                     let Ok(response) = http.post(format!("http://{address}/api/publish")).json(&body).send().await

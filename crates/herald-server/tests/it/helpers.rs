@@ -14,6 +14,12 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Long enough for a loaded 2-core machine, short enough that a hang fails fast.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// An HTTP client for tests (with the TLS provider the workspace's reqwest needs chosen).
+pub fn http_client() -> reqwest::Client {
+    herald_server::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     running: Option<RunningServer>,
@@ -35,7 +41,7 @@ impl TestServer {
         };
         let settings = Settings::from_toml(toml, &overrides).expect("test config is valid");
         let running = server::start(settings).await.expect("server starts");
-        Self { addr: running.local_addr(), running: Some(running), _data_dir: data_dir, http: reqwest::Client::new() }
+        Self { addr: running.local_addr(), running: Some(running), _data_dir: data_dir, http: http_client() }
     }
 
     pub fn ws_url(&self) -> String {

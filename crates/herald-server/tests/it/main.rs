@@ -16,4 +16,5 @@ mod presence;
 mod python_client;
 mod shutdown;
 mod tls;
+mod webhooks;
 mod websocket;

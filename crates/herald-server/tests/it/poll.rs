@@ -126,10 +126,11 @@ async fn two_thousand_parked_polls_are_all_answered_by_one_publication() {
     let server = TestServer::start().await;
     let (_, cursor, _) = server.poll("channel=crowd&timeout=0").await;
     let parked = 2000;
+    // HTTP/1.1 without pipelining: each poll in flight holds a connection of its own.
+    let http = crate::helpers::http_client();
     let polls: Vec<_> = (0..parked)
         .map(|_| {
-            // One client each, so every poll holds its own connection.
-            let http = reqwest::Client::new();
+            let http = http.clone();
             let url = server.url(&format!("/poll?channel=crowd&since={cursor}&timeout=20"));
             tokio::spawn(async move {
                 let response = http.get(url).send().await.unwrap();

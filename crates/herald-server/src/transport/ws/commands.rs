@@ -174,12 +174,7 @@ where
             data: json_payload(data),
             idempotency_key: idempotency_key(command.idempotency_key.clone())?,
         };
-        let published = self
-            .app
-            .hub
-            .publish(request)
-            .await
-            .map_err(|error| ErrorBody::new("engine_unavailable", error.to_string()))?;
+        let published = self.app.publish(request).await.map_err(|error| error.body)?;
         crate::metrics::published("websocket");
         Ok(vec![result_reply(id, published_json(&published).to_string())])
     }

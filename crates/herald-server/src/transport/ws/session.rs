@@ -514,12 +514,9 @@ mod tests {
         let data_dir = tempfile::tempdir().unwrap();
         let overrides = Overrides { data_dir: Some(data_dir.path().to_path_buf()), ..Default::default() };
         let settings = Arc::new(Settings::from_toml("", &overrides).unwrap());
-        let app = AppState::new(
-            crate::wiring::hub(&settings).await.unwrap(),
-            settings,
-            CancellationToken::new(),
-            tokio_util::task::TaskTracker::new(),
-        );
+        let (shutdown, tasks) = (CancellationToken::new(), tokio_util::task::TaskTracker::new());
+        let webhooks = crate::webhooks::Webhooks::start(&settings, tasks.clone(), shutdown.clone()).await.unwrap();
+        let app = AppState::new(crate::wiring::hub(&settings).await.unwrap(), webhooks, settings, shutdown, tasks);
         let (io, _peer) = tokio::io::duplex(64);
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
         let session = run(app, socket, Identity::Anonymous);

@@ -1,0 +1,322 @@
+//! `/api/webhooks`: registering endpoints, changing, pausing and deleting them, their delivery
+//! log, and replaying. Every call needs a full API key (or dev mode): an endpoint can receive
+//! any channel's publications.
+
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use herald_storage::outbox::{DeliveryRecord, DeliveryState, EndpointRecord};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{EndpointState, check_description, check_events, check_patterns, signature, unix_millis};
+use crate::api::{ApiCaller, read_json};
+use crate::app::AppState;
+use crate::config::KeyScope;
+use crate::error::ApiError;
+use crate::wire::ErrorBody;
+
+/// Deliveries per log page at most.
+const MAX_LOG_PAGE: usize = 1000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", post(create).get(list))
+        .route("/{id}", get(show).patch(update).delete(remove))
+        .route("/{id}/deliveries", get(deliveries))
+        .route("/{id}/replay", post(replay))
+}
+
+/// Proof of a full API key (or dev mode).
+pub struct WebhookAdmin;
+
+impl FromRequestParts<AppState> for WebhookAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
+        match ApiCaller::from_request_parts(parts, app).await? {
+            ApiCaller::Server { scope: KeyScope::Full, .. } => Ok(Self),
+            _ => {
+                Err(ApiError::new(StatusCode::FORBIDDEN, "permission_denied", "managing webhooks needs a full API key"))
+            }
+        }
+    }
+}
+
+fn bad_request(error: ErrorBody) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, error.code, error.message)
+}
+
+fn store_error(error: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "outbox_unavailable", error.to_string())
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "webhook_not_found", format!("no webhook endpoint {id:?}"))
+}
+
+/// An endpoint as the API shows it; the secret only where asked (create, show, rotation).
+fn endpoint_json(endpoint: &EndpointRecord, with_secret: bool) -> Value {
+    let mut json = json!({
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "channels": endpoint.channels,
+        "events": endpoint.events,
+        "description": endpoint.description,
+        "paused": endpoint.paused,
+        "active": endpoint.is_active(),
+        "disabled_reason": endpoint.disabled_reason,
+        "failing_since": endpoint.failing_since,
+        "created_at": endpoint.created_at,
+        "from_config": endpoint.from_config,
+    });
+    if with_secret {
+        json["secret"] = endpoint.secret.clone().into();
+        if let Some(until) = endpoint.previous_secret_until.filter(|until| *until > unix_millis()) {
+            json["previous_secret_valid_until"] = until.into();
+        }
+    }
+    json
+}
+
+fn delivery_json(delivery: &DeliveryRecord) -> Value {
+    json!({
+        "id": format!("msg_{}", delivery.id),
+        "type": delivery.event_type,
+        "channel": delivery.channel,
+        "state": delivery.state.as_str(),
+        "attempts": delivery.attempts,
+        "created_at": delivery.created_at,
+        "next_attempt_at": (delivery.state == DeliveryState::Pending).then_some(delivery.next_attempt_at),
+        "last_status": delivery.last_status,
+        "last_error": delivery.last_error,
+        "last_latency_ms": delivery.last_latency_ms,
+        "finished_at": delivery.finished_at,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    url: String,
+    channels: Vec<String>,
+    events: Vec<String>,
+    secret: Option<String>,
+    description: Option<String>,
+}
+
+async fn create(
+    _admin: WebhookAdmin,
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: CreateBody = read_json(&headers, &body)?;
+    let url = app.webhooks.policy().check_url(&body.url).await.map_err(bad_request)?;
+    check_patterns(&body.channels).map_err(bad_request)?;
+    check_events(&body.events).map_err(bad_request)?;
+    check_description(body.description.as_deref()).map_err(bad_request)?;
+    let secret = match body.secret {
+        Some(secret) => {
+            signature::secret_key(&secret).map_err(bad_request)?;
+            secret
+        }
+        None => signature::generate_secret(),
+    };
+    let record = EndpointRecord {
+        id: format!("wh_{}", crate::presence::ClientId::random()),
+        url: url.to_string(),
+        channels: body.channels,
+        events: body.events,
+        secret,
+        previous_secret: None,
+        previous_secret_until: None,
+        description: body.description,
+        paused: false,
+        disabled_reason: None,
+        failing_since: None,
+        created_at: unix_millis(),
+        from_config: false,
+    };
+    app.webhooks.put_endpoint(record.clone()).await.map_err(store_error)?;
+    Ok((StatusCode::CREATED, Json(endpoint_json(&record, true))).into_response())
+}
+
+async fn list(_admin: WebhookAdmin, State(app): State<AppState>) -> Json<Value> {
+    let endpoints: Vec<Value> =
+        app.webhooks.endpoints().iter().map(|endpoint| endpoint_json(endpoint, false)).collect();
+    Json(json!({ "webhooks": endpoints }))
+}
+
+async fn show(
+    _admin: WebhookAdmin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let endpoint = app.webhooks.endpoint(&id).ok_or_else(|| not_found(&id))?;
+    Ok(Json(endpoint_json(&endpoint, true)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    url: Option<String>,
+    channels: Option<Vec<String>>,
+    events: Option<Vec<String>>,
+    description: Option<String>,
+    /// `false` also re-enables an endpoint Herald disabled.
+    paused: Option<bool>,
+    /// A new secret; the old one keeps signing for the rotation grace period.
+    secret: Option<String>,
+    /// Generate the new secret.
+    rotate_secret: Option<bool>,
+}
+
+async fn update(
+    _admin: WebhookAdmin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body: UpdateBody = read_json(&headers, &body)?;
+    let current = app.webhooks.endpoint(&id).ok_or_else(|| not_found(&id))?;
+    let mut changed = (*current).clone();
+    let rotating = body.secret.is_some() || body.rotate_secret == Some(true);
+    let configured_only = body.url.is_some()
+        || body.channels.is_some()
+        || body.events.is_some()
+        || body.description.is_some()
+        || rotating;
+    if current.from_config && configured_only {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "managed_by_config",
+            "this endpoint is declared in the configuration file: change it there (only paused may change here)",
+        ));
+    }
+    if let Some(url) = &body.url {
+        changed.url = app.webhooks.policy().check_url(url).await.map_err(bad_request)?.to_string();
+    }
+    if let Some(channels) = body.channels {
+        check_patterns(&channels).map_err(bad_request)?;
+        changed.channels = channels;
+    }
+    if let Some(events) = body.events {
+        check_events(&events).map_err(bad_request)?;
+        changed.events = events;
+    }
+    if let Some(description) = body.description {
+        check_description(Some(&description)).map_err(bad_request)?;
+        changed.description = Some(description);
+    }
+    if rotating {
+        let secret = match body.secret {
+            Some(secret) => {
+                signature::secret_key(&secret).map_err(bad_request)?;
+                secret
+            }
+            None => signature::generate_secret(),
+        };
+        changed.previous_secret = Some(std::mem::replace(&mut changed.secret, secret));
+        let grace = app.settings.webhooks.secret_rotation_grace.as_millis() as u64;
+        changed.previous_secret_until = Some(unix_millis() + grace);
+    }
+    if let Some(paused) = body.paused {
+        changed.paused = paused;
+        if !paused {
+            changed.disabled_reason = None;
+            changed.failing_since = None;
+        }
+    }
+    app.webhooks.put_endpoint(changed.clone()).await.map_err(store_error)?;
+    Ok(Json(endpoint_json(&changed, rotating)))
+}
+
+async fn remove(
+    _admin: WebhookAdmin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let endpoint = app.webhooks.endpoint(&id).ok_or_else(|| not_found(&id))?;
+    if endpoint.from_config {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "managed_by_config",
+            "this endpoint is declared in the configuration file: remove it there",
+        ));
+    }
+    app.webhooks.delete_endpoint(&id).await.map_err(store_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+    /// A delivery id (`msg_N`): older ones only, for paging.
+    before: Option<String>,
+}
+
+async fn deliveries(
+    _admin: WebhookAdmin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request("bad_request", rejection.body_text()))?;
+    app.webhooks.endpoint(&id).ok_or_else(|| not_found(&id))?;
+    let state = match query.state.as_deref() {
+        None => None,
+        Some(text) => Some(
+            DeliveryState::parse(text)
+                .ok_or_else(|| ApiError::bad_request("invalid_state", "state is one of pending, delivered, dead"))?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LOG_PAGE {
+        return Err(ApiError::bad_request("invalid_limit", format!("`limit` must be 1 to {MAX_LOG_PAGE}")));
+    }
+    let before = match query.before.as_deref() {
+        None => None,
+        Some(text) => Some(
+            text.trim_start_matches("msg_")
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request("invalid_before", "before is a delivery id like msg_42"))?,
+        ),
+    };
+    let page = app.webhooks.outbox().deliveries(&id, state, before, limit).await.map_err(store_error)?;
+    let next = (page.len() == limit).then(|| page.last().map(|last| format!("msg_{}", last.id))).flatten();
+    let deliveries: Vec<Value> = page.iter().map(delivery_json).collect();
+    Ok(Json(json!({ "deliveries": deliveries, "next_before": next })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    /// Milliseconds since the Unix epoch: re-send everything created since then, not only the
+    /// dead deliveries.
+    since: Option<u64>,
+}
+
+async fn replay(
+    _admin: WebhookAdmin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    app.webhooks.endpoint(&id).ok_or_else(|| not_found(&id))?;
+    let body: ReplayBody = match &body {
+        Ok(bytes) if bytes.is_empty() => ReplayBody::default(),
+        _ => read_json(&headers, &body)?,
+    };
+    let requeued = app.webhooks.replay(&id, body.since).await.map_err(store_error)?;
+    Ok(Json(json!({ "requeued": requeued })))
+}
