@@ -528,3 +528,41 @@ async fn a_kill_9_with_a_thousand_pending_deliveries_loses_none() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+/// Endpoints of the configuration file are checked in form only when loaded; where they point
+/// is checked at every delivery, so an internal target is never called, by address or by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_targets_are_refused_at_delivery_too() {
+    const KEY: &str = "webhook-admin-key-0123456789";
+    let receiver = Receiver::start().await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let server = TestServer::with_config(&format!(
+        "[api]\nkeys = [\"{KEY}\"]\n\
+         [[webhooks]]\nurl = \"http://127.0.0.1:{port}/hook\"\nchannels = [\"a\"]\nevents = [\"publication\"]\nsecret = \"{secret}\"\n\
+         [[webhooks]]\nurl = \"http://localhost:{port}/hook\"\nchannels = [\"a\"]\nevents = [\"publication\"]\nsecret = \"{secret}\"\n\
+         [webhook_delivery]\nretry_schedule = [\"0s\", \"50ms\"]\n",
+        port = receiver.port
+    ))
+    .await;
+    server.publish_with_key("a", json!(1), KEY).await.unwrap();
+    let list: Value =
+        server.http().get(server.url("/api/webhooks")).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<String> =
+        list["webhooks"].as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 2);
+    for id in ids {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = server.url(&format!("/api/webhooks/{id}/deliveries?state=dead"));
+            let log: Value = server.http().get(url).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
+            if let Some(dead) = log["deliveries"].as_array().unwrap().first() {
+                let error = dead["last_error"].as_str().unwrap();
+                assert!(error.contains("webhooks may") || error.contains("internal"), "{error}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "never refused: {log}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(receiver.calls().is_empty(), "the receiver was never called");
+}
