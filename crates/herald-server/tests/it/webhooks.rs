@@ -566,3 +566,52 @@ async fn internal_targets_are_refused_at_delivery_too() {
     }
     assert!(receiver.calls().is_empty(), "the receiver was never called");
 }
+
+/// A redirect is not followed (it is a failure), and an endpoint failing every attempt for
+/// `disable_after` is disabled, with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_failures_and_an_endpoint_failing_too_long_is_disabled() {
+    let server = TestServer::with_config(
+        "[webhook_delivery]\ndisable_after = \"1s\"\nretry_schedule = [\"0s\", \"200ms\", \"200ms\", \"200ms\", \
+         \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\"]\n",
+    )
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.behave(vec![Behavior::Answer(302)]);
+    let endpoint =
+        register(&server, json!({"url": receiver.url(), "channels": ["a"], "events": ["publication"]})).await;
+    let id = endpoint["id"].as_str().unwrap();
+    server.publish("a", json!("moved?")).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shown = loop {
+        let (_, shown) = server.get_json(&format!("/api/webhooks/{id}")).await;
+        if shown["active"] == false {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "never disabled: {shown}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(shown["disabled_reason"].as_str().unwrap().contains("every attempt failed"), "{shown}");
+    assert!(shown["failing_since"].as_u64().is_some());
+    let calls = receiver.calls();
+    assert!(calls.len() >= 2 && calls.iter().all(|call| call.status == 302), "{} calls", calls.len());
+    let (_, log) = server.get_json(&format!("/api/webhooks/{id}/deliveries")).await;
+    let delivery = &log["deliveries"][0];
+    assert_eq!((delivery["state"].as_str(), delivery["last_status"].as_u64()), (Some("pending"), Some(302)), "{log}");
+
+    // Re-enabled, it delivers what waited.
+    receiver.behave(vec![Behavior::Answer(200)]);
+    let response = server
+        .http()
+        .patch(server.url(&format!("/api/webhooks/{id}")))
+        .json(&json!({"paused": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.json::<Value>().await.unwrap()["active"], true);
+    receiver
+        .wait_for("the delivery after re-enabling", Duration::from_secs(20), |calls| {
+            calls.iter().any(|c| c.status == 200)
+        })
+        .await;
+}
