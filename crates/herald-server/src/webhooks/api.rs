@@ -52,6 +52,14 @@ fn bad_request(error: ErrorBody) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, error.code, error.message)
 }
 
+/// The secret given (checked), or a new one.
+fn given_or_new_secret(secret: Option<String>) -> Result<String, ApiError> {
+    match secret {
+        Some(secret) => signature::secret_key(&secret).map(|_| secret).map_err(bad_request),
+        None => Ok(signature::generate_secret()),
+    }
+}
+
 fn store_error(error: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "outbox_unavailable", error.to_string())
 }
@@ -121,13 +129,7 @@ async fn create(
     check_patterns(&body.channels).map_err(bad_request)?;
     check_events(&body.events).map_err(bad_request)?;
     check_description(body.description.as_deref()).map_err(bad_request)?;
-    let secret = match body.secret {
-        Some(secret) => {
-            signature::secret_key(&secret).map_err(bad_request)?;
-            secret
-        }
-        None => signature::generate_secret(),
-    };
+    let secret = given_or_new_secret(body.secret)?;
     let record = EndpointRecord {
         id: format!("wh_{}", crate::presence::ClientId::random()),
         url: url.to_string(),
@@ -216,13 +218,7 @@ async fn update(
         changed.description = Some(description);
     }
     if rotating {
-        let secret = match body.secret {
-            Some(secret) => {
-                signature::secret_key(&secret).map_err(bad_request)?;
-                secret
-            }
-            None => signature::generate_secret(),
-        };
+        let secret = given_or_new_secret(body.secret)?;
         changed.previous_secret = Some(std::mem::replace(&mut changed.secret, secret));
         let grace = app.settings.webhooks.secret_rotation_grace.as_millis() as u64;
         changed.previous_secret_until = Some(unix_millis() + grace);
