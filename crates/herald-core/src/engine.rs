@@ -149,4 +149,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Housekeeping (expiring history and presence leases, forgetting idle channels), called
     /// periodically.
     async fn sweep(&self) {}
+
+    /// Whether the engine can serve now (a remote engine is connected); `/readyz` says so.
+    fn is_ready(&self) -> bool {
+        true
+    }
 }

@@ -353,6 +353,11 @@ impl Hub {
         channels
     }
 
+    /// Whether the engine can serve now.
+    pub fn is_ready(&self) -> bool {
+        self.engine.is_ready()
+    }
+
     /// Runs the engine's housekeeping.
     pub async fn sweep(&self) {
         self.engine.sweep().await;

@@ -168,5 +168,9 @@ async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "server is shutting down")
             .into_response();
     }
+    if !app.hub.is_ready() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", "the engine is not connected")
+            .into_response();
+    }
     axum::Json(serde_json::json!({ "status": "ready" })).into_response()
 }

@@ -275,9 +275,13 @@ impl std::fmt::Debug for ApiKeys {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineKind {
     Memory,
+    /// Redis servers, one per shard (channels spread over them by consistent hashing).
+    Redis {
+        urls: Vec<String>,
+    },
 }
 
 /// Where durable namespaces keep their history.
@@ -388,8 +392,20 @@ impl Settings {
 
         let engine = match raw.engine.as_deref().unwrap_or("memory") {
             "memory" => EngineKind::Memory,
-            "redis" | "nats" => {
-                return Err(invalid("engine", "the redis and nats engines are not available in this build yet"));
+            "redis" => {
+                let urls = raw.redis.as_ref().map(|redis| redis.urls.clone()).unwrap_or_default();
+                if urls.is_empty() {
+                    return Err(invalid("redis.urls", "engine = \"redis\" needs [redis] urls = [\"redis://…\"]"));
+                }
+                for (index, url) in urls.iter().enumerate() {
+                    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                        return Err(invalid(format!("redis.urls[{index}]"), format!("{url:?} is not a redis:// URL")));
+                    }
+                }
+                EngineKind::Redis { urls }
+            }
+            "nats" => {
+                return Err(invalid("engine", "the nats engine is not available in this build yet"));
             }
             other => return Err(invalid("engine", format!("{other:?} is not one of \"memory\", \"redis\", \"nats\""))),
         };

@@ -26,8 +26,12 @@ pub async fn hub(settings: &Settings) -> Result<Arc<Hub>, StorageOpenError> {
             Arc::new(PostgresStorage::open(url, schema.as_deref(), namespaces.clone()).await?)
         }
     };
-    let engine: Arc<dyn Engine> = match settings.engine {
+    let engine: Arc<dyn Engine> = match &settings.engine {
         EngineKind::Memory => Arc::new(DurableEngine::new(namespaces.clone(), storage)),
+        // Every namespace lives in Redis: durable ones are as durable as Redis is (AOF).
+        EngineKind::Redis { urls } => herald_engines::RedisEngine::start(urls, namespaces.clone())
+            .await
+            .map_err(|error| StorageOpenError::Thread(std::io::Error::other(error)))?,
     };
     Ok(Hub::new(engine, namespaces, settings.presence))
 }
