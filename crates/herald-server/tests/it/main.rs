@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod bad_input;
 mod binary;
+mod cluster;
 mod durable;
 mod helpers;
 mod http_streaming;

@@ -1,0 +1,262 @@
+//! Several Herald nodes on one Redis behave as one server: one ordering, one history, one
+//! presence; and they ride out Redis going away. Needs `HERALD_TEST_REDIS_URL` (`.ci/run` sets
+//! it); the fault tests start their own `redis-server` on another loopback port.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestServer, WsClient};
+
+fn redis_url() -> Option<String> {
+    let url = std::env::var("HERALD_TEST_REDIS_URL").ok();
+    if url.is_none() {
+        eprintln!("skipped: HERALD_TEST_REDIS_URL is unset (.ci/run sets it)");
+    }
+    url
+}
+
+async fn node(url: &str, extra: &str) -> TestServer {
+    TestServer::with_config(&format!(
+        "engine = \"redis\"\n[redis]\nurls = [\"{url}\"]\n[namespaces.room]\npresence = true\njoin_leave = true\n{extra}"
+    ))
+    .await
+}
+
+async fn wait_ready(server: &TestServer) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = server.get_json("/readyz").await;
+        if status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fresh channel name: runs share the machine's Redis.
+fn channel(namespace: &str) -> String {
+    format!("{namespace}:c{:x}", fastrand::u64(..))
+}
+
+/// Reads publications until `count` arrived; returns their offsets.
+async fn read_offsets(client: &mut WsClient, count: usize) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    while offsets.len() < count {
+        let push = client.next_push().await;
+        if let Some(offset) = push.get("offset").and_then(Value::as_u64) {
+            offsets.push(offset);
+        }
+    }
+    offsets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_are_one_server() {
+    let Some(url) = redis_url() else { return };
+    let nodes = [node(&url, "").await, node(&url, "").await, node(&url, "").await];
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    let room = channel("room");
+    let mut subscribers = Vec::new();
+    for node in &nodes {
+        for _ in 0..2 {
+            let mut client = node.client().await;
+            client.subscribe(&room).await;
+            subscribers.push(client);
+        }
+    }
+
+    // Publishers on all three nodes at once.
+    let per_node = 40;
+    let publishers: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let (http, url, room) = (node.http().clone(), node.url("/api/publish"), room.clone());
+            tokio::spawn(async move {
+                let mut offsets = Vec::new();
+                for n in 0..per_node {
+                    let reply: Value = http
+                        .post(&url)
+                        .json(&json!({"channel": room, "data": n}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    offsets.push(reply["offset"].as_u64().expect("published"));
+                }
+                offsets
+            })
+        })
+        .collect();
+    let mut assigned = BTreeSet::new();
+    for publisher in publishers {
+        assigned.extend(publisher.await.unwrap());
+    }
+    let total = 3 * per_node as u64;
+    assert_eq!(assigned, (1..=total).collect(), "one gap-free sequence across the nodes");
+    for subscriber in &mut subscribers {
+        assert_eq!(
+            read_offsets(subscriber, total as usize).await,
+            (1..=total).collect::<Vec<_>>(),
+            "each once, in order"
+        );
+    }
+
+    // One presence, whichever node is asked.
+    for node in &nodes {
+        let (status, presence) = node.get_json(&format!("/api/channels/{room}/presence")).await;
+        assert_eq!(status, 200, "{presence}");
+        assert_eq!(presence["clients"].as_array().unwrap().len(), 6, "{presence}");
+    }
+    // A join on one node is pushed by all.
+    let mut late = nodes[2].client().await;
+    late.subscribe(&room).await;
+    let joined = late.command(json!({"op": "connect"})).await["result"]["client"].as_str().unwrap().to_string();
+    for subscriber in &mut subscribers {
+        loop {
+            let push = subscriber.next_push().await;
+            if push["join"]["client"] == joined.as_str() {
+                break;
+            }
+        }
+    }
+
+    // Recovery on another node than the one left.
+    let mut leaving = nodes[0].client().await;
+    let position = leaving.subscribe(&room).await["position"].clone();
+    drop(leaving);
+    for n in 0..5 {
+        nodes[1].publish(&room, json!({"after": n})).await;
+    }
+    let mut back = nodes[2].client().await;
+    let reply = back.command(json!({"op": "subscribe", "channel": room, "since": position})).await;
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    let from = position["offset"].as_u64().unwrap();
+    assert_eq!(read_offsets(&mut back, 5).await, (from + 1..=from + 5).collect::<Vec<_>>());
+}
+
+/// A `redis-server` of the test's own, with an append-only file, on a free loopback port.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    process: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let mut redis = Self { port, dir: tempfile::tempdir().ok()?, process: None };
+        redis.up().then_some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn up(&mut self) -> bool {
+        let started = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(process) = started else {
+            eprintln!("skipped: redis-server is not installed");
+            return false;
+        };
+        self.process = Some(process);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).to_string()
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_ride_out_redis_dropping_connections_and_restarting() {
+    if redis_url().is_none() {
+        return;
+    }
+    let Some(mut redis) = OwnRedis::start() else { return };
+    let nodes = [node(&redis.url(), "").await, node(&redis.url(), "").await];
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    let room = channel("room");
+    let mut subscribers = Vec::new();
+    for node in &nodes {
+        let mut client = node.client().await;
+        client.subscribe(&room).await;
+        subscribers.push(client);
+    }
+    let mut acknowledged = Vec::new();
+    let mut publish = async |node: &TestServer, n: u64| {
+        let response =
+            node.http().post(node.url("/api/publish")).json(&json!({"channel": room, "data": n})).send().await.unwrap();
+        if response.status() == 200 {
+            acknowledged.push(response.json::<Value>().await.unwrap()["offset"].as_u64().unwrap());
+        } else {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "engine_unavailable", "a clear error: {body}");
+        }
+    };
+    for n in 0..20 {
+        publish(&nodes[n as usize % 2], n).await;
+    }
+    // Every connection of the nodes cut at once.
+    assert!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).trim().parse::<u32>().unwrap_or(0) >= 1);
+    redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    for n in 20..40 {
+        publish(&nodes[n as usize % 2], n).await;
+    }
+    // Redis itself goes away, and comes back with its data (append-only file).
+    redis.kill();
+    for n in 40..45 {
+        publish(&nodes[n as usize % 2], n).await;
+    }
+    let (status, _) = nodes[0].get_json("/readyz").await;
+    assert_eq!(status, 503, "not ready without Redis");
+    assert!(redis.up());
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    for n in 45..60 {
+        publish(&nodes[n as usize % 2], n).await;
+    }
+    assert!(acknowledged.len() >= 50, "publishing resumed: {}", acknowledged.len());
+    let expected: Vec<u64> = (1..=acknowledged.len() as u64).collect();
+    let mut sorted = acknowledged.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, expected, "acknowledged publishes have gap-free offsets");
+    for subscriber in &mut subscribers {
+        assert_eq!(read_offsets(subscriber, expected.len()).await, expected, "the full sequence, in order");
+    }
+}
