@@ -165,7 +165,14 @@ impl Hub {
             added && local.subscribers.len() == 1 && !lingering
         };
         if first_here && let Err(error) = self.engine.subscribe(std::slice::from_ref(channel)).await {
-            self.remove(subscriber, channel);
+            // Not lingering: the engine never took the interest, the next subscriber must ask.
+            let mut shard = self.shard(channel);
+            if let Some(local) = shard.get_mut(channel) {
+                local.subscribers.retain(|existing| existing.id != subscriber.id);
+                if local.subscribers.is_empty() {
+                    shard.remove(channel);
+                }
+            }
             return Err(error.into());
         }
         match self.catch_up(channel, since).await {
@@ -268,11 +275,13 @@ impl Hub {
     }
 
     /// `entry.client` joins `channel`'s presence, if its namespace keeps presence: call after
-    /// subscribing it. Each call is undone by one [`Hub::leave_presence`].
-    pub async fn join_presence(&self, channel: &ChannelName, entry: PresenceEntry) {
-        if self.namespaces.options_for(channel).presence {
-            self.presence.hold(&*self.engine, channel, entry).await;
+    /// subscribing it. Each successful call is undone by one [`Hub::leave_presence`]. `false`:
+    /// the client id is another user's here; join under a fresh one.
+    pub async fn join_presence(&self, channel: &ChannelName, entry: PresenceEntry) -> bool {
+        if !self.namespaces.options_for(channel).presence {
+            return true;
         }
+        self.presence.hold(&*self.engine, channel, entry).await
     }
 
     /// Undoes one [`Hub::join_presence`]. `graceful`: the connection ended, so the client

@@ -176,22 +176,28 @@ impl LocalPresence {
     }
 
     /// One more subscription of `entry.client` to `channel`; joins the engine's presence unless
-    /// the client is already there (or still within its grace period).
-    pub async fn hold(&self, engine: &dyn Engine, channel: &ChannelName, entry: PresenceEntry) {
+    /// the client is already there (or still within its grace period). Refused (`false`) when
+    /// that client id is held for another user: a client id does not carry someone's presence
+    /// over to whoever presents it.
+    pub async fn hold(&self, engine: &dyn Engine, channel: &ChannelName, entry: PresenceEntry) -> bool {
         let key = (channel.clone(), entry.client.clone());
         {
             let mut held = self.held();
             let record = held.entry(key.clone()).or_insert_with(|| Held {
-                entry,
+                entry: entry.clone(),
                 subscriptions: 0,
                 leave_at: None,
                 joined: false,
                 busy: false,
             });
+            if record.entry.user != entry.user {
+                return false;
+            }
             record.subscriptions += 1;
             record.leave_at = None;
         }
         self.settle(engine, &key).await;
+        true
     }
 
     /// One subscription fewer. When it was the last, the client leaves after the grace period
@@ -231,10 +237,13 @@ impl LocalPresence {
                 step
             };
             let (channel, client) = key;
+            // Should this future be dropped mid-call, the entry must not stay busy for ever.
+            let busy = BusyGuard { presence: self, key: Some(key) };
             let done = match &step {
                 Step::Join(entry) => engine.presence_join(channel, entry.clone(), self.timing.lease).await,
                 Step::Leave => engine.presence_leave(channel, client).await,
             };
+            busy.disarm();
             let mut held = self.held();
             let Some(record) = held.get_mut(key) else { return };
             record.busy = false;
@@ -311,6 +320,31 @@ impl LocalPresence {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Clears an entry's `busy` flag if a settle is dropped during its engine call (the next tick
+/// then settles it again).
+struct BusyGuard<'a> {
+    presence: &'a LocalPresence,
+    key: Option<&'a Key>,
+}
+
+impl BusyGuard<'_> {
+    fn disarm(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key
+            && let Some(record) = self.presence.held().get_mut(key)
+        {
+            record.busy = false;
+            // Unknown whether the call took effect: the next tick joins (idempotently) or leaves.
+            record.joined = false;
+        }
     }
 }
 

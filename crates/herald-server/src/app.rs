@@ -72,6 +72,23 @@ impl AppState {
         if data.iter().all(Option::is_none) {
             return self.hub.publish_batch(requests).await.into_iter().map(|outcome| Ok(outcome?)).collect();
         }
+        // In a task of its own: a caller that goes away (a client disconnecting) must not cut
+        // this between the publish and its events reaching the outbox.
+        let count = requests.len();
+        let app = self.clone();
+        match self.tasks.spawn(async move { app.publish_with_events(requests, data).await }).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => (0..count)
+                .map(|_| Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())))
+                .collect(),
+        }
+    }
+
+    async fn publish_with_events(
+        &self,
+        requests: Vec<PublishRequest>,
+        data: Vec<Option<Bytes>>,
+    ) -> Vec<Result<Published, ApiError>> {
         let channels: Vec<_> = requests.iter().map(|request| request.channel.clone()).collect();
         let order = self.webhooks.order_guard(channels.iter()).await;
         let outcomes = self.hub.publish_batch(requests).await;

@@ -365,12 +365,28 @@ pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
     }
 }
 
+/// `*` matches any run. Greedy with one backtrack point (the last `*`): O(pattern × text) at
+/// worst, never exponential, whatever the pattern.
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
-        Some((expected, rest)) => text.split_first().is_some_and(|(got, text)| got == expected && glob(rest, text)),
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((star_p, star_t)) = star {
+            // Let the last `*` take one more character and try again from there.
+            p = star_p + 1;
+            t = star_t + 1;
+            star = Some((star_p, star_t + 1));
+        } else {
+            return false;
+        }
     }
+    pattern[p..].iter().all(|&byte| byte == b'*')
 }
 
 fn granted(patterns: &Option<Vec<String>>, channel: &ChannelName) -> bool {
@@ -460,6 +476,11 @@ mod tests {
         assert!(pattern_matches("room:a*z", "room:abcz"));
         assert!(!pattern_matches("room:a*z", "room:abc"));
         assert!(pattern_matches("exact", "exact"));
+        assert!(pattern_matches("a*b*c", "axxbyyc") && !pattern_matches("a*b*c", "axxbyy"));
+        assert!(pattern_matches("**", "") && pattern_matches("*x", "xxx") && !pattern_matches("x*", "yx"));
+        // Patterns that would take exponential time with naive backtracking answer at once.
+        let pathological = format!("{}b", "*a".repeat(60));
+        assert!(!pattern_matches(&pathological, &"a".repeat(250)));
     }
 
     #[test]

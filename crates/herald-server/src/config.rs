@@ -690,9 +690,13 @@ fn webhook_settings(raw: &RawConfig) -> Result<WebhookSettings, ConfigError> {
             .map(|text| duration_or_zero("webhook_delivery.retry_schedule", Some(text), "0s"))
             .collect::<Result<Vec<_>, _>>()?,
     };
-    let mut endpoints = Vec::new();
+    let mut endpoints: Vec<ConfigEndpoint> = Vec::new();
     for (index, endpoint) in raw.webhooks.iter().enumerate() {
         let key = |field: &str| format!("webhooks[{index}].{field}");
+        if endpoints.iter().any(|declared| declared.url == endpoint.url) {
+            // The URL names the endpoint (its id), so each appears once.
+            return Err(invalid(key("url"), "this URL is declared twice"));
+        }
         let check = |field: &str, result: Result<(), crate::wire::ErrorBody>| {
             result.map_err(|error| invalid(key(field), error.message))
         };

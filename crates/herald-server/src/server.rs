@@ -30,8 +30,6 @@ use crate::wiring;
 const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the engine's housekeeping runs, in ticks.
 const SWEEP_EVERY_TICKS: u32 = 5;
-/// How often the webhook delivery log is pruned, in ticks.
-const PRUNE_EVERY_TICKS: u32 = 600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -152,8 +150,7 @@ fn start_on(listener: TcpListener, app: AppState) -> std::io::Result<RunningServ
     let grace = settings.shutdown_grace;
     let header_timeout = settings.limits.header_timeout;
     let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let (shutdown, tasks, hub, webhooks) =
-        (app.shutdown.clone(), app.tasks.clone(), app.hub.clone(), app.webhooks.clone());
+    let (shutdown, tasks, hub) = (app.shutdown.clone(), app.tasks.clone(), app.hub.clone());
 
     let sweeper_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -166,9 +163,6 @@ fn start_on(listener: TcpListener, app: AppState) -> std::io::Result<RunningServ
                     hub.tick().await;
                     if count % SWEEP_EVERY_TICKS == 0 {
                         hub.sweep().await;
-                    }
-                    if count % PRUNE_EVERY_TICKS == 0 {
-                        webhooks.prune().await;
                     }
                 }
             }

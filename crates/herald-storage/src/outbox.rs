@@ -2,10 +2,10 @@
 //!
 //! A delivery is one event for one endpoint. It is written (and committed) before the publish
 //! that caused it is acknowledged, stays `pending` through its attempts, and ends `delivered` or
-//! `dead`; its row id is the stable `webhook-id` receivers deduplicate on. Deliveries of one
-//! endpoint and channel form a **lane**, delivered in event order: by the event's time, then
-//! its sequence number (a publication's offset), then arrival. (Arrival alone would not do:
-//! concurrent publishes of one channel reach the outbox in any order.)
+//! `dead`; its row id is the stable `webhook-id` receivers deduplicate on. The publications of
+//! one endpoint and channel form a **lane** delivered in offset order (arrival order would not
+//! do: a publish retried after a failure reaches the outbox late); its other events (occupied,
+//! vacated, joins, leaves) form a second lane, in the order they were recorded.
 //!
 //! One writer thread commits new deliveries and attempt outcomes in groups (one fsync for many);
 //! reads and the rare endpoint changes use a second connection (WAL).
@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_latency_ms INTEGER,
     finished_at INTEGER
 );
-CREATE INDEX IF NOT EXISTS deliveries_lane ON deliveries (endpoint, channel, state, created_at, seq, id);
+CREATE INDEX IF NOT EXISTS deliveries_lane ON deliveries (endpoint, channel, state, seq, id);
+CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (state, finished_at);
 CREATE INDEX IF NOT EXISTS deliveries_log ON deliveries (endpoint, id);
 CREATE UNIQUE INDEX IF NOT EXISTS deliveries_event ON deliveries (endpoint, event_key);
 ";
@@ -143,12 +144,31 @@ pub struct NewDelivery {
     /// event already in the outbox for this endpoint is not added twice, so a publisher's
     /// retry with an idempotency key does not send its publication twice.
     pub event_key: String,
-    /// Orders events of one channel with the same time (a publication's offset; else 0).
+    /// A publication's offset (its order in its lane); 0 for other events.
     pub seq: u64,
     /// The JSON body, exactly as it will be sent and signed.
     pub body: String,
     /// The event's time (a publication's), milliseconds since the Unix epoch.
     pub created_at: u64,
+}
+
+/// Deliveries delivered one after another, in order: an endpoint's publications of one
+/// channel, or its other events of one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lane {
+    pub endpoint: String,
+    pub channel: String,
+    pub publications: bool,
+}
+
+impl NewDelivery {
+    pub fn lane(&self) -> Lane {
+        Lane {
+            endpoint: self.endpoint.clone(),
+            channel: self.channel.clone(),
+            publications: self.event_type == "publication",
+        }
+    }
 }
 
 /// A delivery as stored.
@@ -268,18 +288,18 @@ impl SqliteOutbox {
         .map_err(outbox_error)?
     }
 
-    /// The oldest pending delivery of a lane.
-    pub async fn head(&self, endpoint: &str, channel: &str) -> Result<Option<DeliveryRecord>, OutboxError> {
-        let (endpoint, channel) = (endpoint.to_string(), channel.to_string());
+    /// The next pending delivery of a lane.
+    pub async fn head(&self, lane: &Lane) -> Result<Option<DeliveryRecord>, OutboxError> {
+        let lane = lane.clone();
         self.read(move |connection| {
             connection
                 .query_row(
                     &format!(
                         "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                         WHERE endpoint = ?1 AND channel = ?2 AND state = 0
-                         ORDER BY created_at, seq, id LIMIT 1"
+                         WHERE endpoint = ?1 AND channel = ?2 AND state = 0 AND (event_type = 'publication') = ?3
+                         ORDER BY seq, id LIMIT 1"
                     ),
-                    params![endpoint, channel],
+                    params![lane.endpoint, lane.channel, lane.publications],
                     delivery_from_row,
                 )
                 .optional()
@@ -287,12 +307,32 @@ impl SqliteOutbox {
         .await
     }
 
-    /// Every lane with pending deliveries: (endpoint, channel).
-    pub async fn pending_lanes(&self) -> Result<Vec<(String, String)>, OutboxError> {
-        self.read(|connection| {
-            let mut statement =
-                connection.prepare("SELECT DISTINCT endpoint, channel FROM deliveries WHERE state = 0")?;
-            statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect()
+    /// Every lane with pending deliveries (of `endpoint` only, if given).
+    pub async fn pending_lanes(&self, endpoint: Option<&str>) -> Result<Vec<Lane>, OutboxError> {
+        let endpoint = endpoint.map(str::to_string);
+        self.read(move |connection| {
+            let mut statement = connection.prepare(
+                "SELECT DISTINCT endpoint, channel, event_type = 'publication' FROM deliveries
+                 WHERE state = 0 AND (?1 IS NULL OR endpoint = ?1)",
+            )?;
+            statement
+                .query_map(params![endpoint], |row| {
+                    Ok(Lane { endpoint: row.get(0)?, channel: row.get(1)?, publications: row.get(2)? })
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    /// Makes an endpoint's pending deliveries due now (it was resumed after a long pause).
+    pub async fn retry_now(&self, endpoint: &str, now: u64) -> Result<(), OutboxError> {
+        let endpoint = endpoint.to_string();
+        self.read(move |connection| {
+            connection.execute(
+                "UPDATE deliveries SET next_attempt_at = ?2 WHERE endpoint = ?1 AND state = 0 AND next_attempt_at > ?2",
+                params![endpoint, now as i64],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -323,24 +363,16 @@ impl SqliteOutbox {
     }
 
     /// Makes deliveries of an endpoint pending again, to be sent now: the dead ones, or with
-    /// `since` every one created since then. Returns how many, and their lanes.
-    pub async fn requeue(
-        &self,
-        endpoint: &str,
-        since: Option<u64>,
-        now: u64,
-    ) -> Result<(usize, Vec<String>), OutboxError> {
+    /// `since` every one created since then. Returns how many.
+    pub async fn requeue(&self, endpoint: &str, since: Option<u64>, now: u64) -> Result<usize, OutboxError> {
         let endpoint = endpoint.to_string();
         self.read(move |connection| {
             let changed = connection.execute(
                 "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?2, finished_at = NULL
                  WHERE endpoint = ?1 AND ((?3 IS NULL AND state = 2) OR created_at >= ?3)",
-                params![endpoint, now as i64, since.map(|since| since as i64)],
+                params![endpoint, now as i64, since.map(|since| since.min(i64::MAX as u64) as i64)],
             )?;
-            let mut statement =
-                connection.prepare("SELECT DISTINCT channel FROM deliveries WHERE endpoint = ?1 AND state = 0")?;
-            let lanes = statement.query_map(params![endpoint], |row| row.get(0))?.collect::<Result<_, _>>()?;
-            Ok((changed, lanes))
+            Ok(changed)
         })
         .await
     }
@@ -540,6 +572,10 @@ fn write_group(connection: &mut Connection, group: &[Write]) -> Vec<Result<Vec<i
 mod tests {
     use super::*;
 
+    fn lane(endpoint: &str, channel: &str) -> Lane {
+        Lane { endpoint: endpoint.into(), channel: channel.into(), publications: true }
+    }
+
     fn delivery(endpoint: &str, channel: &str, body: &str) -> NewDelivery {
         NewDelivery {
             endpoint: endpoint.into(),
@@ -584,7 +620,7 @@ mod tests {
             assert_eq!(ids.len(), 3);
             let again = outbox.enqueue(vec![delivery("e1", "a", "2"), delivery("e2", "a", "2")]).await.unwrap();
             assert_eq!(again.len(), 1, "e1 has that event already; e2 does not");
-            let head = outbox.head("e1", "a").await.unwrap().unwrap();
+            let head = outbox.head(&lane("e1", "a")).await.unwrap().unwrap();
             assert_eq!((head.id, head.body.as_str(), head.state), (ids[0], "1", DeliveryState::Pending));
             let attempt = AttemptRecord {
                 id: head.id,
@@ -597,13 +633,13 @@ mod tests {
                 at: 2_000,
             };
             outbox.record_attempt(attempt).await.unwrap();
-            assert_eq!(outbox.head("e1", "a").await.unwrap().unwrap().body, "2");
+            assert_eq!(outbox.head(&lane("e1", "a")).await.unwrap().unwrap().body, "2");
         }
         let outbox = SqliteOutbox::open(&path).unwrap();
-        let mut lanes = outbox.pending_lanes().await.unwrap();
+        let mut lanes = outbox.pending_lanes(None).await.unwrap();
         lanes.sort();
-        let lane = |endpoint: &str, channel: &str| (endpoint.to_string(), channel.to_string());
         assert_eq!(lanes, [lane("e1", "a"), lane("e1", "b"), lane("e2", "a")]);
+        assert_eq!(outbox.pending_lanes(Some("e2")).await.unwrap(), [lane("e2", "a")]);
         assert_eq!(outbox.endpoints().await.unwrap(), [endpoint("e1")]);
         let log = outbox.deliveries("e1", None, None, 10).await.unwrap();
         assert_eq!(log.len(), 3);
@@ -630,17 +666,15 @@ mod tests {
             };
             outbox.record_attempt(attempt).await.unwrap();
         }
-        assert_eq!(outbox.head("e1", "a").await.unwrap(), None);
-        let (requeued, lanes) = outbox.requeue("e1", None, 4_000).await.unwrap();
-        assert_eq!((requeued, lanes), (1, vec!["a".to_string()]));
-        let head = outbox.head("e1", "a").await.unwrap().unwrap();
+        assert_eq!(outbox.head(&lane("e1", "a")).await.unwrap(), None);
+        assert_eq!(outbox.requeue("e1", None, 4_000).await.unwrap(), 1);
+        let head = outbox.head(&lane("e1", "a")).await.unwrap().unwrap();
         assert_eq!((head.id, head.attempts, head.next_attempt_at), (ids[0], 0, 4_000));
-        let (requeued, _) = outbox.requeue("e1", Some(0), 5_000).await.unwrap();
-        assert_eq!(requeued, 2, "since a time: delivered ones too");
+        assert_eq!(outbox.requeue("e1", Some(0), 5_000).await.unwrap(), 2, "since a time: delivered ones too");
         assert_eq!(outbox.prune(10_000).await.unwrap(), 0, "pending ones are never pruned");
         outbox.put_endpoint(endpoint("e1")).await.unwrap();
         assert!(outbox.delete_endpoint("e1").await.unwrap());
-        assert_eq!(outbox.head("e1", "a").await.unwrap(), None, "its deliveries went with it");
+        assert_eq!(outbox.head(&lane("e1", "a")).await.unwrap(), None, "its deliveries went with it");
         assert!(!outbox.delete_endpoint("e1").await.unwrap());
     }
 }

@@ -109,8 +109,8 @@ pub struct HttpSubscription {
     pub positions: PositionTracker,
     /// The client, kept across requests in the cursor.
     client: ClientId,
-    /// Channels whose presence this subscription holds.
-    present: Vec<ChannelName>,
+    /// Channels whose presence this subscription holds, and under which client id.
+    present: Vec<(ChannelName, ClientId)>,
 }
 
 /// What opening found: publications missed since the cursor (oldest first per channel) and
@@ -165,8 +165,15 @@ impl HttpSubscription {
             missed_per_channel.push(subscribed.missed);
             if live {
                 // Registered before the await, like the channel, for the same reason.
-                subscription.present.push(channel.clone());
-                app.hub.join_presence(channel, crate::presence::entry(&query.identity, client)).await;
+                let entry = crate::presence::entry(&query.identity, subscription.client);
+                subscription.present.push((channel.clone(), subscription.client));
+                if !app.hub.join_presence(channel, entry).await {
+                    // The cursor's client id is another user's: this client gets its own.
+                    subscription.client = ClientId::random();
+                    subscription.present.pop();
+                    subscription.present.push((channel.clone(), subscription.client));
+                    app.hub.join_presence(channel, crate::presence::entry(&query.identity, subscription.client)).await;
+                }
             }
         }
         opening.missed = merge_by_time(missed_per_channel);
@@ -186,9 +193,8 @@ impl Drop for HttpSubscription {
         }
         // Local delivery stops now; the engine hears of it from a tracked task. The client
         // stays present for the grace period: its next poll or reconnect keeps it there.
-        let client = self.client.to_string();
-        for channel in &self.present {
-            self.app.hub.leave_presence(channel, &client, true);
+        for (channel, client) in &self.present {
+            self.app.hub.leave_presence(channel, &client.to_string(), true);
         }
         let emptied = self.app.hub.detach(&self.subscriber, &self.channels);
         if !emptied.is_empty() {

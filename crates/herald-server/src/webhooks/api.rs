@@ -145,7 +145,7 @@ async fn create(
         created_at: unix_millis(),
         from_config: false,
     };
-    app.webhooks.put_endpoint(record.clone()).await.map_err(store_error)?;
+    app.webhooks.create_endpoint(record.clone()).await.map_err(store_error)?;
     Ok((StatusCode::CREATED, Json(endpoint_json(&record, true))).into_response())
 }
 
@@ -188,7 +188,6 @@ async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let body: UpdateBody = read_json(&headers, &body)?;
     let current = app.webhooks.endpoint(&id).ok_or_else(|| not_found(&id))?;
-    let mut changed = (*current).clone();
     let rotating = body.secret.is_some() || body.rotate_secret == Some(true);
     let configured_only = body.url.is_some()
         || body.channels.is_some()
@@ -202,35 +201,50 @@ async fn update(
             "this endpoint is declared in the configuration file: change it there (only paused may change here)",
         ));
     }
-    if let Some(url) = &body.url {
-        changed.url = app.webhooks.policy().check_url(url).await.map_err(bad_request)?.to_string();
+    // Everything checked first; then applied at once to the endpoint as it is by then.
+    let url = match &body.url {
+        Some(url) => Some(app.webhooks.policy().check_url(url).await.map_err(bad_request)?.to_string()),
+        None => None,
+    };
+    if let Some(channels) = &body.channels {
+        check_patterns(channels).map_err(bad_request)?;
     }
-    if let Some(channels) = body.channels {
-        check_patterns(&channels).map_err(bad_request)?;
-        changed.channels = channels;
+    if let Some(events) = &body.events {
+        check_events(events).map_err(bad_request)?;
     }
-    if let Some(events) = body.events {
-        check_events(&events).map_err(bad_request)?;
-        changed.events = events;
-    }
-    if let Some(description) = body.description {
-        check_description(Some(&description)).map_err(bad_request)?;
-        changed.description = Some(description);
-    }
-    if rotating {
-        let secret = given_or_new_secret(body.secret)?;
-        changed.previous_secret = Some(std::mem::replace(&mut changed.secret, secret));
-        let grace = app.settings.webhooks.secret_rotation_grace.as_millis() as u64;
-        changed.previous_secret_until = Some(unix_millis() + grace);
-    }
-    if let Some(paused) = body.paused {
-        changed.paused = paused;
-        if !paused {
-            changed.disabled_reason = None;
-            changed.failing_since = None;
-        }
-    }
-    app.webhooks.put_endpoint(changed.clone()).await.map_err(store_error)?;
+    check_description(body.description.as_deref()).map_err(bad_request)?;
+    let new_secret = if rotating { Some(given_or_new_secret(body.secret)?) } else { None };
+    let grace = app.settings.webhooks.secret_rotation_grace.as_millis() as u64;
+    let changed = app
+        .webhooks
+        .update_endpoint(&id, |changed| {
+            if let Some(url) = url {
+                changed.url = url;
+            }
+            if let Some(channels) = body.channels {
+                changed.channels = channels;
+            }
+            if let Some(events) = body.events {
+                changed.events = events;
+            }
+            if let Some(description) = body.description {
+                changed.description = Some(description);
+            }
+            if let Some(secret) = new_secret {
+                changed.previous_secret = Some(std::mem::replace(&mut changed.secret, secret));
+                changed.previous_secret_until = Some(unix_millis() + grace);
+            }
+            if let Some(paused) = body.paused {
+                changed.paused = paused;
+                if !paused {
+                    changed.disabled_reason = None;
+                    changed.failing_since = None;
+                }
+            }
+        })
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| not_found(&id))?;
     Ok(Json(endpoint_json(&changed, rotating)))
 }
 
@@ -247,7 +261,9 @@ async fn remove(
             "this endpoint is declared in the configuration file: remove it there",
         ));
     }
-    app.webhooks.delete_endpoint(&id).await.map_err(store_error)?;
+    if !app.webhooks.delete_endpoint(&id).await.map_err(store_error)? {
+        return Err(not_found(&id));
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -313,6 +329,9 @@ async fn replay(
         Ok(bytes) if bytes.is_empty() => ReplayBody::default(),
         _ => read_json(&headers, &body)?,
     };
+    if body.since.is_some_and(|since| since > i64::MAX as u64) {
+        return Err(ApiError::bad_request("invalid_since", "since is milliseconds since the Unix epoch"));
+    }
     let requeued = app.webhooks.replay(&id, body.since).await.map_err(store_error)?;
     Ok(Json(json!({ "requeued": requeued })))
 }

@@ -24,9 +24,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_core::{ChannelEvent, ChannelEventSink, ChannelName, Published};
-use herald_storage::outbox::{AttemptRecord, DeliveryRecord, DeliveryState, EndpointRecord, NewDelivery};
+use herald_storage::outbox::{
+    AttemptRecord, DeliveryRecord, DeliveryState, EndpointRecord, Lane, NewDelivery, OutboxError,
+};
 use herald_storage::{SqliteOutbox, StorageOpenError};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -44,22 +46,33 @@ const EVENT_QUEUE: usize = 65_536;
 /// Locks keeping each channel's publication events in offset order (channels hash onto them).
 const ORDER_LOCKS: usize = 256;
 
+/// How often the delivery log is pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
 /// Events handed to the outbox, waiting for its commit.
 pub struct PendingEvents {
     submitted: herald_storage::outbox::Submitted,
-    lanes: Vec<(String, String)>,
+    lanes: Vec<Lane>,
     webhooks: Arc<Webhooks>,
 }
 
 impl PendingEvents {
     /// Waits for the commit, then has the lanes deliver.
-    pub async fn wait(self) -> Result<(), herald_storage::outbox::OutboxError> {
+    pub async fn wait(self) -> Result<(), OutboxError> {
         self.submitted.wait().await?;
-        for (endpoint, channel) in self.lanes {
-            self.webhooks.ensure_lane(&endpoint, &channel);
+        for lane in &self.lanes {
+            self.webhooks.ensure_lane(lane);
         }
         Ok(())
     }
+}
+
+/// A lane with a running task.
+struct LaneState {
+    /// Deliveries were added (or made due) since the task last looked.
+    more: bool,
+    /// Wakes the task from a wait for a retry.
+    wake: Arc<Notify>,
 }
 
 fn event_bit(event_type: &str) -> u8 {
@@ -126,8 +139,11 @@ pub struct Webhooks {
     endpoints: RwLock<HashMap<String, Arc<EndpointRecord>>>,
     /// Event types some enabled endpoint wants (bits of [`EVENT_TYPES`]): a cheap "anyone?".
     wanted: AtomicU8,
-    /// Lanes with a running task; `true` when deliveries were added since it last looked.
-    lanes: Mutex<HashMap<(String, String), bool>>,
+    /// Lanes with a running task.
+    lanes: Mutex<HashMap<Lane, LaneState>>,
+    /// Serializes changes to endpoints (API, health, config), so none overwrites another and a
+    /// deleted endpoint stays deleted.
+    endpoint_writes: tokio::sync::Mutex<()>,
     concurrency: Mutex<HashMap<String, Arc<Semaphore>>>,
     client: reqwest::Client,
     events: mpsc::Sender<ChannelEvent>,
@@ -172,6 +188,7 @@ impl Webhooks {
             endpoints: RwLock::new(HashMap::new()),
             wanted: AtomicU8::new(0),
             lanes: Mutex::new(HashMap::new()),
+            endpoint_writes: tokio::sync::Mutex::new(()),
             concurrency: Mutex::new(HashMap::new()),
             client,
             events,
@@ -185,10 +202,11 @@ impl Webhooks {
             detail: error.to_string(),
         };
         webhooks.sync_config_endpoints().await.map_err(store_error)?;
-        for (endpoint, channel) in webhooks.outbox.pending_lanes().await.map_err(store_error)? {
-            webhooks.ensure_lane(&endpoint, &channel);
+        for lane in webhooks.outbox.pending_lanes(None).await.map_err(store_error)? {
+            webhooks.ensure_lane(&lane);
         }
         tasks.spawn(webhooks.clone().write_channel_events(queue));
+        tasks.spawn(webhooks.clone().prune_periodically());
         Ok(webhooks)
     }
 
@@ -201,8 +219,9 @@ impl Webhooks {
     async fn sync_config_endpoints(&self) -> Result<(), herald_storage::outbox::OutboxError> {
         let stored = self.outbox.endpoints().await?;
         let mut declared = Vec::new();
-        for (index, config) in self.settings.endpoints.iter().enumerate() {
-            let id = format!("cfg_{index}_{:08x}", crc32fast::hash(config.url.as_bytes()));
+        for config in &self.settings.endpoints {
+            // From the URL (unique in the file), so reordering the file keeps every id.
+            let id = format!("cfg_{:08x}", crc32fast::hash(config.url.as_bytes()));
             let previous = stored.iter().find(|endpoint| endpoint.id == id);
             let record = EndpointRecord {
                 id: id.clone(),
@@ -227,6 +246,11 @@ impl Webhooks {
         for gone in
             stored.iter().filter(|endpoint| endpoint.from_config && !declared.iter().any(|d| d.id == endpoint.id))
         {
+            let pending = self.outbox.pending_lanes(Some(&gone.id)).await?.len();
+            tracing::warn!(
+                endpoint = %gone.id, url = %gone.url, pending_lanes = pending,
+                "a webhook endpoint left the configuration file: it and its deliveries are removed"
+            );
             self.outbox.delete_endpoint(&gone.id).await?;
         }
         let mut endpoints = HashMap::new();
@@ -260,11 +284,35 @@ impl Webhooks {
         endpoints
     }
 
-    /// Stores an endpoint (new or changed) and starts delivering what it has pending.
-    pub async fn put_endpoint(
+    /// Stores a new endpoint.
+    pub async fn create_endpoint(self: &Arc<Self>, record: EndpointRecord) -> Result<(), OutboxError> {
+        let _writing = self.endpoint_writes.lock().await;
+        self.store(record).await
+    }
+
+    /// Changes an endpoint with `change` (under the endpoint write lock, on its current state);
+    /// `None` when there is no such endpoint. Resuming one makes its pending deliveries due now.
+    pub async fn update_endpoint(
         self: &Arc<Self>,
-        record: EndpointRecord,
-    ) -> Result<(), herald_storage::outbox::OutboxError> {
+        id: &str,
+        change: impl FnOnce(&mut EndpointRecord),
+    ) -> Result<Option<EndpointRecord>, OutboxError> {
+        let _writing = self.endpoint_writes.lock().await;
+        let Some(current) = self.endpoint(id) else { return Ok(None) };
+        let mut changed = (*current).clone();
+        change(&mut changed);
+        if changed == *current {
+            return Ok(Some(changed));
+        }
+        if changed.is_active() && !current.is_active() {
+            self.outbox.retry_now(id, unix_millis()).await?;
+        }
+        self.store(changed.clone()).await?;
+        Ok(Some(changed))
+    }
+
+    /// Writes an endpoint to the outbox, then to the map; starts its lanes if it is active.
+    async fn store(self: &Arc<Self>, record: EndpointRecord) -> Result<(), OutboxError> {
         self.outbox.put_endpoint(record.clone()).await?;
         let id = record.id.clone();
         let active = record.is_active();
@@ -276,11 +324,13 @@ impl Webhooks {
         Ok(())
     }
 
-    pub async fn delete_endpoint(&self, id: &str) -> Result<bool, herald_storage::outbox::OutboxError> {
+    pub async fn delete_endpoint(&self, id: &str) -> Result<bool, OutboxError> {
+        let _writing = self.endpoint_writes.lock().await;
+        let deleted = self.outbox.delete_endpoint(id).await?;
         self.endpoints.write().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(id);
         self.refresh_wanted();
         self.concurrency.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(id);
-        self.outbox.delete_endpoint(id).await
+        Ok(deleted)
     }
 
     pub fn outbox(&self) -> &SqliteOutbox {
@@ -288,11 +338,10 @@ impl Webhooks {
     }
 
     async fn resume_lanes(self: &Arc<Self>, endpoint: &str) {
-        match self.outbox.pending_lanes().await {
+        match self.outbox.pending_lanes(Some(endpoint)).await {
             Ok(lanes) => {
-                for (lane_endpoint, channel) in lanes.into_iter().filter(|(lane_endpoint, _)| lane_endpoint == endpoint)
-                {
-                    self.ensure_lane(&lane_endpoint, &channel);
+                for lane in &lanes {
+                    self.ensure_lane(lane);
                 }
             }
             Err(error) => tracing::warn!(%error, endpoint, "cannot list pending webhook deliveries"),
@@ -305,10 +354,8 @@ impl Webhooks {
         endpoint: &str,
         since: Option<u64>,
     ) -> Result<usize, herald_storage::outbox::OutboxError> {
-        let (count, channels) = self.outbox.requeue(endpoint, since, unix_millis()).await?;
-        for channel in channels {
-            self.ensure_lane(endpoint, &channel);
-        }
+        let count = self.outbox.requeue(endpoint, since, unix_millis()).await?;
+        self.resume_lanes(endpoint).await;
         Ok(count)
     }
 
@@ -389,7 +436,7 @@ impl Webhooks {
                 });
             }
         }
-        let lanes = deliveries.iter().map(|delivery| (delivery.endpoint.clone(), delivery.channel.clone())).collect();
+        let lanes = deliveries.iter().map(NewDelivery::lane).collect();
         let submitted = self.outbox.submit(deliveries).await?;
         Ok(PendingEvents { submitted, lanes, webhooks: self.clone() })
     }
@@ -401,11 +448,10 @@ impl Webhooks {
         if deliveries.is_empty() {
             return Ok(());
         }
-        let lanes: Vec<(String, String)> =
-            deliveries.iter().map(|delivery| (delivery.endpoint.clone(), delivery.channel.clone())).collect();
+        let lanes: Vec<Lane> = deliveries.iter().map(NewDelivery::lane).collect();
         self.outbox.enqueue(deliveries).await?;
-        for (endpoint, channel) in lanes {
-            self.ensure_lane(&endpoint, &channel);
+        for lane in &lanes {
+            self.ensure_lane(lane);
         }
         Ok(())
     }
@@ -461,17 +507,28 @@ impl Webhooks {
             .collect()
     }
 
-    /// Makes sure a task delivers the lane (or tells the running one there is more).
-    fn ensure_lane(self: &Arc<Self>, endpoint: &str, channel: &str) {
-        let key = (endpoint.to_string(), channel.to_string());
+    /// Makes sure a task delivers the lane (or tells the running one there is more, waking it
+    /// from a wait for a retry).
+    fn ensure_lane(self: &Arc<Self>, lane: &Lane) {
         let mut lanes = self.lanes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(more) = lanes.get_mut(&key) {
-            *more = true;
+        if let Some(state) = lanes.get_mut(lane) {
+            state.more = true;
+            state.wake.notify_one();
             return;
         }
-        lanes.insert(key.clone(), false);
+        let wake = Arc::new(Notify::new());
+        lanes.insert(lane.clone(), LaneState { more: false, wake: wake.clone() });
         drop(lanes);
-        self.tasks.spawn(self.clone().run_lane(key));
+        self.tasks.spawn(self.clone().run_lane(lane.clone(), wake));
+    }
+
+    async fn prune_periodically(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(PRUNE_INTERVAL) => self.prune().await,
+                () = self.shutdown.cancelled() => return,
+            }
+        }
     }
 }
 
@@ -522,20 +579,20 @@ enum Answer {
 
 impl Webhooks {
     /// Delivers one lane in order until it has nothing due, then ends.
-    async fn run_lane(self: Arc<Self>, key: (String, String)) {
-        let (endpoint_id, channel) = (&key.0, &key.1);
-        if self.deliver_lane(endpoint_id, channel).await == LaneEnd::Empty {
+    async fn run_lane(self: Arc<Self>, lane: Lane, wake: Arc<Notify>) {
+        if self.deliver_lane(&lane, &wake).await == LaneEnd::Empty {
             return; // deliver_lane removed the lane under the lock
         }
-        let more = self.lanes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&key);
+        let state = self.lanes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&lane);
         // Deliveries added (or the endpoint resumed) while the lane was stopping.
-        let active = self.endpoint(endpoint_id).is_some_and(|endpoint| endpoint.is_active());
-        if more == Some(true) && active && !self.shutdown.is_cancelled() {
-            self.ensure_lane(endpoint_id, channel);
+        let active = self.endpoint(&lane.endpoint).is_some_and(|endpoint| endpoint.is_active());
+        if state.is_some_and(|state| state.more) && active && !self.shutdown.is_cancelled() {
+            self.ensure_lane(&lane);
         }
     }
 
-    async fn deliver_lane(self: &Arc<Self>, endpoint_id: &str, channel: &str) -> LaneEnd {
+    async fn deliver_lane(self: &Arc<Self>, lane: &Lane, wake: &Notify) -> LaneEnd {
+        let endpoint_id = lane.endpoint.as_str();
         loop {
             if self.shutdown.is_cancelled() {
                 return LaneEnd::Stopped;
@@ -543,18 +600,17 @@ impl Webhooks {
             let Some(endpoint) = self.endpoint(endpoint_id).filter(|endpoint| endpoint.is_active()) else {
                 return LaneEnd::Stopped;
             };
-            let delivery = match self.outbox.head(endpoint_id, channel).await {
+            let delivery = match self.outbox.head(lane).await {
                 Ok(Some(delivery)) => delivery,
                 Ok(None) => {
-                    let key = (endpoint_id.to_string(), channel.to_string());
                     let mut lanes = self.lanes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    match lanes.get_mut(&key) {
-                        Some(more) if *more => {
-                            *more = false;
+                    match lanes.get_mut(lane) {
+                        Some(state) if state.more => {
+                            state.more = false;
                             continue;
                         }
                         _ => {
-                            lanes.remove(&key);
+                            lanes.remove(lane);
                             return LaneEnd::Empty;
                         }
                     }
@@ -569,10 +625,13 @@ impl Webhooks {
             };
             let wait = delivery.next_attempt_at.saturating_sub(unix_millis());
             if wait > 0 {
-                if !self.pause(Duration::from_millis(wait)).await {
-                    return LaneEnd::Stopped;
+                // A replay or a resume wakes the lane early.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                    () = wake.notified() => {}
+                    () = self.shutdown.cancelled() => return LaneEnd::Stopped,
                 }
-                continue; // the endpoint may have changed meanwhile
+                continue; // the endpoint or the head may have changed meanwhile
             }
             let permit = {
                 let semaphore = self.semaphore(endpoint_id);
@@ -697,28 +756,34 @@ impl Webhooks {
     /// Tracks since when an endpoint fails, and disables it on `410 Gone` or after failing for
     /// `disable_after`.
     async fn update_health(self: &Arc<Self>, endpoint: &EndpointRecord, delivered: bool, gone: bool, now: u64) {
-        let Some(current) = self.endpoint(&endpoint.id) else { return };
-        let mut changed = (*current).clone();
-        if delivered {
-            changed.failing_since = None;
-        } else {
-            let since = *changed.failing_since.get_or_insert(now);
-            if gone {
-                changed.disabled_reason = Some("the endpoint answered 410 Gone".into());
-            } else if now.saturating_sub(since) >= self.settings.disable_after.as_millis() as u64 {
-                changed.disabled_reason = Some(format!(
-                    "every attempt failed for {}",
-                    humantime::format_duration(Duration::from_secs((now - since) / 1000))
-                ));
-            }
+        if delivered && endpoint.failing_since.is_none() {
+            return; // the common case: healthy, and staying so
         }
-        if changed != *current {
-            if let Some(reason) = &changed.disabled_reason {
+        let disable_after = self.settings.disable_after.as_millis() as u64;
+        let updated = self
+            .update_endpoint(&endpoint.id, |changed| {
+                if delivered {
+                    changed.failing_since = None;
+                    return;
+                }
+                let since = *changed.failing_since.get_or_insert(now);
+                if gone {
+                    changed.disabled_reason = Some("the endpoint answered 410 Gone".into());
+                } else if changed.disabled_reason.is_none() && now.saturating_sub(since) >= disable_after {
+                    changed.disabled_reason = Some(format!(
+                        "every attempt failed for {}",
+                        humantime::format_duration(Duration::from_secs((now - since) / 1000))
+                    ));
+                }
+            })
+            .await;
+        match updated {
+            Ok(Some(changed)) if changed.disabled_reason.is_some() && endpoint.disabled_reason.is_none() => {
+                let reason = changed.disabled_reason.as_deref().unwrap_or_default();
                 tracing::warn!(endpoint = %changed.id, url = %changed.url, reason, "webhook endpoint disabled");
             }
-            if let Err(error) = self.put_endpoint(changed).await {
-                tracing::warn!(%error, "cannot store a webhook endpoint's state");
-            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot store a webhook endpoint's state"),
         }
     }
 

@@ -309,3 +309,31 @@ async fn presence_where_it_is_not_kept_is_a_clear_error() {
     let reply = client.command(json!({"op": "connect", "client": "not-an-id"})).await;
     assert_eq!(reply["error"]["code"], "invalid_client");
 }
+
+/// A client id is not a credential, but it never carries one user's presence over to another:
+/// taking back an id held for someone else gets a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_cannot_take_over_a_client_id() {
+    let server = server("[presence]\ngrace_period = \"3s\"\n").await;
+    let room = "chat:takeover";
+    let mut alice = WsClient::connect(&format!("{}?token={}", server.ws_url(), token("alice", Value::Null))).await;
+    let alice_id = alice.command(json!({"op": "connect"})).await["result"]["client"].as_str().unwrap().to_string();
+    alice.subscribe(room).await;
+    drop(alice);
+    let mut mallory = WsClient::connect(&format!("{}?token={}", server.ws_url(), token("mallory", Value::Null))).await;
+    mallory.command(json!({"op": "connect", "client": alice_id})).await;
+    mallory.subscribe(room).await;
+    let listed = presence(&server, room).await;
+    let clients: Vec<(&str, &str)> = listed["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["client"].as_str().unwrap(), c["user"].as_str().unwrap()))
+        .collect();
+    assert_eq!(clients.len(), 2, "{listed}");
+    assert!(clients.contains(&(alice_id.as_str(), "alice")), "alice's entry stays hers: {listed}");
+    assert!(clients.iter().any(|(id, user)| *user == "mallory" && *id != alice_id), "{listed}");
+    // And alice's entry goes when her grace period ends, whatever mallory does.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(users_of(&presence(&server, room).await), ["mallory"]);
+}

@@ -113,7 +113,11 @@ where
             _ => subscribed.position.clone(),
         };
         self.positions.track(channel.clone(), start);
-        self.app.hub.join_presence(&channel, crate::presence::entry(&self.identity, self.client)).await;
+        if !self.app.hub.join_presence(&channel, crate::presence::entry(&self.identity, self.client)).await {
+            // The id taken back belongs to another user: this connection gets its own.
+            self.client = ClientId::random();
+            self.app.hub.join_presence(&channel, crate::presence::entry(&self.identity, self.client)).await;
+        }
         let mut result = serde_json::json!({
             "channel": channel.as_str(),
             "position": WirePosition::from(&subscribed.position),

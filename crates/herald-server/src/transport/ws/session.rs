@@ -314,9 +314,9 @@ where
         let channels: Vec<ChannelName> = self.positions.iter().map(|(channel, _)| channel.clone()).collect();
         let client = self.client.to_string();
         for channel in &channels {
-            self.app.hub.unsubscribe(&self.subscriber, channel).await;
             // Gone, unless the client is back within the grace period.
             self.app.hub.leave_presence(channel, &client, true);
+            self.app.hub.unsubscribe(&self.subscriber, channel).await;
         }
         let ending = match ending {
             // A write that failed while the queue overflowed: the client is too slow.
