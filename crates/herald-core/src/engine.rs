@@ -95,6 +95,10 @@ pub trait FanOut: Send + Sync {
     /// last one gone, a join or leave it caused): reported on this node only, so a cluster
     /// reports each event once.
     fn report(&self, event: ChannelEvent);
+
+    /// The channel's history was lost and it goes on in a new epoch (a remote engine flushed):
+    /// its subscribers must come back, and will be told recovery is impossible.
+    fn reset(&self, _channel: &ChannelName) {}
 }
 
 /// An engine: positions, history, cross-node fan-out and idempotency.

@@ -420,6 +420,17 @@ impl FanOut for Hub {
             sink.channel_event(event);
         }
     }
+
+    /// Disconnects the channel's subscribers as lagging (4001, with their positions): they
+    /// resubscribe from their old epoch and hear `recovered: false`.
+    fn reset(&self, channel: &ChannelName) {
+        let shard = self.shard(channel);
+        if let Some(local) = shard.get(channel) {
+            for subscriber in &local.subscribers {
+                subscriber.lagged.cancel();
+            }
+        }
+    }
 }
 
 #[cfg(test)]

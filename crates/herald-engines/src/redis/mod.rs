@@ -724,7 +724,9 @@ impl Delivery {
                             self.catch_up(shard, channel, &last, Some(publication.position.offset)).await?;
                         }
                     }
-                    _ => {}
+                    // Redis lost the channel (a flush, an empty replica): a new epoch.
+                    Some(_) => fan_out.reset(channel),
+                    None => {}
                 }
                 set_last(shard, channel, &publication.position);
                 fan_out.deliver(publication);
@@ -751,6 +753,12 @@ impl Delivery {
         let Some(fan_out) = self.fan_out.get().and_then(Weak::upgrade) else { return Ok(()) };
         let query = HistoryQuery::after(last.offset);
         let page = read_history(shard, &self.scripts, &self.namespaces, channel, query, 3_600_000).await?;
+        // A new epoch, or history no longer reaching back: what was missed cannot be delivered.
+        if page.top.epoch != last.epoch || page.oldest > last.offset + 1 {
+            set_last(shard, channel, &page.top);
+            fan_out.reset(channel);
+            return Ok(());
+        }
         for publication in page.publications {
             if publication.position.epoch != last.epoch
                 || before.is_some_and(|before| publication.position.offset >= before)

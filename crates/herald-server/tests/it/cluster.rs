@@ -259,4 +259,18 @@ async fn nodes_ride_out_redis_dropping_connections_and_restarting() {
     for subscriber in &mut subscribers {
         assert_eq!(read_offsets(subscriber, expected.len()).await, expected, "the full sequence, in order");
     }
+
+    // Redis loses everything: subscribers are told to come back, and hear recovery is impossible.
+    redis.cli(&["FLUSHALL"]);
+    nodes[0].publish(&room, json!("after the flush")).await;
+    for subscriber in &mut subscribers {
+        let (pushes, close) = subscriber.read_until_close().await;
+        assert_eq!(close.map(|(code, _)| code), Some(4001), "{pushes:?}");
+        let position = pushes.last().unwrap()["disconnect"]["positions"][&room].clone();
+        assert_eq!(position["offset"], expected.len());
+        let mut again = nodes[1].client().await;
+        let reply = again.command(json!({"op": "subscribe", "channel": room, "since": position})).await;
+        assert_eq!(reply["result"]["recovered"], false, "{reply}");
+        assert_eq!(reply["result"]["position"]["offset"], 1, "the new epoch's history: {reply}");
+    }
 }
