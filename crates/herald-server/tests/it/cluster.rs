@@ -274,3 +274,49 @@ async fn nodes_ride_out_redis_dropping_connections_and_restarting() {
         assert_eq!(reply["result"]["position"]["offset"], 1, "the new epoch's history: {reply}");
     }
 }
+
+/// Two Redis servers as shards: channels spread over both, each channel whole on one, and the
+/// nodes agree on which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_spread_over_redis_shards() {
+    if redis_url().is_none() {
+        return;
+    }
+    let (Some(first), Some(second)) = (OwnRedis::start(), OwnRedis::start()) else { return };
+    let urls = format!("[\"{}\", \"{}\"]", first.url(), second.url());
+    let config = format!("engine = \"redis\"\n[redis]\nurls = {urls}\n");
+    let nodes = [TestServer::with_config(&config).await, TestServer::with_config(&config).await];
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    let channels: Vec<String> = (0..8).map(|n| format!("shard:{n}-{:x}", fastrand::u32(..))).collect();
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut client = node.client().await;
+        for channel in &channels {
+            client.subscribe(channel).await;
+        }
+        clients.push(client);
+    }
+    for round in 0..10 {
+        for (index, channel) in channels.iter().enumerate() {
+            nodes[(round + index) % 2].publish(channel, json!(round)).await;
+        }
+    }
+    for client in &mut clients {
+        let mut per_channel: std::collections::HashMap<String, Vec<u64>> = Default::default();
+        while per_channel.values().map(Vec::len).sum::<usize>() < 80 {
+            let push = client.next_push().await;
+            if let Some(offset) = push["offset"].as_u64() {
+                per_channel.entry(push["channel"].as_str().unwrap().to_string()).or_default().push(offset);
+            }
+        }
+        for channel in &channels {
+            assert_eq!(per_channel[channel], (1..=10).collect::<Vec<_>>(), "{channel}");
+        }
+    }
+    let count = |redis: &OwnRedis| redis.cli(&["--scan", "--pattern", "herald:*:meta"]).lines().count();
+    let (on_first, on_second) = (count(&first), count(&second));
+    assert_eq!(on_first + on_second, 8, "each channel on exactly one shard");
+    assert!(on_first > 0 && on_second > 0, "both shards used: {on_first} + {on_second}");
+}
