@@ -56,6 +56,11 @@ impl Namespaces {
         Self { default, named }
     }
 
+    /// The largest value of an option over every namespace (to size shared structures).
+    pub fn largest<T: Ord>(&self, option: impl Fn(&NamespaceOptions) -> T) -> T {
+        self.named.values().map(&option).fold(option(&self.default), std::cmp::max)
+    }
+
     pub fn options_for(&self, channel: &ChannelName) -> &NamespaceOptions {
         channel.namespace().and_then(|namespace| self.named.get(namespace)).unwrap_or(&self.default)
     }

@@ -11,7 +11,7 @@ use herald_core::{
     ChannelEvent, ChannelName, Engine, FanOut, HistoryQuery, MemoryEngine, NamespaceOptions, Namespaces,
     PresenceChange, PresenceEntry, PresenceEvent, Publication, PublishRequest,
 };
-use herald_engines::RedisEngine;
+use herald_engines::{NatsEngine, RedisEngine};
 
 /// What an engine handed to its node.
 #[derive(Default)]
@@ -99,6 +99,17 @@ async fn redis() -> Option<Node> {
     let engine = RedisEngine::start(&[url], namespaces()).await.expect("redis engine starts");
     let node = Node::new(engine);
     wait_until("redis ready", || node.engine.is_ready()).await;
+    Some(node)
+}
+
+async fn nats() -> Option<Node> {
+    let Ok(url) = std::env::var("HERALD_TEST_NATS_URL") else {
+        eprintln!("skipped: HERALD_TEST_NATS_URL is unset (.ci/run sets it)");
+        return None;
+    };
+    let engine = NatsEngine::start(&url, namespaces()).await.expect("nats engine starts");
+    let node = Node::new(engine);
+    wait_until("nats ready", || node.engine.is_ready()).await;
     Some(node)
 }
 
@@ -220,6 +231,16 @@ macro_rules! suite {
                 }
             )*
         }
+        mod nats_engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    if let Some(node) = super::nats().await {
+                        super::$case(node).await;
+                    }
+                }
+            )*
+        }
     };
 }
 
@@ -235,6 +256,16 @@ suite!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_redis_nodes_share_publications_presence_and_positions() {
     let (Some(first), Some(second)) = (redis().await, redis().await) else { return };
+    two_nodes(first, second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nats_nodes_share_publications_presence_and_positions() {
+    let (Some(first), Some(second)) = (nats().await, nats().await) else { return };
+    two_nodes(first, second).await;
+}
+
+async fn two_nodes(first: Node, second: Node) {
     let a = channel("a");
     second.engine.subscribe(std::slice::from_ref(&a)).await.unwrap();
     for n in 0..20 {

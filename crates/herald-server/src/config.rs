@@ -282,6 +282,10 @@ pub enum EngineKind {
     Redis {
         urls: Vec<String>,
     },
+    /// A NATS server (or cluster) with JetStream.
+    Nats {
+        url: String,
+    },
 }
 
 /// Where durable namespaces keep their history.
@@ -405,7 +409,15 @@ impl Settings {
                 EngineKind::Redis { urls }
             }
             "nats" => {
-                return Err(invalid("engine", "the nats engine is not available in this build yet"));
+                let url = raw
+                    .nats
+                    .as_ref()
+                    .and_then(|nats| nats.url.clone())
+                    .ok_or_else(|| invalid("nats.url", "engine = \"nats\" needs [nats] url = \"nats://…\""))?;
+                if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                    return Err(invalid("nats.url", format!("{url:?} is not a nats:// URL")));
+                }
+                EngineKind::Nats { url }
             }
             other => return Err(invalid("engine", format!("{other:?} is not one of \"memory\", \"redis\", \"nats\""))),
         };

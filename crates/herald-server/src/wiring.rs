@@ -32,6 +32,10 @@ pub async fn hub(settings: &Settings) -> Result<Arc<Hub>, StorageOpenError> {
         EngineKind::Redis { urls } => herald_engines::RedisEngine::start(urls, namespaces.clone())
             .await
             .map_err(|error| StorageOpenError::Thread(std::io::Error::other(error)))?,
+        // History in JetStream: as durable as its storage (file) and replication.
+        EngineKind::Nats { url } => herald_engines::NatsEngine::start(url, namespaces.clone())
+            .await
+            .map_err(|error| StorageOpenError::Thread(std::io::Error::other(error)))?,
     };
     Ok(Hub::new(engine, namespaces, settings.presence))
 }

@@ -1,6 +1,7 @@
-//! Several Herald nodes on one Redis behave as one server: one ordering, one history, one
-//! presence; and they ride out Redis going away. Needs `HERALD_TEST_REDIS_URL` (`.ci/run` sets
-//! it); the fault tests start their own `redis-server` on another loopback port.
+//! Several Herald nodes on one Redis (or one NATS) behave as one server: one ordering, one
+//! history, one presence; and they ride out the engine going away. Needs
+//! `HERALD_TEST_REDIS_URL` / `HERALD_TEST_NATS_URL` (`.ci/run` sets them); the fault tests start
+//! their own `redis-server` / `nats-server` on another loopback port.
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -18,11 +19,25 @@ fn redis_url() -> Option<String> {
     url
 }
 
-async fn node(url: &str, extra: &str) -> TestServer {
-    TestServer::with_config(&format!(
-        "engine = \"redis\"\n[redis]\nurls = [\"{url}\"]\n[namespaces.room]\npresence = true\njoin_leave = true\n{extra}"
-    ))
-    .await
+fn nats_url() -> Option<String> {
+    let url = std::env::var("HERALD_TEST_NATS_URL").ok();
+    if url.is_none() {
+        eprintln!("skipped: HERALD_TEST_NATS_URL is unset (.ci/run sets it)");
+    }
+    url
+}
+
+/// The engine part of a node's configuration.
+fn redis_engine(url: &str) -> String {
+    format!("engine = \"redis\"\n[redis]\nurls = [\"{url}\"]\n")
+}
+
+fn nats_engine(url: &str) -> String {
+    format!("engine = \"nats\"\n[nats]\nurl = \"{url}\"\n")
+}
+
+async fn node(engine: &str) -> TestServer {
+    TestServer::with_config(&format!("{engine}[namespaces.room]\npresence = true\njoin_leave = true\n")).await
 }
 
 async fn wait_ready(server: &TestServer) {
@@ -55,9 +70,19 @@ async fn read_offsets(client: &mut WsClient, count: usize) -> Vec<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_are_one_server() {
+async fn three_nodes_on_redis_are_one_server() {
     let Some(url) = redis_url() else { return };
-    let nodes = [node(&url, "").await, node(&url, "").await, node(&url, "").await];
+    three_nodes_are_one_server(&redis_engine(&url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_nats_are_one_server() {
+    let Some(url) = nats_url() else { return };
+    three_nodes_are_one_server(&nats_engine(&url)).await;
+}
+
+async fn three_nodes_are_one_server(engine: &str) {
+    let nodes = [node(engine).await, node(engine).await, node(engine).await];
     for node in &nodes {
         wait_ready(node).await;
     }
@@ -206,7 +231,7 @@ async fn nodes_ride_out_redis_dropping_connections_and_restarting() {
         return;
     }
     let Some(mut redis) = OwnRedis::start() else { return };
-    let nodes = [node(&redis.url(), "").await, node(&redis.url(), "").await];
+    let nodes = [node(&redis_engine(&redis.url())).await, node(&redis_engine(&redis.url())).await];
     for node in &nodes {
         wait_ready(node).await;
     }
@@ -319,4 +344,113 @@ async fn channels_spread_over_redis_shards() {
     let (on_first, on_second) = (count(&first), count(&second));
     assert_eq!(on_first + on_second, 8, "each channel on exactly one shard");
     assert!(on_first > 0 && on_second > 0, "both shards used: {on_first} + {on_second}");
+}
+
+/// A `nats-server` with JetStream of the test's own, storing in a temporary directory.
+struct OwnNats {
+    port: u16,
+    dir: tempfile::TempDir,
+    process: Option<Child>,
+}
+
+impl OwnNats {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let mut nats = Self { port, dir: tempfile::tempdir().ok()?, process: None };
+        nats.up().then_some(nats)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) -> bool {
+        let started = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(process) = started else {
+            eprintln!("skipped: nats-server is not installed");
+            return false;
+        };
+        self.process = Some(process);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_ride_out_a_nats_restart() {
+    if nats_url().is_none() {
+        return;
+    }
+    let Some(mut nats) = OwnNats::start() else { return };
+    let nodes = [node(&nats_engine(&nats.url())).await, node(&nats_engine(&nats.url())).await];
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    let room = channel("room");
+    let mut subscribers = Vec::new();
+    for node in &nodes {
+        let mut client = node.client().await;
+        client.subscribe(&room).await;
+        subscribers.push(client);
+    }
+    let mut acknowledged = Vec::new();
+    let mut publish = async |node: &TestServer, n: u64| {
+        let response =
+            node.http().post(node.url("/api/publish")).json(&json!({"channel": room, "data": n})).send().await.unwrap();
+        if response.status() == 200 {
+            acknowledged.push(response.json::<Value>().await.unwrap()["offset"].as_u64().unwrap());
+        } else {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "engine_unavailable", "a clear error: {body}");
+        }
+    };
+    for n in 0..20 {
+        publish(&nodes[n as usize % 2], n).await;
+    }
+    nats.kill();
+    for n in 20..25 {
+        publish(&nodes[n as usize % 2], n).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[0].get_json("/readyz").await.0 != 503 {
+        assert!(Instant::now() < deadline, "still ready without NATS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(nats.up());
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    for n in 25..40 {
+        publish(&nodes[n as usize % 2], n).await;
+    }
+    assert!(acknowledged.len() >= 35, "publishing resumed: {}", acknowledged.len());
+    let expected: Vec<u64> = (1..=acknowledged.len() as u64).collect();
+    let mut sorted = acknowledged.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, expected, "acknowledged publishes have gap-free offsets");
+    for subscriber in &mut subscribers {
+        assert_eq!(read_offsets(subscriber, expected.len()).await, expected, "the full sequence, in order");
+    }
 }
