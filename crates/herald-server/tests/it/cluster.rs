@@ -454,3 +454,36 @@ async fn nodes_ride_out_a_nats_restart() {
         assert_eq!(read_offsets(subscriber, expected.len()).await, expected, "the full sequence, in order");
     }
 }
+
+/// Webhooks across a cluster: endpoints declared in every node's configuration, events
+/// recorded by the node where they happen, so each publication is delivered once, not once per
+/// node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_delivers_each_webhook_event_once() {
+    let Some(url) = redis_url() else { return };
+    let receiver = crate::webhooks::Receiver::start().await;
+    let room = channel("hooked");
+    let config = format!(
+        "{}[[webhooks]]\nurl = \"{}\"\nchannels = [\"hooked:*\"]\nevents = [\"publication\"]\n\
+         secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+        redis_engine(&url),
+        receiver.url()
+    );
+    let nodes = [TestServer::with_config(&config).await, TestServer::with_config(&config).await];
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    for n in 0..20u64 {
+        nodes[(n % 2) as usize].publish(&room, json!(n)).await;
+    }
+    let calls = receiver
+        .wait_for("20 publications", Duration::from_secs(20), |calls| {
+            calls.iter().filter(|call| call.status == 200).count() >= 20
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let offsets: BTreeSet<u64> =
+        receiver.calls().iter().map(|call| call.json()["data"]["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, (1..=20).collect(), "every publication");
+    assert_eq!(receiver.calls().len(), 20, "each once, whichever node took it: {}", calls.len());
+}
