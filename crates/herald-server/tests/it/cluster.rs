@@ -487,3 +487,95 @@ async fn a_cluster_delivers_each_webhook_event_once() {
     assert_eq!(offsets, (1..=20).collect(), "every publication");
     assert_eq!(receiver.calls().len(), 20, "each once, whichever node took it: {}", calls.len());
 }
+
+/// A `herald serve` process (the binary, as a user runs it), killed when dropped.
+struct Process {
+    child: Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("HERALD_LISTEN")
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        assert!(line.contains("listening on http://"), "herald did not start: {line:?}");
+        let address = line.trim().rsplit("http://").next().unwrap().to_string();
+        Self { child, address, _dir: dir }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same as `three_nodes_on_redis_are_one_server`, with three `herald` processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_herald_processes_on_redis_are_one_server() {
+    let Some(url) = redis_url() else { return };
+    let processes: Vec<Process> = (0..3).map(|_| Process::start(&redis_engine(&url))).collect();
+    let http = crate::helpers::http_client();
+    for process in &processes {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http.get(format!("http://{}/readyz", process.address)).send().await.map(|r| r.status()).ok()
+            != Some(reqwest::StatusCode::OK)
+        {
+            assert!(Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let room = channel("room");
+    let mut subscribers = Vec::new();
+    for process in &processes {
+        let mut client = WsClient::connect(&format!("ws://{}/ws", process.address)).await;
+        client.subscribe(&room).await;
+        subscribers.push(client);
+    }
+    let publishers: Vec<_> = processes
+        .iter()
+        .map(|process| {
+            let (http, url, room) = (http.clone(), format!("http://{}/api/publish", process.address), room.clone());
+            tokio::spawn(async move {
+                let mut offsets = Vec::new();
+                for n in 0..30 {
+                    let reply: Value = http
+                        .post(&url)
+                        .json(&json!({"channel": room, "data": n}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    offsets.push(reply["offset"].as_u64().expect("published"));
+                }
+                offsets
+            })
+        })
+        .collect();
+    let mut assigned = BTreeSet::new();
+    for publisher in publishers {
+        assigned.extend(publisher.await.unwrap());
+    }
+    assert_eq!(assigned, (1..=90).collect(), "one gap-free sequence across the processes");
+    for subscriber in &mut subscribers {
+        assert_eq!(read_offsets(subscriber, 90).await, (1..=90).collect::<Vec<_>>());
+    }
+}
