@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Cross-node fan-out: the memory engine (one node) next to the Redis engine (subscribers on one
-# node, publishes through another, both on the machine's Redis), in one invocation.
+# Cross-node fan-out: the memory engine (one node) next to the Redis and NATS engines
+# (subscribers on one node, publishes through another, both on the machine's Redis or NATS),
+# in one invocation.
 #
-#   bench/cluster.sh [--quick]      # needs redis-server on 127.0.0.1:6379 (or REDIS_URL)
+#   bench/cluster.sh [--quick]      # needs Redis on 127.0.0.1:6379 (REDIS_URL) and NATS with
+#                                   # JetStream on 127.0.0.1:4222 (NATS_URL)
 #
 # Node A (the subscribers') runs on core 0, node B and the generator on core 1; Redis floats.
 # Server CPU is node A's alone (the one fanning out to the subscribers). One JSON line per run
@@ -12,6 +14,7 @@ cd "$(dirname "$0")/.."
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
 redis_url=${REDIS_URL:-redis://127.0.0.1:6379/}
+nats_url=${NATS_URL:-nats://127.0.0.1:4222}
 target_dir=${CARGO_TARGET_DIR:-target}
 cargo build --release --locked -p herald-server -p herald-bench
 herald="$target_dir/release/herald"
@@ -38,10 +41,13 @@ if $quick; then seconds=3; subs=200; fan=1000; fi
 
 run() { # label engine subscribers rate
   local label=$1 engine=$2 n=$3 r=$4 config="" a b="" pub
-  if [ "$engine" = redis ]; then config=$(printf 'engine = "redis"\n[redis]\nurls = ["%s"]\n' "$redis_url"); fi
+  case $engine in
+    redis) config=$(printf 'engine = "redis"\n[redis]\nurls = ["%s"]\n' "$redis_url") ;;
+    nats) config=$(printf 'engine = "nats"\n[nats]\nurl = "%s"\n' "$nats_url") ;;
+  esac
   a=$(start_node a 18771 0 "$config"); wait_ready 18771
   pub=http://127.0.0.1:18771
-  if [ "$engine" = redis ]; then b=$(start_node b 18772 1 "$config"); wait_ready 18772; pub=http://127.0.0.1:18772; fi
+  if [ "$engine" != memory ]; then b=$(start_node b 18772 1 "$config"); wait_ready 18772; pub=http://127.0.0.1:18772; fi
   echo "== $label" >&2
   taskset -c 1 "$generator" --target herald --transport ws --url http://127.0.0.1:18771 --publish-url "$pub" \
     --subscribers "$n" --rate "$r" --seconds "$seconds" --server-pid "$a" --label "$label" >> "$results" ||
@@ -49,9 +55,11 @@ run() { # label engine subscribers rate
   kill $a $b 2>/dev/null || true; wait $a $b 2>/dev/null || true; sleep 0.5
 }
 
-run "memory, one node: $subs x ${rate}/s" memory $subs $rate
-run "redis, A subscribes, B publishes: $subs x ${rate}/s" redis $subs $rate
-run "memory, one node: $fan x ${fan_rate}/s" memory $fan $fan_rate
-run "redis, A subscribes, B publishes: $fan x ${fan_rate}/s" redis $fan $fan_rate
+for engine in memory redis nats; do
+  label="$engine, A subscribes, B publishes"
+  [ $engine = memory ] && label="memory, one node"
+  run "$label: $subs x ${rate}/s" $engine $subs $rate
+  run "$label: $fan x ${fan_rate}/s" $engine $fan $fan_rate
+done
 python3 bench/table.py "$results"
 echo "results: $results" >&2

@@ -281,6 +281,12 @@ impl NatsEngine {
         let subscriber = self.client.subscribe(events_subject(channel)).await.map_err(unavailable)?;
         // The subscription is made: the server has it once this flush returns.
         self.client.flush().await.map_err(unavailable)?;
+        // Delivery starts after the channel's top as of now (before the hub reads it for the
+        // subscriber). Publishes of several nodes reach the subject in any order: without a
+        // start, the first to arrive would hide those before it; with one, anything ahead of
+        // the last delivered is a gap, closed from history.
+        let top =
+            read_history(&self.context, &self.stream, &self.namespaces, channel, HistoryQuery::top_only()).await?.top;
         let task = self.stop.child_token();
         let delivery = ChannelDelivery {
             channel: channel.clone(),
@@ -289,7 +295,7 @@ impl NatsEngine {
             namespaces: self.namespaces.clone(),
             fan_out: self.fan_out.clone(),
             reconnects: self.reconnects.clone(),
-            last: None,
+            last: Some(top),
         };
         tokio::spawn(delivery.run(subscriber, task.clone()));
         {
