@@ -524,6 +524,15 @@ async fn read_history(
         }
     };
     let (top, _) = position_of(&last).ok_or_else(|| unavailable("a message without position"))?;
+    if query.limit == 0 {
+        // The position alone (what every subscribe asks): no need to read the history, only
+        // where it starts (the first message kept, the epoch marker aside).
+        let oldest = match stream.direct_get_next_for_subject(&subject, None).await {
+            Ok(first) => position_of(&first).map_or(top.offset + 1, |(position, _)| position.offset.max(1)),
+            Err(_) => top.offset + 1,
+        };
+        return Ok(HistoryPage { publications: Vec::new(), top: top.clone(), oldest: oldest.min(top.offset + 1) });
+    }
     let oldest_time = unix_millis().saturating_sub(options.history_ttl.as_millis() as u64);
     let mut kept = Vec::new();
     if options.history_size > 0 {
