@@ -39,6 +39,22 @@ const NODES_BUCKET: &str = "herald-nodes";
 const NODE_LEASE: Duration = Duration::from_secs(30);
 /// Attempts at appending when other nodes keep taking the next offset first.
 const APPEND_ATTEMPTS: usize = 100;
+/// Locks serializing this node's appends per channel (channels hash onto them).
+const APPEND_LOCKS: usize = 256;
+/// Tails remembered per lock at most (forgotten all at once beyond).
+const TAILS_PER_LOCK: usize = 1024;
+
+/// The last message of a channel as this node last appended or read it.
+#[derive(Clone)]
+struct Tail {
+    position: Position,
+    time: u64,
+    sequence: u64,
+}
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
 
 const EPOCH_HEADER: &str = "Herald-Epoch";
 const OFFSET_HEADER: &str = "Herald-Offset";
@@ -100,6 +116,7 @@ pub struct NatsEngine {
     node: String,
     fan_out: Arc<OnceLock<Weak<dyn FanOut>>>,
     interest: Mutex<HashMap<ChannelName, Interest>>,
+    tails: Box<[tokio::sync::Mutex<HashMap<ChannelName, Tail>>]>,
     connected: Arc<AtomicBool>,
     /// Bumped at each reconnect: channel tasks then catch up on what they missed.
     reconnects: watch::Receiver<u64>,
@@ -202,6 +219,7 @@ impl NatsEngine {
             node: format!("node-{:016x}", fastrand::u64(..)),
             fan_out: Arc::new(OnceLock::new()),
             interest: Mutex::new(HashMap::new()),
+            tails: (0..APPEND_LOCKS).map(|_| tokio::sync::Mutex::new(HashMap::new())).collect(),
             connected,
             reconnects,
             _stop: stop.clone().drop_guard(),
@@ -219,30 +237,39 @@ impl NatsEngine {
 
     async fn publish_one(&self, request: PublishRequest) -> Result<Published, PublishError> {
         let subject = history_subject(&request.channel);
-        let context = &self.context;
+        // One append at a time per channel on this node, from the tail it remembers: other
+        // nodes' appends are the only conflicts left, and a known tail saves a read.
+        let shard = fnv1a(request.channel.as_str()) as usize % APPEND_LOCKS;
+        let mut tails = self.tails[shard].lock().await;
         for _ in 0..APPEND_ATTEMPTS {
-            let last = last_message(&self.stream, &subject).await?;
-            let (epoch, offset, last_time, last_sequence) = match &last {
-                Some(message) => {
-                    let (position, time) =
-                        position_of(message).ok_or_else(|| unavailable("a message without position"))?;
-                    (position.epoch, position.offset, time, message.sequence)
-                }
-                None => (Epoch::random(), 0, 0, 0),
+            let tail = match tails.get(&request.channel) {
+                Some(tail) => tail.clone(),
+                None => match last_message(&self.stream, &subject).await? {
+                    Some(message) => {
+                        let (position, time) =
+                            position_of(&message).ok_or_else(|| unavailable("a message without position"))?;
+                        Tail { position, time, sequence: message.sequence }
+                    }
+                    None => Tail { position: Position { epoch: Epoch::random(), offset: 0 }, time: 0, sequence: 0 },
+                },
             };
-            let time_ms = unix_millis().max(last_time);
+            let time_ms = unix_millis().max(tail.time);
+            let position = Position { epoch: tail.position.epoch.clone(), offset: tail.position.offset + 1 };
             let mut headers = HeaderMap::new();
-            headers.insert(EPOCH_HEADER, epoch.as_str());
-            headers.insert(OFFSET_HEADER, (offset + 1).to_string().as_str());
+            headers.insert(EPOCH_HEADER, position.epoch.as_str());
+            headers.insert(OFFSET_HEADER, position.offset.to_string().as_str());
             headers.insert(TIME_HEADER, time_ms.to_string().as_str());
-            headers.insert("Nats-Expected-Last-Subject-Sequence", last_sequence.to_string().as_str());
+            headers.insert("Nats-Expected-Last-Subject-Sequence", tail.sequence.to_string().as_str());
             if let Some(key) = &request.idempotency_key {
                 headers.insert("Nats-Msg-Id", format!("{}|{key}", request.channel).as_str());
             }
-            let sent = context.publish_with_headers(subject.clone(), headers, request.data.clone()).await;
+            let sent = self.context.publish_with_headers(subject.clone(), headers, request.data.clone()).await;
             let ack = match sent {
                 Ok(pending) => pending.await,
-                Err(error) => return Err(unavailable(error)),
+                Err(error) => {
+                    tails.remove(&request.channel);
+                    return Err(unavailable(error));
+                }
             };
             match ack {
                 Ok(ack) if ack.duplicate => {
@@ -251,9 +278,14 @@ impl NatsEngine {
                         position_of(&original).ok_or_else(|| unavailable("a message without position"))?;
                     return Ok(Published { channel: request.channel, position, time_ms, duplicate: true });
                 }
-                Ok(_) => {
-                    let position = Position { epoch: epoch.clone(), offset: offset + 1 };
-                    let message = format!("P {} {} {} ", position.offset, epoch, time_ms);
+                Ok(ack) => {
+                    if tails.len() >= TAILS_PER_LOCK {
+                        tails.clear();
+                    }
+                    let tail = Tail { position: position.clone(), time: time_ms, sequence: ack.sequence };
+                    tails.insert(request.channel.clone(), tail);
+                    drop(tails);
+                    let message = format!("P {} {} {} ", position.offset, position.epoch, time_ms);
                     let mut payload = Vec::with_capacity(message.len() + request.data.len());
                     payload.extend_from_slice(message.as_bytes());
                     payload.extend_from_slice(&request.data);
@@ -262,9 +294,14 @@ impl NatsEngine {
                     return Ok(Published { channel: request.channel, position, time_ms, duplicate: false });
                 }
                 Err(error) if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    // Another node appended: read the tail again.
+                    tails.remove(&request.channel);
                     tokio::time::sleep(Duration::from_micros(fastrand::u64(50..500))).await;
                 }
-                Err(error) => return Err(unavailable(error)),
+                Err(error) => {
+                    tails.remove(&request.channel);
+                    return Err(unavailable(error));
+                }
             }
         }
         Err(unavailable("too many concurrent publishers on one channel; try again"))
