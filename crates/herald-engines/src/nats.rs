@@ -236,6 +236,11 @@ impl NatsEngine {
     }
 
     async fn publish_one(&self, request: PublishRequest) -> Result<Published, PublishError> {
+        // The client would hold a publish while disconnected and send it on reconnect, after we
+        // told the publisher it failed: refuse it now instead.
+        if !self.connected.load(Ordering::Relaxed) {
+            return Err(unavailable("not connected"));
+        }
         let subject = history_subject(&request.channel);
         // One append at a time per channel on this node, from the tail it remembers: other
         // nodes' appends are the only conflicts left, and a known tail saves a read.
@@ -271,6 +276,14 @@ impl NatsEngine {
                     return Err(unavailable(error));
                 }
             };
+            if let Err(error) = &ack
+                && error.kind() == jetstream::context::PublishErrorKind::TimedOut
+            {
+                tails.remove(&request.channel);
+                return Err(unavailable(format!(
+                    "{error}: the publish may still be stored; publish again with the same idempotency key"
+                )));
+            }
             match ack {
                 Ok(ack) if ack.duplicate => {
                     let original = self.stream.get_raw_message(ack.sequence).await.map_err(unavailable)?;
