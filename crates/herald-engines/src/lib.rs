@@ -8,6 +8,7 @@
 
 pub mod nats;
 pub mod redis;
+mod shared;
 
 pub use nats::NatsEngine;
 pub use redis::RedisEngine;

@@ -30,6 +30,8 @@ use herald_core::{
     PresenceChange, PresenceEntry, PresenceEvent, Publication, PublishError, PublishRequest, Published,
 };
 use tokio::sync::watch;
+
+use crate::shared::{decode_entry, encode_entry, parse_publication, publication_message};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 const STREAM: &str = "HERALD";
@@ -298,12 +300,9 @@ impl NatsEngine {
                     let tail = Tail { position: position.clone(), time: time_ms, sequence: ack.sequence };
                     tails.insert(request.channel.clone(), tail);
                     drop(tails);
-                    let message = format!("P {} {} {} ", position.offset, position.epoch, time_ms);
-                    let mut payload = Vec::with_capacity(message.len() + request.data.len());
-                    payload.extend_from_slice(message.as_bytes());
-                    payload.extend_from_slice(&request.data);
+                    let message = publication_message(&position, time_ms, &request.data);
                     // Fan-out is at most once: a node that misses it closes the gap from history.
-                    let _ = self.client.publish(events_subject(&request.channel), payload.into()).await;
+                    let _ = self.client.publish(events_subject(&request.channel), message).await;
                     return Ok(Published { channel: request.channel, position, time_ms, duplicate: false });
                 }
                 Err(error) if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
@@ -496,25 +495,6 @@ impl StoredEntry {
             since_ms: self.since,
         }
     }
-}
-
-fn encode_entry(entry: &PresenceEntry) -> String {
-    let info = entry
-        .info
-        .as_ref()
-        .and_then(|info| serde_json::from_slice::<serde_json::Value>(info).ok())
-        .unwrap_or(serde_json::Value::Null);
-    serde_json::json!({"client": entry.client, "user": entry.user, "info": info, "since": entry.since_ms}).to_string()
-}
-
-fn decode_entry(json: &[u8]) -> Option<PresenceEntry> {
-    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
-    Some(PresenceEntry {
-        client: value["client"].as_str()?.to_string(),
-        user: value["user"].as_str().unwrap_or_default().to_string(),
-        info: (!value["info"].is_null()).then(|| Bytes::from(value["info"].to_string())),
-        since_ms: value["since"].as_u64().unwrap_or(0),
-    })
 }
 
 /// A message's position and time, from its headers.
@@ -856,16 +836,6 @@ impl ChannelDelivery {
         }
         Ok(())
     }
-}
-
-/// `<offset> <epoch> <time> <data>` after the `P `.
-fn parse_publication(channel: &ChannelName, bytes: &[u8]) -> Option<Arc<Publication>> {
-    let mut parts = bytes.splitn(4, |byte| *byte == b' ');
-    let offset: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let epoch = std::str::from_utf8(parts.next()?).ok()?;
-    let time: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let data = Bytes::copy_from_slice(parts.next()?);
-    Some(Arc::new(Publication::new(channel.clone(), Position { epoch: Epoch::new(epoch), offset }, data, time)))
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@ use herald_core::{
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{Script, Value};
+
+use crate::shared::{decode_entry, encode_entry, parse_publication};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// How long a node's interest in a channel lasts unless refreshed (by its sweep).
@@ -262,26 +264,6 @@ impl RedisEngine {
             fan_out.report(ChannelEvent::Presence(Arc::new(PresenceEvent::new(channel.clone(), change, entry))));
         }
     }
-}
-
-/// `{"client","user","info","since"}`: the entry as Redis keeps it.
-fn encode_entry(entry: &PresenceEntry) -> String {
-    let info = entry
-        .info
-        .as_ref()
-        .and_then(|info| serde_json::from_slice::<serde_json::Value>(info).ok())
-        .unwrap_or(serde_json::Value::Null);
-    serde_json::json!({"client": entry.client, "user": entry.user, "info": info, "since": entry.since_ms}).to_string()
-}
-
-fn decode_entry(json: &[u8]) -> Option<PresenceEntry> {
-    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
-    Some(PresenceEntry {
-        client: value["client"].as_str()?.to_string(),
-        user: value["user"].as_str().unwrap_or_default().to_string(),
-        info: (!value["info"].is_null()).then(|| Bytes::from(value["info"].to_string())),
-        since_ms: value["since"].as_u64().unwrap_or(0),
-    })
 }
 
 #[async_trait]
@@ -778,17 +760,6 @@ fn set_last(shard: &Shard, channel: &ChannelName, position: &Position) {
     }
 }
 
-/// `<offset> <epoch> <time> <data>` after the `P `.
-fn parse_publication(channel: &ChannelName, bytes: &[u8]) -> Option<Arc<Publication>> {
-    let mut parts = bytes.splitn(4, |byte| *byte == b' ');
-    let offset: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let epoch = std::str::from_utf8(parts.next()?).ok()?;
-    let time: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let data = Bytes::copy_from_slice(parts.next()?);
-    let position = Position { epoch: Epoch::new(epoch), offset };
-    Some(Arc::new(Publication::new(channel.clone(), position, data, time)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -811,16 +782,5 @@ mod tests {
             .count();
         assert!((600..1000).contains(&moved), "{moved}");
         assert_eq!(jump_hash(7, 1), 0);
-    }
-
-    #[test]
-    fn publications_parse_from_their_message() {
-        let channel = ChannelName::new("a").unwrap();
-        let publication = parse_publication(&channel, b"42 ep 1700 {\"x\": \"a b\"}").unwrap();
-        assert_eq!(publication.position.offset, 42);
-        assert_eq!(publication.position.epoch.as_str(), "ep");
-        assert_eq!(publication.time_ms, 1700);
-        assert_eq!(&publication.data[..], b"{\"x\": \"a b\"}");
-        assert!(parse_publication(&channel, b"x ep 1 d").is_none());
     }
 }

@@ -167,40 +167,60 @@ async fn three_nodes_are_one_server(engine: &str) {
     assert_eq!(read_offsets(&mut back, 5).await, (from + 1..=from + 5).collect::<Vec<_>>());
 }
 
-/// A `redis-server` of the test's own, with an append-only file, on a free loopback port.
-struct OwnRedis {
+/// A broker of the test's own (`redis-server` with an append-only file, or `nats-server` with
+/// JetStream), on a free loopback port, storing in a temporary directory; stopped and started
+/// again at will, killed when dropped.
+struct OwnService {
+    program: &'static str,
     port: u16,
     dir: tempfile::TempDir,
     process: Option<Child>,
 }
 
-impl OwnRedis {
-    fn start() -> Option<Self> {
+impl OwnService {
+    fn start_redis() -> Option<Self> {
+        Self::start("redis-server")
+    }
+
+    fn start_nats() -> Option<Self> {
+        Self::start("nats-server")
+    }
+
+    fn start(program: &'static str) -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-        let mut redis = Self { port, dir: tempfile::tempdir().ok()?, process: None };
-        redis.up().then_some(redis)
+        let mut service = Self { program, port, dir: tempfile::tempdir().ok()?, process: None };
+        service.up().then_some(service)
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match self.program {
+            "redis-server" => format!("redis://127.0.0.1:{}/", self.port),
+            _ => format!("nats://127.0.0.1:{}", self.port),
+        }
     }
 
     fn up(&mut self) -> bool {
-        let started = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        let mut command = Command::new(self.program);
+        let port = self.port.to_string();
+        match self.program {
+            "redis-server" => command.args(["--port", &port, "--bind", "127.0.0.1", "--save", ""]).args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+            ]),
+            _ => command.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"]),
+        };
+        let started = command.arg(self.dir.path()).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
         let Ok(process) = started else {
-            eprintln!("skipped: redis-server is not installed");
+            eprintln!("skipped: {} is not installed", self.program);
             return false;
         };
         self.process = Some(process);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            assert!(Instant::now() < deadline, "{} did not start", self.program);
             std::thread::sleep(Duration::from_millis(20));
         }
         true
@@ -213,13 +233,14 @@ impl OwnRedis {
         }
     }
 
+    /// `redis-cli` against this Redis.
     fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().unwrap();
         String::from_utf8_lossy(&output.stdout).to_string()
     }
 }
 
-impl Drop for OwnRedis {
+impl Drop for OwnService {
     fn drop(&mut self) {
         self.kill();
     }
@@ -230,7 +251,7 @@ async fn nodes_ride_out_redis_dropping_connections_and_restarting() {
     if redis_url().is_none() {
         return;
     }
-    let Some(mut redis) = OwnRedis::start() else { return };
+    let Some(mut redis) = OwnService::start_redis() else { return };
     let nodes = [node(&redis_engine(&redis.url())).await, node(&redis_engine(&redis.url())).await];
     for node in &nodes {
         wait_ready(node).await;
@@ -302,7 +323,7 @@ async fn channels_spread_over_redis_shards() {
     if redis_url().is_none() {
         return;
     }
-    let (Some(first), Some(second)) = (OwnRedis::start(), OwnRedis::start()) else { return };
+    let (Some(first), Some(second)) = (OwnService::start_redis(), OwnService::start_redis()) else { return };
     let urls = format!("[\"{}\", \"{}\"]", first.url(), second.url());
     let config = format!("engine = \"redis\"\n[redis]\nurls = {urls}\n");
     let nodes = [TestServer::with_config(&config).await, TestServer::with_config(&config).await];
@@ -335,62 +356,10 @@ async fn channels_spread_over_redis_shards() {
             assert_eq!(per_channel[channel], (1..=10).collect::<Vec<_>>(), "{channel}");
         }
     }
-    let count = |redis: &OwnRedis| redis.cli(&["--scan", "--pattern", "herald:*:meta"]).lines().count();
+    let count = |redis: &OwnService| redis.cli(&["--scan", "--pattern", "herald:*:meta"]).lines().count();
     let (on_first, on_second) = (count(&first), count(&second));
     assert_eq!(on_first + on_second, 8, "each channel on exactly one shard");
     assert!(on_first > 0 && on_second > 0, "both shards used: {on_first} + {on_second}");
-}
-
-/// A `nats-server` with JetStream of the test's own, storing in a temporary directory.
-struct OwnNats {
-    port: u16,
-    dir: tempfile::TempDir,
-    process: Option<Child>,
-}
-
-impl OwnNats {
-    fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-        let mut nats = Self { port, dir: tempfile::tempdir().ok()?, process: None };
-        nats.up().then_some(nats)
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn up(&mut self) -> bool {
-        let started = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let Ok(process) = started else {
-            eprintln!("skipped: nats-server is not installed");
-            return false;
-        };
-        self.process = Some(process);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            let _ = process.kill();
-            let _ = process.wait();
-        }
-    }
-}
-
-impl Drop for OwnNats {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,7 +367,7 @@ async fn nodes_ride_out_a_nats_restart() {
     if nats_url().is_none() {
         return;
     }
-    let Some(mut nats) = OwnNats::start() else { return };
+    let Some(mut nats) = OwnService::start_nats() else { return };
     let nodes = [node(&nats_engine(&nats.url())).await, node(&nats_engine(&nats.url())).await];
     for node in &nodes {
         wait_ready(node).await;
