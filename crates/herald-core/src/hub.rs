@@ -85,6 +85,11 @@ struct ChannelSubscribers {
     subscribers: Vec<SubscriberHandle>,
     /// Set when the last subscriber left: the engine's interest is released after the grace.
     idle_since: Option<Instant>,
+    /// Set once the engine took this node's interest in the channel. Every subscriber waits for
+    /// it before reading the channel's position (a second subscriber must not read it while
+    /// the first one's engine subscribe is still under way: it could miss a publication);
+    /// should the subscribe fail, the next waiter tries again.
+    interest: Arc<tokio::sync::OnceCell<()>>,
 }
 
 type Subscribers = HashMap<ChannelName, ChannelSubscribers>;
@@ -153,23 +158,23 @@ impl Hub {
         channel: &ChannelName,
         since: Option<&Position>,
     ) -> Result<Subscribed, HubError> {
-        let first_here = {
+        let interest = {
             let mut shard = self.shard(channel);
             let local = shard.entry(channel.clone()).or_default();
-            let added = !local.subscribers.iter().any(|existing| existing.id == subscriber.id);
-            if added {
+            if !local.subscribers.iter().any(|existing| existing.id == subscriber.id) {
                 local.subscribers.push(subscriber.clone());
             }
-            // A channel still in its grace period has the engine's interest already.
-            let lingering = local.idle_since.take().is_some();
-            added && local.subscribers.len() == 1 && !lingering
+            // A channel in its grace period keeps the engine's interest.
+            local.idle_since = None;
+            local.interest.clone()
         };
-        if first_here && let Err(error) = self.engine.subscribe(std::slice::from_ref(channel)).await {
-            // Not lingering: the engine never took the interest, the next subscriber must ask.
+        let taken = interest.get_or_try_init(|| self.engine.subscribe(std::slice::from_ref(channel))).await;
+        if let Err(error) = taken {
             let mut shard = self.shard(channel);
             if let Some(local) = shard.get_mut(channel) {
                 local.subscribers.retain(|existing| existing.id != subscriber.id);
-                if local.subscribers.is_empty() {
+                // Nobody left, and the engine never took the interest: nothing to release.
+                if local.subscribers.is_empty() && !local.interest.initialized() {
                     shard.remove(channel);
                 }
             }
@@ -240,6 +245,12 @@ impl Hub {
         };
         local.subscribers.swap_remove(index);
         if !local.subscribers.is_empty() {
+            return (true, false);
+        }
+        if !local.interest.initialized() {
+            // The engine never took the interest (its subscribe failed or is still running for
+            // a subscriber that is going too): nothing to release.
+            shard.remove(channel);
             return (true, false);
         }
         // Presence channels always wait for the tick, which makes leaves first: a channel's
@@ -504,6 +515,7 @@ mod tests {
         inner: MemoryEngine,
         interest: Mutex<HashMap<ChannelName, i64>>,
         publish_during_history: Mutex<Option<PublishRequest>>,
+        subscribe_delay: Mutex<Option<std::time::Duration>>,
     }
 
     #[async_trait::async_trait]
@@ -515,6 +527,10 @@ mod tests {
             self.inner.publish(batch).await
         }
         async fn subscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
+            let delay = *self.subscribe_delay.lock().unwrap();
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             for channel in channels {
                 *self.interest.lock().unwrap().entry(channel.clone()).or_default() += 1;
             }
@@ -565,6 +581,7 @@ mod tests {
             inner: MemoryEngine::new(namespaces.clone()),
             interest: Mutex::new(HashMap::new()),
             publish_during_history: Mutex::new(None),
+            subscribe_delay: Mutex::new(None),
         });
         (Hub::new(engine.clone(), namespaces, no_grace()), engine)
     }
@@ -587,6 +604,27 @@ mod tests {
         assert_eq!(emptied, [channel("a")]);
         hub.release_interest(&emptied).await;
         assert_eq!(engine.interest.lock().unwrap()[&channel("a")], 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_subscriber_waits_for_the_engine_to_take_the_interest() {
+        let (hub, engine) = recording_hub();
+        *engine.subscribe_delay.lock().unwrap() = Some(std::time::Duration::from_millis(50));
+        let (alice, _a) = hub.connect(16);
+        let (bob, _b) = hub.connect(16);
+        let first = {
+            let hub = hub.clone();
+            tokio::spawn(async move { hub.subscribe(&alice, &channel("a"), None).await.map(|_| ()) })
+        };
+        tokio::task::yield_now().await;
+        hub.subscribe(&bob, &channel("a"), None).await.unwrap();
+        assert_eq!(
+            engine.interest.lock().unwrap().get(&channel("a")).copied(),
+            Some(1),
+            "bob's subscribe returned only once the engine had the interest"
+        );
+        first.await.unwrap().unwrap();
+        assert_eq!(engine.interest.lock().unwrap()[&channel("a")], 1, "taken once");
     }
 
     #[tokio::test]

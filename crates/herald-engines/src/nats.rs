@@ -79,12 +79,14 @@ fn unix_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
+/// Subjects name channels in hex: a channel name may hold dots, even several in a row or one
+/// at the end, which a subject may not.
 fn history_subject(channel: &ChannelName) -> String {
-    format!("herald.history.{channel}")
+    format!("herald.history.{}", channel_key(channel))
 }
 
 fn events_subject(channel: &ChannelName) -> String {
-    format!("herald.events.{channel}")
+    format!("herald.events.{}", channel_key(channel))
 }
 
 /// Key-value keys allow fewer characters than channel names: channels are hex-encoded.
@@ -184,33 +186,38 @@ impl NatsEngine {
             context.update_stream(wider).await.map_err(|error| jetstream_error(&error))?;
             stream = context.get_stream(STREAM).await.map_err(|error| jetstream_error(&error))?;
         }
-        // The bucket's stream is made here, as a key-value bucket's stream is laid out (the
-        // client's own bucket creation asks for settings this server version does not answer
-        // in a form it reads), then opened as a bucket.
         let bucket = |name: &'static str| {
             let context = context.clone();
             async move {
                 let fail =
                     |error: &dyn std::fmt::Display| NatsStartError::JetStream { what: name, error: error.to_string() };
-                let config = stream::Config {
-                    name: format!("KV_{name}"),
-                    subjects: vec![format!("$KV.{name}.>")],
-                    max_messages_per_subject: 1,
-                    storage: stream::StorageType::File,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: stream::DiscardPolicy::New,
-                    ..Default::default()
-                };
-                context.get_or_create_stream(config).await.map_err(|error| fail(&error))?;
+                context.get_or_create_stream(bucket_stream(name)).await.map_err(|error| fail(&error))?;
                 context.get_key_value(name).await.map_err(|error| fail(&error))
             }
         };
         let presence = bucket(PRESENCE_BUCKET).await?;
         let nodes = bucket(NODES_BUCKET).await?;
-        connected.store(client.connection_state() == async_nats::connection::State::Connected, Ordering::Relaxed);
+        // A NATS server that comes back without its store (a new machine, a wiped volume) gets
+        // the streams again; channels then start new epochs, and their subscribers are reset.
         let stop = CancellationToken::new();
+        {
+            let (context, history, mut reconnects) =
+                (context.clone(), stream.cached_info().config.clone(), reconnects.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while tokio::select! {
+                    changed = reconnects.changed() => changed.is_ok(),
+                    () = stop.cancelled() => false,
+                } {
+                    for config in [history.clone(), bucket_stream(PRESENCE_BUCKET), bucket_stream(NODES_BUCKET)] {
+                        if let Err(error) = context.get_or_create_stream(config).await {
+                            tracing::warn!(%error, "cannot check the NATS streams after a reconnect");
+                        }
+                    }
+                }
+            });
+        }
+        connected.store(client.connection_state() == async_nats::connection::State::Connected, Ordering::Relaxed);
         Ok(Arc::new(Self {
             client,
             context,
@@ -299,10 +306,12 @@ impl NatsEngine {
                     }
                     let tail = Tail { position: position.clone(), time: time_ms, sequence: ack.sequence };
                     tails.insert(request.channel.clone(), tail);
-                    drop(tails);
+                    // Announced before the next append of this node: its own publications reach
+                    // the other nodes in order. (Fan-out is at most once: a node that misses
+                    // one closes the gap from history.)
                     let message = publication_message(&position, time_ms, &request.data);
-                    // Fan-out is at most once: a node that misses it closes the gap from history.
                     let _ = self.client.publish(events_subject(&request.channel), message).await;
+                    drop(tails);
                     return Ok(Published { channel: request.channel, position, time_ms, duplicate: false });
                 }
                 Err(error) if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
@@ -497,6 +506,22 @@ impl StoredEntry {
     }
 }
 
+/// The stream of a key-value bucket, laid out as the client lays one out (its own bucket
+/// creation asks for settings this server version does not answer in a form it reads).
+fn bucket_stream(name: &str) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
 /// A message's position and time, from its headers.
 fn position_of(message: &jetstream::message::StreamMessage) -> Option<(Position, u64)> {
     let header = |name: &str| message.headers.get(name).map(|value| value.as_str().to_string());
@@ -544,7 +569,30 @@ async fn read_history(
     channel: &ChannelName,
     query: HistoryQuery,
 ) -> Result<HistoryPage, EngineError> {
-    let options = namespaces.options_for(channel);
+    read_history_within(context, stream, namespaces, channel, query, true).await
+}
+
+/// [`read_history`], with the namespace's size and age limits or (`limits: false`, to close a
+/// node's delivery gaps) everything the stream still holds.
+async fn read_history_within(
+    context: &jetstream::Context,
+    stream: &stream::Stream,
+    namespaces: &Namespaces,
+    channel: &ChannelName,
+    query: HistoryQuery,
+    limits: bool,
+) -> Result<HistoryPage, EngineError> {
+    let unlimited;
+    let options = if limits {
+        namespaces.options_for(channel)
+    } else {
+        unlimited = herald_core::NamespaceOptions {
+            history_size: usize::MAX,
+            history_ttl: Duration::from_secs(u64::MAX / 4),
+            ..namespaces.options_for(channel).clone()
+        };
+        &unlimited
+    };
     let subject = history_subject(channel);
     let last = match last_message(stream, &subject).await? {
         Some(last) => last,
@@ -563,7 +611,8 @@ async fn read_history(
         };
         return Ok(HistoryPage { publications: Vec::new(), top: top.clone(), oldest: oldest.min(top.offset + 1) });
     }
-    let oldest_time = unix_millis().saturating_sub(options.history_ttl.as_millis() as u64);
+    let ttl_ms = u64::try_from(options.history_ttl.as_millis()).unwrap_or(u64::MAX);
+    let oldest_time = unix_millis().saturating_sub(ttl_ms);
     let mut kept = Vec::new();
     if options.history_size > 0 {
         let mut next = None;
@@ -821,7 +870,8 @@ impl ChannelDelivery {
     async fn catch_up(&mut self, before: Option<u64>) -> Result<(), EngineError> {
         let (Some(fan_out), Some(last)) = (self.fan_out(), self.last.clone()) else { return Ok(()) };
         let query = HistoryQuery::after(last.offset);
-        let page = read_history(&self.context, &self.stream, &self.namespaces, &self.channel, query).await?;
+        let page =
+            read_history_within(&self.context, &self.stream, &self.namespaces, &self.channel, query, false).await?;
         if page.top.epoch != last.epoch || page.oldest > last.offset + 1 {
             self.last = Some(page.top.clone());
             fan_out.reset(&self.channel);

@@ -41,6 +41,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 const NODE_LEASE: Duration = Duration::from_secs(30);
 /// Calls that take longer fail: a stalled Redis is reported, not waited on.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an idle Pub/Sub connection is checked.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// The set of channels with presence, per shard (for expiring leases).
 const PRESENCE_INDEX: &str = "herald:presence-channels";
 
@@ -422,12 +424,40 @@ impl RedisEngine {
         let subscribed = async {
             let mut sink = shard.sink.lock().await;
             let sink = sink.as_mut().ok_or_else(|| unavailable("not connected"))?;
-            sink.subscribe(events_channel(channel)).await.map_err(unavailable)
+            tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(events_channel(channel)))
+                .await
+                .map_err(|_| unavailable("subscribe timed out"))?
+                .map_err(unavailable)
         }
         .await;
         if let Err(error) = subscribed {
             self.forget_interest(shard, channel);
             return Err(error);
+        }
+        // Delivery starts after the channel's top as of now: what comes next is checked against
+        // it, so a gap (a message lost while the connection was away) is closed from history.
+        let top = read_history(
+            shard,
+            &self.scripts,
+            &self.namespaces,
+            channel,
+            HistoryQuery::top_only(),
+            self.meta_ttl(channel),
+        );
+        match top.await {
+            Ok(page) => {
+                let mut interest = shard.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(entry) = interest.get_mut(channel)
+                    && entry.last.is_none()
+                {
+                    entry.last = Some(page.top);
+                }
+            }
+            Err(error) => {
+                // The Pub/Sub subscription stays until the next reconnect: only some traffic.
+                self.forget_interest(shard, channel);
+                return Err(error);
+            }
         }
         let keys = keys(channel);
         let mut commands = shard.commands.clone();
@@ -466,7 +496,7 @@ impl RedisEngine {
         }
         if let Some(sink) = shard.sink.lock().await.as_mut() {
             // Failing costs only traffic; a reconnect subscribes to what has interest only.
-            let _ = sink.unsubscribe(events_channel(channel)).await;
+            let _ = tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(events_channel(channel))).await;
         }
         let keys = keys(channel);
         let mut commands = shard.commands.clone();
@@ -550,7 +580,8 @@ async fn read_history(
         .arg(Epoch::random().as_str())
         .arg(millis(options.history_ttl))
         .arg(if query.reverse { "r" } else { "f" })
-        .arg(query.since.map(|since| since.to_string()).unwrap_or_default())
+        // Lua numbers are exact up to 2^53: a larger `since` is ahead of any channel anyway.
+        .arg(query.since.map(|since| since.min(1 << 52).to_string()).unwrap_or_default())
         .arg(limit)
         .arg(meta_ttl)
         .invoke_async(&mut commands)
@@ -663,12 +694,24 @@ impl Delivery {
         Ok(stream)
     }
 
-    /// Delivers until the connection ends (`false`) or the engine stops (`true`).
+    /// Delivers until the connection ends (`false`) or the engine stops (`true`). A connection
+    /// that stops answering pings counts as ended (a half-open one would otherwise go quiet).
     async fn deliver(&self, mut stream: redis::aio::PubSubStream) -> bool {
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
         loop {
             let message = tokio::select! {
                 message = stream.next() => message,
                 () = self.stop.cancelled() => return true,
+                _ = ping.tick() => {
+                    let Some(shard) = self.shard.upgrade() else { return true };
+                    let mut sink = shard.sink.lock().await;
+                    let Some(sink) = sink.as_mut() else { return false };
+                    let answered = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<Value>()).await;
+                    if !matches!(answered, Ok(Ok(_))) {
+                        return false;
+                    }
+                    continue;
+                }
             };
             let Some(message) = message else { return false };
             let Some(shard) = self.shard.upgrade() else { return true };

@@ -274,10 +274,18 @@ async fn nodes_ride_out_redis_dropping_connections_and_restarting() {
             assert_eq!(body["error"]["code"], "engine_unavailable", "a clear error: {body}");
         }
     };
+    // Cut the nodes' Pub/Sub connections before anything was delivered on the channel: what is
+    // published while they reconnect still reaches every subscriber.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     for n in 0..20 {
         publish(&nodes[n as usize % 2], n).await;
     }
-    // Every connection of the nodes cut at once.
+    // Every connection of the nodes cut at once (once both have their Pub/Sub back).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]).lines().count() < 2 {
+        assert!(Instant::now() < deadline, "the nodes never resubscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).trim().parse::<u32>().unwrap_or(0) >= 1);
     redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
     for n in 20..40 {
