@@ -457,18 +457,15 @@ impl NatsEngine {
         Ok(entries)
     }
 
-    fn announce(&self, channel: &ChannelName, change: PresenceChange, entry: PresenceEntry) {
+    async fn announce(&self, channel: &ChannelName, change: PresenceChange, entry: PresenceEntry) {
         if !self.announces(channel) {
             return;
         }
         let kind = if change == PresenceChange::Join { "J" } else { "L" };
         let json = encode_entry(&entry);
-        let client = self.client.clone();
-        let subject = events_subject(channel);
-        // Published in order after the change; nodes deliver it to their subscribers.
-        tokio::spawn(async move {
-            let _ = client.publish(subject, format!("{kind} {json}").into()).await;
-        });
+        // Handed to the client before this call returns, so a node's join and its later leave
+        // of one client go out in that order.
+        let _ = self.client.publish(events_subject(channel), format!("{kind} {json}").into()).await;
         if let Some(fan_out) = self.fan_out() {
             fan_out.report(ChannelEvent::Presence(Arc::new(PresenceEvent::new(channel.clone(), change, entry))));
         }
@@ -695,7 +692,7 @@ impl herald_core::Engine for NatsEngine {
         let value = Bytes::from(serde_json::to_vec(&StoredEntry::new(&entry, expires)).unwrap_or_default());
         match self.presence.create(&key, value.clone()).await {
             Ok(_) => {
-                self.announce(channel, PresenceChange::Join, entry);
+                self.announce(channel, PresenceChange::Join, entry).await;
                 Ok(())
             }
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
@@ -721,7 +718,7 @@ impl herald_core::Engine for NatsEngine {
         let Ok(stored) = serde_json::from_slice::<StoredEntry>(&current.value) else { return Ok(()) };
         // Only the one whose delete lands announces the leave.
         if self.presence.delete_expect_revision(&key, Some(current.revision)).await.is_ok() {
-            self.announce(channel, PresenceChange::Leave, stored.entry());
+            self.announce(channel, PresenceChange::Leave, stored.entry()).await;
         }
         Ok(())
     }
@@ -773,7 +770,7 @@ impl herald_core::Engine for NatsEngine {
                 for (key, revision, stored) in entries.into_iter().filter(|(_, _, stored)| stored.expires <= now) {
                     let Some(channel) = key.split('.').next().and_then(channel_from_key) else { continue };
                     if self.presence.delete_expect_revision(&key, Some(revision)).await.is_ok() {
-                        self.announce(&channel, PresenceChange::Leave, stored.entry());
+                        self.announce(&channel, PresenceChange::Leave, stored.entry()).await;
                     }
                 }
             }
