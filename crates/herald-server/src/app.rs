@@ -65,18 +65,22 @@ impl AppState {
     /// Publishes a batch, and records the webhook events of what was published before
     /// answering: an acknowledged publish has its events in the outbox. Outcomes in order.
     pub async fn publish_batch(&self, requests: Vec<PublishRequest>) -> Vec<Result<Published, ApiError>> {
-        let data: Vec<Option<Bytes>> = requests
+        // Each publish's webhook endpoints, with its data kept for their events.
+        let events: Vec<Option<(Bytes, Vec<String>)>> = requests
             .iter()
-            .map(|request| self.webhooks.wants_publications(&request.channel).then(|| request.data.clone()))
+            .map(|request| {
+                let endpoints = self.webhooks.publication_endpoints(&request.channel);
+                (!endpoints.is_empty()).then(|| (request.data.clone(), endpoints))
+            })
             .collect();
-        if data.iter().all(Option::is_none) {
+        if events.iter().all(Option::is_none) {
             return self.hub.publish_batch(requests).await.into_iter().map(|outcome| Ok(outcome?)).collect();
         }
         // In a task of its own: a caller that goes away (a client disconnecting) must not cut
         // this between the publish and its events reaching the outbox.
         let count = requests.len();
         let app = self.clone();
-        match self.tasks.spawn(async move { app.publish_with_events(requests, data).await }).await {
+        match self.tasks.spawn(async move { app.publish_with_events(requests, events).await }).await {
             Ok(outcomes) => outcomes,
             Err(error) => (0..count)
                 .map(|_| Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())))
@@ -87,17 +91,20 @@ impl AppState {
     async fn publish_with_events(
         &self,
         requests: Vec<PublishRequest>,
-        data: Vec<Option<Bytes>>,
+        events: Vec<Option<(Bytes, Vec<String>)>>,
     ) -> Vec<Result<Published, ApiError>> {
         let channels: Vec<_> = requests.iter().map(|request| request.channel.clone()).collect();
         let order = self.webhooks.order_guard(channels.iter()).await;
         let outcomes = self.hub.publish_batch(requests).await;
-        let events: Vec<(&Published, &Bytes)> = outcomes
+        let published: Vec<(&Published, &Bytes, &[String])> = outcomes
             .iter()
-            .zip(&data)
-            .filter_map(|(outcome, data)| Some((outcome.as_ref().ok()?, data.as_ref()?)))
+            .zip(&events)
+            .filter_map(|(outcome, event)| {
+                let (data, endpoints) = event.as_ref()?;
+                Some((outcome.as_ref().ok()?, data, endpoints.as_slice()))
+            })
             .collect();
-        let submitted = self.webhooks.submit_publications(&events).await;
+        let submitted = self.webhooks.submit_publications(&published).await;
         drop(order);
         let recorded = match submitted {
             Ok(pending) => pending.wait().await,
@@ -105,10 +112,10 @@ impl AppState {
         };
         outcomes
             .into_iter()
-            .zip(data)
-            .map(|(outcome, data)| match (outcome, &recorded) {
+            .zip(events)
+            .map(|(outcome, event)| match (outcome, &recorded) {
                 (Err(error), _) => Err(ApiError::from(error)),
-                (Ok(_), Err(error)) if data.is_some() => Err(ApiError::new(
+                (Ok(_), Err(error)) if event.is_some() => Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "outbox_unavailable",
                     format!("published, but its webhook event could not be recorded ({error}): publish again with the same idempotency key"),

@@ -377,11 +377,11 @@ impl Webhooks {
             .collect()
     }
 
-    /// Whether some endpoint wants publications of `channel`: checked before publishing, so
-    /// the data is kept for the event only when needed.
-    pub fn wants_publications(&self, channel: &ChannelName) -> bool {
-        self.wanted.load(Ordering::Relaxed) & event_bit("publication") != 0
-            && !self.matching("publication", channel).is_empty()
+    /// The endpoints that want publications of `channel` (usually none, answered from one
+    /// atomic load): found once per publish, before it, and handed on to
+    /// [`Webhooks::submit_publications`].
+    pub fn publication_endpoints(&self, channel: &ChannelName) -> Vec<String> {
+        self.matching("publication", channel)
     }
 
     /// Holds the ordering locks of `channels`: whoever publishes to a channel with publication
@@ -403,22 +403,19 @@ impl Webhooks {
         guards
     }
 
-    /// Hands the `publication` events of publishes just made to the outbox; the returned
-    /// [`PendingEvents::wait`] waits for their commit. `data` is each publish's JSON data.
+    /// Hands the `publication` events of publishes just made to the outbox, for the endpoints
+    /// found before each publish; the returned [`PendingEvents::wait`] waits for their commit.
+    /// `data` is each publish's JSON data.
     pub async fn submit_publications(
         self: &Arc<Self>,
-        published: &[(&Published, &bytes::Bytes)],
+        published: &[(&Published, &bytes::Bytes, &[String])],
     ) -> Result<PendingEvents, herald_storage::outbox::OutboxError> {
         let mut deliveries = Vec::new();
-        for (published, data) in published {
-            let endpoints = self.matching("publication", &published.channel);
-            if endpoints.is_empty() {
-                continue;
-            }
+        for &(published, data, endpoints) in published {
             let publication = herald_core::Publication::new(
                 published.channel.clone(),
                 published.position.clone(),
-                (*data).clone(),
+                data.clone(),
                 published.time_ms,
             );
             let body =
@@ -426,7 +423,7 @@ impl Webhooks {
             let key = format!("pub:{}:{}:{}", published.channel, published.position.epoch, published.position.offset);
             for endpoint in endpoints {
                 deliveries.push(NewDelivery {
-                    endpoint,
+                    endpoint: endpoint.clone(),
                     channel: published.channel.to_string(),
                     event_type: "publication".into(),
                     event_key: key.clone(),
