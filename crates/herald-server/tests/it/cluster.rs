@@ -252,28 +252,9 @@ async fn nodes_ride_out_redis_dropping_connections_and_restarting() {
         return;
     }
     let Some(mut redis) = OwnService::start_redis() else { return };
-    let nodes = [node(&redis_engine(&redis.url())).await, node(&redis_engine(&redis.url())).await];
-    for node in &nodes {
-        wait_ready(node).await;
-    }
-    let room = channel("room");
-    let mut subscribers = Vec::new();
-    for node in &nodes {
-        let mut client = node.client().await;
-        client.subscribe(&room).await;
-        subscribers.push(client);
-    }
+    let (nodes, room, mut subscribers) = two_nodes_subscribed(&redis_engine(&redis.url())).await;
     let mut acknowledged = Vec::new();
-    let mut publish = async |node: &TestServer, n: u64| {
-        let response =
-            node.http().post(node.url("/api/publish")).json(&json!({"channel": room, "data": n})).send().await.unwrap();
-        if response.status() == 200 {
-            acknowledged.push(response.json::<Value>().await.unwrap()["offset"].as_u64().unwrap());
-        } else {
-            let body: Value = response.json().await.unwrap();
-            assert_eq!(body["error"]["code"], "engine_unavailable", "a clear error: {body}");
-        }
-    };
+    let mut publish = async |node: &TestServer, n: u64| publish_recording(node, &room, n, &mut acknowledged).await;
     // Cut the nodes' Pub/Sub connections before anything was delivered on the channel: what is
     // published while they reconnect still reaches every subscriber.
     redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
@@ -376,28 +357,9 @@ async fn nodes_ride_out_a_nats_restart() {
         return;
     }
     let Some(mut nats) = OwnService::start_nats() else { return };
-    let nodes = [node(&nats_engine(&nats.url())).await, node(&nats_engine(&nats.url())).await];
-    for node in &nodes {
-        wait_ready(node).await;
-    }
-    let room = channel("room");
-    let mut subscribers = Vec::new();
-    for node in &nodes {
-        let mut client = node.client().await;
-        client.subscribe(&room).await;
-        subscribers.push(client);
-    }
+    let (nodes, room, mut subscribers) = two_nodes_subscribed(&nats_engine(&nats.url())).await;
     let mut acknowledged = Vec::new();
-    let mut publish = async |node: &TestServer, n: u64| {
-        let response =
-            node.http().post(node.url("/api/publish")).json(&json!({"channel": room, "data": n})).send().await.unwrap();
-        if response.status() == 200 {
-            acknowledged.push(response.json::<Value>().await.unwrap()["offset"].as_u64().unwrap());
-        } else {
-            let body: Value = response.json().await.unwrap();
-            assert_eq!(body["error"]["code"], "engine_unavailable", "a clear error: {body}");
-        }
-    };
+    let mut publish = async |node: &TestServer, n: u64| publish_recording(node, &room, n, &mut acknowledged).await;
     for n in 0..20 {
         publish(&nodes[n as usize % 2], n).await;
     }
@@ -419,6 +381,35 @@ async fn nodes_ride_out_a_nats_restart() {
     }
     assert!(acknowledged.len() >= 35, "publishing resumed: {}", acknowledged.len());
     assert_full_sequence(&mut subscribers, &acknowledged).await;
+}
+
+/// Two nodes on `engine`, ready, and a subscriber on each to a fresh channel.
+async fn two_nodes_subscribed(engine: &str) -> ([TestServer; 2], String, Vec<WsClient>) {
+    let nodes = [node(engine).await, node(engine).await];
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    let room = channel("room");
+    let mut subscribers = Vec::new();
+    for node in &nodes {
+        let mut client = node.client().await;
+        client.subscribe(&room).await;
+        subscribers.push(client);
+    }
+    (nodes, room, subscribers)
+}
+
+/// Publishes `n` to `room` through `node`: an acknowledged offset is recorded; a refusal must be
+/// the clear `engine_unavailable`.
+async fn publish_recording(node: &TestServer, room: &str, n: u64, acknowledged: &mut Vec<u64>) {
+    let response =
+        node.http().post(node.url("/api/publish")).json(&json!({"channel": room, "data": n})).send().await.unwrap();
+    if response.status() == 200 {
+        acknowledged.push(response.json::<Value>().await.unwrap()["offset"].as_u64().unwrap());
+    } else {
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "engine_unavailable", "a clear error: {body}");
+    }
 }
 
 /// Every subscriber gets one gap-free sequence, in order, holding every acknowledged publish. (A
@@ -480,21 +471,7 @@ impl Process {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herald.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&path)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env_remove("HERALD_LISTEN")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-        assert!(line.contains("listening on http://"), "herald did not start: {line:?}");
-        let address = line.trim().rsplit("http://").next().unwrap().to_string();
+        let (child, address) = crate::helpers::spawn_herald(dir.path(), &path);
         Self { child, address, _dir: dir }
     }
 }

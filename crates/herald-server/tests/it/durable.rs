@@ -1,37 +1,15 @@
 //! Durable namespaces on the embedded SQLite storage: what was acknowledged survives `kill -9`,
 //! recovery races no publisher, and a damaged data directory stops the start with a clear error.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestServer, WsClient};
+use crate::helpers::{TestServer, WsClient, spawn_herald};
 
 const DURABLE: &str = "[namespaces.orders]\ndurable = true\nhistory_size = 10000\nhistory_ttl = \"1h\"\n";
 
 /// Starts the real binary; returns it and its address once it prints it.
-fn spawn_herald(data_dir: &std::path::Path, config: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    // Keep reading in the background so the pipe stays open.
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let address = line.trim().rsplit("http://").next().unwrap().to_string();
-    assert!(line.contains("listening"), "{line}");
-    (child, address)
-}
-
 async fn publish(http: &reqwest::Client, address: &str, body: Value) -> Value {
     let response = http.post(format!("http://{address}/api/publish")).json(&body).send().await.unwrap();
     assert_eq!(response.status(), 200);

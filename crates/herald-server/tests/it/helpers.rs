@@ -14,6 +14,31 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Long enough for a loaded 2-core machine, short enough that a hang fails fast.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Starts the `herald` binary as a user runs it (`serve` on a free loopback port with this
+/// data directory and config file); returns the process and the address it printed.
+pub fn spawn_herald(data_dir: &std::path::Path, config: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .arg("--config")
+        .arg(config)
+        .env_remove("HERALD_LISTEN")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    // Keep reading in the background so the pipe stays open.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    assert!(line.contains("listening on http://"), "herald did not start: {line:?}");
+    let address = line.trim().rsplit("http://").next().unwrap().to_string();
+    (child, address)
+}
+
 /// An HTTP client for tests (with the TLS provider the workspace's reqwest needs chosen).
 pub fn http_client() -> reqwest::Client {
     herald_server::install_crypto_provider();

@@ -450,7 +450,6 @@ async fn bad_registrations_get_clear_errors_and_internal_targets_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_9_with_a_thousand_pending_deliveries_loses_none() {
-    use std::process::{Command, Stdio};
     let mut receiver = Receiver::down().await;
     let data_dir = tempfile::tempdir().unwrap();
     let config = data_dir.path().join("herald.toml");
@@ -465,24 +464,7 @@ async fn a_kill_9_with_a_thousand_pending_deliveries_loses_none() {
         ),
     )
     .unwrap();
-    let start = || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .env_remove("HERALD_LISTEN")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-        assert!(line.contains("listening on http://"), "herald did not start: {line:?}");
-        let address = line.trim().rsplit("http://").next().unwrap().to_string();
-        (child, address)
-    };
+    let start = || crate::helpers::spawn_herald(data_dir.path(), &config);
     let (mut first, address) = start();
     let http = crate::helpers::http_client();
     let publishes: Vec<_> = (0..1000)
