@@ -1,9 +1,9 @@
 //! The hub: which local connections listen to which channels, and fan-out to them.
 //!
 //! Each connection gets a bounded queue ([`Inbox`]). Fan-out puts a shared `Arc<Publication>`
-//! into every subscriber's queue with `try_send`: no allocation per subscriber, no waiting. A
-//! subscriber whose queue is full is marked lagged and its session disconnects it with a
-//! position it can recover from; publishers and other subscribers never wait for it.
+//! into every subscriber's queue: no allocation per subscriber, no waiting. A subscriber whose
+//! queue is full is marked lagged and its session disconnects it with a position it can recover
+//! from; publishers and other subscribers never wait for it.
 //!
 //! A channel whose last local subscriber left keeps the engine's interest for the grace period
 //! (see [`PresenceTiming`]), so a reconnect or a poll client's next request neither resubscribes
@@ -14,12 +14,11 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::channel::ChannelName;
 use crate::engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishRequest, Published};
+use crate::inbox::{Inbox, InboxSender, inbox};
 use crate::namespace::Namespaces;
 use crate::position::Position;
 use crate::presence::{
@@ -37,21 +36,11 @@ pub enum Push {
     Presence(Arc<PresenceEvent>),
 }
 
-/// The receiving end of one connection: its queue and the signal that it fell behind.
-#[derive(Debug)]
-pub struct Inbox {
-    pub queue: mpsc::Receiver<Push>,
-    /// Cancelled when a push found the queue full; the connection must then be closed with a
-    /// recoverable position, since it missed that push.
-    pub lagged: CancellationToken,
-}
-
 /// One connection as the hub knows it; the session holds it and passes it to every call.
 #[derive(Debug, Clone)]
 pub struct SubscriberHandle {
     id: u64,
-    queue: mpsc::Sender<Push>,
-    lagged: CancellationToken,
+    inbox: InboxSender,
 }
 
 impl SubscriberHandle {
@@ -133,15 +122,9 @@ impl Hub {
 
     /// A new connection with a queue of `queue_capacity` pushes.
     pub fn connect(&self, queue_capacity: usize) -> (SubscriberHandle, Inbox) {
-        self.connect_with_signal(queue_capacity, CancellationToken::new())
-    }
-
-    /// Like [`Hub::connect`], with the token the hub cancels when the connection lags. A child
-    /// of the caller's shutdown token lets a session watch one signal for both.
-    pub fn connect_with_signal(&self, queue_capacity: usize, lagged: CancellationToken) -> (SubscriberHandle, Inbox) {
-        let (sender, receiver) = mpsc::channel(queue_capacity.max(1));
+        let (sender, inbox) = inbox(queue_capacity);
         let id = self.next_subscriber_id.fetch_add(1, Ordering::Relaxed);
-        (SubscriberHandle { id, queue: sender, lagged: lagged.clone() }, Inbox { queue: receiver, lagged })
+        (SubscriberHandle { id, inbox: sender }, inbox)
     }
 
     fn shard(&self, channel: &ChannelName) -> std::sync::MutexGuard<'_, Subscribers> {
@@ -407,12 +390,7 @@ impl Hub {
             return;
         };
         for subscriber in &local.subscribers {
-            match subscriber.queue.try_send(push()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => subscriber.lagged.cancel(),
-                // The session is ending and will unsubscribe.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
+            subscriber.inbox.push(push());
         }
     }
 }
@@ -438,7 +416,7 @@ impl FanOut for Hub {
         let shard = self.shard(channel);
         if let Some(local) = shard.get(channel) {
             for subscriber in &local.subscribers {
-                subscriber.lagged.cancel();
+                subscriber.inbox.mark_lagged();
             }
         }
     }
@@ -473,7 +451,7 @@ mod tests {
 
     fn drain(inbox: &mut Inbox) -> Vec<(String, u64)> {
         let mut seen = Vec::new();
-        while let Ok(push) = inbox.queue.try_recv() {
+        while let Some(push) = inbox.try_recv() {
             if let Push::Publication(p) = push {
                 seen.push((p.channel.to_string(), p.position.offset));
             }
@@ -643,8 +621,8 @@ mod tests {
         let mut tracker = PositionTracker::default();
         tracker.track(channel("a"), since);
         let mut delivered = Vec::new();
-        let queued = std::iter::from_fn(|| match inbox.queue.try_recv() {
-            Ok(Push::Publication(publication)) => Some(publication),
+        let queued = std::iter::from_fn(|| match inbox.try_recv() {
+            Some(Push::Publication(publication)) => Some(publication),
             _ => None,
         });
         let everything: Vec<Arc<Publication>> = subscribed.missed.iter().cloned().chain(queued).collect();
@@ -723,7 +701,7 @@ mod tests {
         for i in 0..10 {
             publish(&hub, "a", &i.to_string()).await;
         }
-        assert!(slow_inbox.lagged.is_cancelled());
+        assert!(slow_inbox.is_lagged());
         assert_eq!(drain(&mut fast_inbox).len(), 10);
     }
 
@@ -743,7 +721,7 @@ mod tests {
                 delivered.push(publication.position.offset);
             }
         }
-        while let Ok(Push::Publication(publication)) = inbox.queue.try_recv() {
+        while let Some(Push::Publication(publication)) = inbox.try_recv() {
             if tracker.advance(&publication) {
                 delivered.push(publication.position.offset);
             }

@@ -1,7 +1,6 @@
 //! Positions in a channel's stream: `(epoch, offset)`, and a tracker of the positions a
 //! subscription has reached (what an SSE id or a poll cursor encodes).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -54,27 +53,54 @@ pub struct Position {
 ///
 /// Live publications can arrive twice around a recovery (once from history, once live) and,
 /// with remote engines, late. The tracker passes each publication once, in offset order.
+///
+/// A sorted vector rather than a map: most connections follow one channel or a few, and an
+/// idle connection's tracker then costs one small allocation (a map's smallest is four buckets
+/// and their control bytes); lookups are a binary search.
 #[derive(Debug, Default, Clone)]
 pub struct PositionTracker {
-    positions: HashMap<ChannelName, Position>,
+    positions: Vec<(ChannelName, Position)>,
 }
 
 impl PositionTracker {
+    fn find(&self, channel: &ChannelName) -> Result<usize, usize> {
+        self.positions.binary_search_by(|(tracked, _)| tracked.cmp(channel))
+    }
+
     /// Starts (or restarts) tracking `channel` at `position`.
     pub fn track(&mut self, channel: ChannelName, position: Position) {
-        self.positions.insert(channel, position);
+        match self.find(&channel) {
+            Ok(index) => self.positions[index].1 = position,
+            Err(index) => {
+                // Grows 1, 2, 4, …: a vector's own growth starts at four entries.
+                if self.positions.len() == self.positions.capacity() {
+                    self.positions.reserve_exact(self.positions.len().max(1));
+                }
+                self.positions.insert(index, (channel, position));
+            }
+        }
     }
 
     pub fn forget(&mut self, channel: &ChannelName) -> Option<Position> {
-        self.positions.remove(channel)
+        let index = self.find(channel).ok()?;
+        let (_, position) = self.positions.remove(index);
+        if self.positions.is_empty() {
+            // A connection that left all its channels holds nothing.
+            self.positions = Vec::new();
+        }
+        Some(position)
     }
 
     pub fn get(&self, channel: &ChannelName) -> Option<&Position> {
-        self.positions.get(channel)
+        self.find(channel).ok().map(|index| &self.positions[index].1)
+    }
+
+    fn get_mut(&mut self, channel: &ChannelName) -> Option<&mut Position> {
+        self.find(channel).ok().map(|index| &mut self.positions[index].1)
     }
 
     pub fn is_tracked(&self, channel: &ChannelName) -> bool {
-        self.positions.contains_key(channel)
+        self.find(channel).is_ok()
     }
 
     pub fn len(&self) -> usize {
@@ -85,14 +111,15 @@ impl PositionTracker {
         self.positions.is_empty()
     }
 
+    /// The tracked channels and their positions, in channel-name order.
     pub fn iter(&self) -> impl Iterator<Item = (&ChannelName, &Position)> {
-        self.positions.iter()
+        self.positions.iter().map(|(channel, position)| (channel, position))
     }
 
     /// Whether `publication` is new on a tracked channel of the same epoch (what
     /// [`PositionTracker::advance`] would accept), without moving.
     pub fn is_new(&self, publication: &Publication) -> bool {
-        self.positions.get(&publication.channel).is_some_and(|position| {
+        self.get(&publication.channel).is_some_and(|position| {
             position.epoch == publication.position.epoch && publication.position.offset > position.offset
         })
     }
@@ -101,7 +128,7 @@ impl PositionTracker {
     /// moves to it. Publications of untracked channels, already passed offsets or another epoch
     /// are refused.
     pub fn advance(&mut self, publication: &Publication) -> bool {
-        let Some(position) = self.positions.get_mut(&publication.channel) else {
+        let Some(position) = self.get_mut(&publication.channel) else {
             return false;
         };
         if position.epoch != publication.position.epoch || publication.position.offset <= position.offset {

@@ -377,7 +377,8 @@ impl PresenceSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Hub, Inbox, Push};
+    use crate::hub::{Hub, Push};
+    use crate::inbox::Inbox;
     use crate::memory::MemoryEngine;
     use crate::namespace::{NamespaceOptions, Namespaces};
 
@@ -427,7 +428,7 @@ mod tests {
 
     fn pushes(inbox: &mut Inbox) -> Vec<(PresenceChange, String)> {
         let mut seen = Vec::new();
-        while let Ok(push) = inbox.queue.try_recv() {
+        while let Some(push) = inbox.try_recv() {
             if let Push::Presence(event) = push {
                 seen.push((event.change, event.entry.client.clone()));
             }

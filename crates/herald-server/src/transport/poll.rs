@@ -60,8 +60,9 @@ async fn answer(
                 biased;
                 () = app.shutdown.cancelled() => break,
                 () = tokio::time::sleep_until(deadline) => break,
-                received = inbox.queue.recv_many(&mut batch, max) => {
-                    if received == 0 {
+                received = inbox.recv_many(&mut batch, max) => {
+                    if received.is_err() {
+                        // Lagged: answered from history below.
                         break;
                     }
                     let publications = batch.drain(..).filter_map(|push| match push {
@@ -75,7 +76,7 @@ async fn answer(
                 }
             }
         }
-        if inbox.lagged.is_cancelled() {
+        if inbox.is_lagged() {
             // The queue overflowed while we were away, so what it holds may have a gap: take
             // the answer from history instead, which has everything in order.
             messages.clear();

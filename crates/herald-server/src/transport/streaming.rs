@@ -2,8 +2,8 @@
 //! with two encodings.
 //!
 //! Each stream runs in a tracked task that owns the subscription and feeds the response body
-//! through a small bounded channel. The task `select!`s over shutdown, the lagged signal, the
-//! client going away (the body dropped), pushes, and the heartbeat; it ends the body itself on
+//! through a small bounded channel. The task `select!`s over shutdown, the client going away
+//! (the body dropped), pushes (or the mark that it lagged), and the heartbeat; it ends the body itself on
 //! shutdown, so an endless stream never stalls a graceful stop, and drops the subscription the
 //! moment the client is gone.
 
@@ -249,15 +249,12 @@ async fn run_stream(
                 let _ = sender.try_send(chunk.freeze());
                 return;
             }
-            () = inbox.lagged.cancelled() => {
-                let reason = "slow consumer: reconnect and recover from your cursor";
-                format.disconnect(&mut chunk, close_code::SLOW_CONSUMER, reason, &subscription.cursor());
-                let _ = send(chunk).await;
-                return;
-            }
             () = sender.closed() => return,
-            received = inbox.queue.recv_many(&mut batch, CHUNK_BATCH) => {
-                if received == 0 {
+            received = inbox.recv_many(&mut batch, CHUNK_BATCH) => {
+                if received.is_err() {
+                    let reason = "slow consumer: reconnect and recover from your cursor";
+                    format.disconnect(&mut chunk, close_code::SLOW_CONSUMER, reason, &subscription.cursor());
+                    let _ = send(chunk).await;
                     return;
                 }
                 for push in batch.drain(..) {

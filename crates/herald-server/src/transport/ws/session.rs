@@ -1,9 +1,14 @@
-//! One WebSocket connection: a single task running one `select!` over shutdown, the lagged
-//! signal, frames in, pushes out, and the heartbeat; then a goodbye that fits the ending.
+//! One WebSocket connection: a single task running one `select!` over shutdown, pushes out (or
+//! the mark that the connection lagged), frames in, and the heartbeat; then a goodbye that fits
+//! the ending.
+//!
+//! Every open connection holds this task's state, so it is kept small: what only some wake-ups
+//! need (commands, pings, blocked writes, the goodbye) runs in boxed futures.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
+use std::pin::{Pin, pin};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -15,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::close_code;
 use super::commands::error_reply;
@@ -29,45 +34,44 @@ const WRITE_BATCH: usize = 256;
 /// How long a closing connection waits for its goodbye to be written and for the peer's close.
 pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-pub(super) async fn run<T>(app: AppState, socket: WebSocketStream<T>, identity: Identity)
+/// The connection's task. The session is built before the future: an `async fn` would keep its
+/// arguments (the socket among them) in its state beside the session they were moved into.
+pub(super) fn run<T>(app: AppState, socket: WebSocketStream<T>, identity: Identity) -> impl Future<Output = ()>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let capacity = app.settings.websocket.outbox_capacity.get();
-    let (subscriber, mut inbox) = app.hub.connect_with_signal(capacity, app.shutdown.child_token());
-    let guard = WriteGuard { timeout: app.settings.websocket.write_timeout, stop: inbox.lagged.clone() };
+    let (subscriber, inbox) = app.hub.connect(capacity);
+    let publish_rate = app.settings.limits.client_publish_rate.map(crate::transport::limits::TokenBucket::new);
     let mut session = Session {
         app,
         subscriber,
+        inbox,
         positions: PositionTracker::default(),
         socket,
         pending: VecDeque::new(),
-        guard,
         identity: Identity::Anonymous,
         client: ClientId::random(),
         expiry: None,
-        publish_rate: None,
+        publish_rate,
     };
-    session.publish_rate =
-        session.app.settings.limits.client_publish_rate.map(crate::transport::limits::TokenBucket::new);
     session.set_identity(identity);
-    let ending = match session.serve(&mut inbox).await {
-        Ending::Lagged => session.stop_reason(),
-        ending => ending,
-    };
-    // Boxed: the goodbye is rare, and this keeps it out of every idle connection's state.
-    Box::pin(session.finish(ending, inbox)).await;
+    async move {
+        let ending = session.serve().await;
+        // Boxed: the goodbye is rare, and this keeps it out of every idle connection's state.
+        Box::pin(session.finish(ending)).await;
+    }
 }
 
 pub(in crate::transport::ws) struct Session<T> {
     pub(super) app: AppState,
     pub(super) subscriber: SubscriberHandle,
+    inbox: Inbox,
     /// What this connection has been sent, per channel: the positions it recovers from.
     pub(super) positions: PositionTracker,
     socket: WebSocketStream<T>,
     /// Encoded publication frames not yet written (see [`write_frames`]).
     pending: VecDeque<Bytes>,
-    guard: WriteGuard,
     /// Who the client is: anonymous until a token says otherwise.
     pub(super) identity: Identity,
     /// The client's id in presence (one per connection, unless `connect` takes back an old one).
@@ -141,52 +145,48 @@ impl Ending {
     }
 }
 
-/// Bounds every write: it fails after the write timeout, and gives way at once when the
-/// connection lags or the server shuts down, so a blocked socket never hides either.
-struct WriteGuard {
-    timeout: Duration,
-    /// Cancelled on lag or shutdown (see [`Session::stop_reason`]).
-    stop: CancellationToken,
-}
-
-impl WriteGuard {
-    async fn run(&self, write: impl Future<Output = Result<(), tungstenite::Error>>) -> Result<(), Ending> {
-        tokio::pin!(write);
-        // Most writes complete at once: no timer and no waiters for them.
-        if let Poll::Ready(written) = futures_util::poll!(&mut write) {
-            return written.map_err(|_| Ending::WriteFailed);
-        }
-        // A blocked socket: wait with a timeout, and give way to lag or shutdown. Boxed, as
-        // it is rare and its timer and waiters would otherwise sit in every connection's state.
-        Box::pin(async {
-            tokio::select! {
-                biased;
-                written = timeout(self.timeout, write) => match written {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) | Err(_) => Err(Ending::WriteFailed),
-                },
-                // The caller tells lag from shutdown; either way the session ends.
-                () = self.stop.cancelled() => Err(Ending::Lagged),
-            }
-        })
-        .await
+/// Bounds a write: it fails after the write timeout, and gives way at once when the connection
+/// lags or the server shuts down, so a blocked socket never hides either.
+async fn guarded_write(
+    write_timeout: Duration,
+    shutdown: &CancellationToken,
+    inbox: &Inbox,
+    write: impl Future<Output = Result<(), tungstenite::Error>>,
+) -> Result<(), Ending> {
+    let mut write = pin!(write);
+    // Most writes complete at once: no timer and no waiters for them.
+    if let Poll::Ready(written) = futures_util::poll!(write.as_mut()) {
+        return written.map_err(|_| Ending::WriteFailed);
     }
+    // A blocked socket: wait with a timeout, and give way to lag or shutdown. Boxed, as it is
+    // rare and its timer and waiters would otherwise sit in every connection's state.
+    Box::pin(async {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => Err(Ending::Shutdown),
+            _ = inbox.lagged() => Err(Ending::Lagged),
+            written = timeout(write_timeout, write) => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) | Err(_) => Err(Ending::WriteFailed),
+            },
+        }
+    })
+    .await
 }
 
 impl<T> Session<T>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    async fn serve(&mut self, inbox: &mut Inbox) -> Ending {
+    async fn serve(&mut self) -> Ending {
         let settings = &self.app.settings.websocket;
         let (ping_interval, dead_after) = (settings.ping_interval, settings.ping_interval + settings.pong_timeout);
         let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
-        // One token for both reasons to stop: the hub cancels it when this connection lags,
-        // and it is a child of the server's shutdown token.
-        let stop_token = inbox.lagged.clone();
-        let mut stop = StopSignal::new(&stop_token);
+        let shutdown = self.app.shutdown.clone();
+        let waiter = pin!(shutdown.cancelled());
+        let mut stop = stop_signal(&shutdown, waiter);
         let mut batch = Vec::new();
         let mut check_socket_first = false;
         loop {
@@ -194,7 +194,7 @@ where
             // so its commands and pongs are never starved.
             if check_socket_first && let Poll::Ready(frame) = futures_util::poll!(self.socket.next()) {
                 last_heard = Instant::now();
-                if let Err(ending) = self.handle_frame(frame).await {
+                if let Err(ending) = Box::pin(self.handle_frame(frame)).await {
                     return ending;
                 }
             }
@@ -203,11 +203,11 @@ where
             // pay for a read attempt.
             tokio::select! {
                 biased;
-                () = &mut stop => return self.stop_reason(),
-                received = inbox.queue.recv_many(&mut batch, WRITE_BATCH) => {
-                    if received == 0 {
-                        return Ending::Shutdown;
-                    }
+                () = &mut stop => return Ending::Shutdown,
+                received = self.inbox.recv_many(&mut batch, WRITE_BATCH) => {
+                    let Ok(received) = received else {
+                        return Ending::Lagged;
+                    };
                     check_socket_first = received == WRITE_BATCH;
                     if let Err(ending) = self.write_pushes(&mut batch).await {
                         return ending;
@@ -215,7 +215,8 @@ where
                 }
                 frame = self.socket.next() => {
                     last_heard = Instant::now();
-                    if let Err(ending) = self.handle_frame(frame).await {
+                    // Boxed, like every rare path: frames from the client are few next to pushes.
+                    if let Err(ending) = Box::pin(self.handle_frame(frame)).await {
                         return ending;
                     }
                 }
@@ -224,7 +225,7 @@ where
                     if last_heard.elapsed() >= dead_after {
                         return Ending::NoPong;
                     }
-                    if let Err(ending) = self.send(vec![Message::Ping(bytes::Bytes::new())]).await {
+                    if let Err(ending) = Box::pin(self.send(vec![Message::Ping(bytes::Bytes::new())])).await {
                         return ending;
                     }
                 }
@@ -241,11 +242,6 @@ where
         self.identity = identity;
     }
 
-    /// Why the stop token fired.
-    fn stop_reason(&self) -> Ending {
-        if self.app.shutdown.is_cancelled() { Ending::Shutdown } else { Ending::Lagged }
-    }
-
     /// Handles one frame from the client (or its end).
     async fn handle_frame(&mut self, frame: Option<Result<Message, tungstenite::Error>>) -> Result<(), Ending> {
         match frame {
@@ -258,9 +254,7 @@ where
                 self.send(vec![error_reply(None, error)]).await
             }
             Some(Ok(Message::Text(text))) => {
-                // Boxed: commands are rare next to pushes, and their futures are large; this
-                // keeps them out of every idle connection's state.
-                let replies = Box::pin(self.handle_command(&text)).await;
+                let replies = self.handle_command(&text).await;
                 self.send(replies).await
             }
         }
@@ -278,7 +272,8 @@ where
         for push in batch.drain(..) {
             self.queue_push(push);
         }
-        self.guard.run(write_frames(&mut self.socket, &mut self.pending)).await
+        let write = write_frames(&mut self.socket, &mut self.pending);
+        guarded_write(self.app.settings.websocket.write_timeout, &self.app.shutdown, &self.inbox, write).await
     }
 
     /// Queues a push's shared frame, unless it is a publication this connection has seen.
@@ -305,12 +300,12 @@ where
             }
             socket.flush().await
         };
-        self.guard.run(write).await
+        guarded_write(self.app.settings.websocket.write_timeout, &self.app.shutdown, &self.inbox, write).await
     }
 
     /// Unsubscribes everywhere, then says goodbye the way the ending calls for. On shutdown
     /// the pushes already queued go out first: in-flight work is finished.
-    async fn finish(mut self, ending: Ending, mut inbox: Inbox) {
+    async fn finish(mut self, ending: Ending) {
         let channels: Vec<ChannelName> = self.positions.iter().map(|(channel, _)| channel.clone()).collect();
         let client = self.client.to_string();
         for channel in &channels {
@@ -320,7 +315,8 @@ where
         }
         let ending = match ending {
             // A write that failed while the queue overflowed: the client is too slow.
-            Ending::WriteFailed if inbox.lagged.is_cancelled() => self.stop_reason(),
+            Ending::WriteFailed if self.app.shutdown.is_cancelled() => Ending::Shutdown,
+            Ending::WriteFailed if self.inbox.is_lagged() => Ending::Lagged,
             other => other,
         };
         crate::metrics::websocket_closed(ending.metric());
@@ -328,7 +324,7 @@ where
             tracing::info!(ending = ending.metric(), "WebSocket connection closed by the server");
         }
         if ending == Ending::Shutdown {
-            while let Ok(push) = inbox.queue.try_recv() {
+            while let Some(push) = self.inbox.try_recv() {
                 self.queue_push(push);
             }
         }
@@ -372,34 +368,25 @@ where
     }
 }
 
-/// A cancellation signal that is cheap to poll on every wake-up: it registers the task's waker
-/// once, then only reads the token's flag (polling a `cancelled()` future again takes a lock).
-/// The session's task is always the one polling it, so the first waker stays the right one.
-struct StopSignal<'a> {
+/// Resolves when `token` is cancelled, and is cheap to poll on every wake-up: the waiter is
+/// registered once (polling a `cancelled()` future again takes the token's lock), then only the
+/// token's flag is read. The session's task is always the one polling it, so the first waker
+/// stays the right one.
+fn stop_signal<'a: 'w, 'w>(
     token: &'a CancellationToken,
-    waiter: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFuture<'a>>>,
-    registered: bool,
-}
-
-impl<'a> StopSignal<'a> {
-    fn new(token: &'a CancellationToken) -> Self {
-        Self { token, waiter: Box::pin(token.cancelled()), registered: false }
-    }
-}
-
-impl Future for StopSignal<'_> {
-    type Output = ();
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, context: &mut std::task::Context<'_>) -> Poll<()> {
-        if self.token.is_cancelled() {
+    mut waiter: Pin<&'w mut WaitForCancellationFuture<'a>>,
+) -> impl Future<Output = ()> + Unpin + 'w {
+    let mut registered = false;
+    std::future::poll_fn(move |context| {
+        if token.is_cancelled() {
             return Poll::Ready(());
         }
-        if !self.registered {
-            self.registered = true;
-            return self.waiter.as_mut().poll(context);
+        if !registered {
+            registered = true;
+            return waiter.as_mut().poll(context);
         }
         Poll::Pending
-    }
+    })
 }
 
 /// Resolves when the token expires; never without one.
