@@ -11,7 +11,7 @@
 //! marked lagged, not on every push: a burst costs one wake-up.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -117,9 +117,14 @@ impl Inbox {
         Poll::Ready(Ok(count))
     }
 
-    /// [`Inbox::poll_recv_many`] as a future.
-    pub async fn recv_many(&mut self, batch: &mut Vec<Push>, max: usize) -> Result<usize, Lagged> {
-        poll_fn(|context| self.poll_recv_many(context, batch, max)).await
+    /// [`Inbox::poll_recv_many`] as a future (a plain poll function: it adds nothing but its
+    /// arguments to the state of a connection waiting on it).
+    pub fn recv_many<'a>(
+        &'a mut self,
+        batch: &'a mut Vec<Push>,
+        max: usize,
+    ) -> impl Future<Output = Result<usize, Lagged>> + 'a {
+        poll_fn(move |context| self.poll_recv_many(context, batch, max))
     }
 
     /// The oldest queued push, if any (whether or not the connection lagged).
@@ -142,8 +147,8 @@ impl Inbox {
     }
 
     /// [`Inbox::poll_lagged`] as a future.
-    pub async fn lagged(&self) -> Lagged {
-        poll_fn(|context| self.poll_lagged(context)).await
+    pub fn lagged(&self) -> impl Future<Output = Lagged> + '_ {
+        poll_fn(|context| self.poll_lagged(context))
     }
 }
 

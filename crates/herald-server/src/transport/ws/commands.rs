@@ -2,17 +2,18 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use herald_core::{ChannelName, HistoryQuery, Position, PublishRequest};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::MAX_HISTORY_LIMIT;
 use super::session::Session;
 use crate::presence::ClientId;
 use crate::wire::{
     ErrorBody, WirePosition, idempotency_key, json_payload, present_raw_value, publications_array, published_json,
+    text_frame,
 };
 
 impl<T> Session<T>
@@ -20,7 +21,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     /// Handles one command; returns the frames to send: the reply, then any pushes it caused.
-    pub(super) async fn handle_command(&mut self, text: &str) -> Vec<Message> {
+    pub(super) async fn handle_command(&mut self, text: &str) -> Vec<Bytes> {
         let (id, op, command) = match decode(text) {
             Ok(decoded) => decoded,
             Err((id, error)) => return vec![error_reply(id, error)],
@@ -43,7 +44,7 @@ where
     /// subscription, may take back the client id of an earlier connection (so a quick
     /// reconnect does not leave and join presence again). The reply says who and which client
     /// this is.
-    fn connect(&mut self, id: u64, command: &CommandFrame<'_>, refresh: bool) -> Result<Vec<Message>, ErrorBody> {
+    fn connect(&mut self, id: u64, command: &CommandFrame<'_>, refresh: bool) -> Result<Vec<Bytes>, ErrorBody> {
         if let Some(client) = command.client.as_deref() {
             let client = ClientId::parse(client)?;
             if refresh {
@@ -90,7 +91,7 @@ where
         Ok(vec![result_reply(id, result.to_string())])
     }
 
-    async fn subscribe(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
+    async fn subscribe(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Bytes>, ErrorBody> {
         let channel = command.channel()?;
         if self.positions.is_tracked(&channel) {
             return Err(ErrorBody::new("already_subscribed", format!("already subscribed to {channel}")));
@@ -130,7 +131,7 @@ where
         Ok(frames)
     }
 
-    async fn unsubscribe(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
+    async fn unsubscribe(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Bytes>, ErrorBody> {
         let channel = command.channel()?;
         if self.positions.forget(&channel).is_none() {
             return Err(ErrorBody::new("not_subscribed", format!("not subscribed to {channel}")));
@@ -144,7 +145,7 @@ where
     }
 
     /// `presence {channel}`: who is there, for clients that may read the channel.
-    async fn presence(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
+    async fn presence(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Bytes>, ErrorBody> {
         let channel = command.channel()?;
         crate::auth::may_subscribe(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
             .map_err(|denied| ErrorBody::new(denied.code(), denied.to_string()))?;
@@ -158,7 +159,7 @@ where
         Ok(vec![result_reply(id, crate::presence::snapshot_json(&snapshot).to_string())])
     }
 
-    async fn publish(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
+    async fn publish(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Bytes>, ErrorBody> {
         let channel = command.channel()?;
         let data = command.data.ok_or_else(|| ErrorBody::new("missing_field", "missing field \"data\""))?;
         crate::auth::may_publish(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
@@ -183,7 +184,7 @@ where
         Ok(vec![result_reply(id, published_json(&published).to_string())])
     }
 
-    async fn history(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Message>, ErrorBody> {
+    async fn history(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Bytes>, ErrorBody> {
         let channel = command.channel()?;
         // Reading history is reading the channel: the same rule as subscribing.
         crate::auth::may_subscribe(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
@@ -219,16 +220,17 @@ where
     }
 }
 
-pub(super) fn result_reply(id: u64, result_json: String) -> Message {
-    Message::Text(Utf8Bytes::from(format!("{{\"id\":{id},\"result\":{result_json}}}")))
+/// A reply's text frame.
+pub(super) fn result_reply(id: u64, result_json: String) -> Bytes {
+    text_frame(format!("{{\"id\":{id},\"result\":{result_json}}}")).1
 }
 
-pub(super) fn error_reply(id: Option<u64>, error: ErrorBody) -> Message {
+pub(super) fn error_reply(id: Option<u64>, error: ErrorBody) -> Bytes {
     let reply = match id {
         Some(id) => serde_json::json!({ "id": id, "error": error }),
         None => serde_json::json!({ "error": error }),
     };
-    Message::Text(Utf8Bytes::from(reply.to_string()))
+    text_frame(reply.to_string()).1
 }
 
 /// The operations of the protocol.

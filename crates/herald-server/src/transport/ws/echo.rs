@@ -7,8 +7,10 @@ use tokio_tungstenite::tungstenite::Message;
 use super::Socket;
 use super::session::{CLOSE_WAIT, Ending, goodbye_after_error};
 use crate::app::AppState;
+use crate::transport::limits::ConnectionPermit;
 
-pub async fn run(app: AppState, mut socket: Socket) {
+/// Echoes until the peer or the server closes; `_permit` is the connection's admission.
+pub async fn run(app: AppState, mut socket: Socket, _permit: ConnectionPermit) {
     loop {
         let frame = tokio::select! {
             () = app.shutdown.cancelled() => break,

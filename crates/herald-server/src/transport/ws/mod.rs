@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::transport::limits::ConnectionKind;
+use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 use crate::transport::origin::check_origin;
 
 /// The socket type of every Herald WebSocket.
@@ -62,7 +62,7 @@ pub async fn upgrade(
         Err(error) => return ApiError::from(error).into_response(),
     };
     let session_app = app.clone();
-    accept(app, peer, request, move |socket| session::run(session_app, socket, identity))
+    accept(app, peer, request, move |socket, permit| session::run(session_app, socket, identity, permit))
         .unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -77,12 +77,14 @@ pub async fn echo(
     request: Request,
 ) -> Response {
     let echo_app = app.clone();
-    accept(app, peer, request, move |socket| echo::run(echo_app, socket)).unwrap_or_else(IntoResponse::into_response)
+    accept(app, peer, request, move |socket, permit| echo::run(echo_app, socket, permit))
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Checks the origin, admits the connection, checks the handshake, answers `101 Switching
-/// Protocols`, and runs `serve` on the socket in a tracked task (holding the admission) once
-/// hyper hands it over.
+/// Protocols`, and once hyper hands the socket over, runs `serve` on it (with the admission,
+/// held as long as the connection) in a tracked task of its own: the task that waited for the
+/// upgrade ends, so its state does not stay in every connection's.
 fn accept<F, Fut>(
     app: AppState,
     peer: std::net::SocketAddr,
@@ -90,7 +92,7 @@ fn accept<F, Fut>(
     serve: F,
 ) -> Result<Response, ApiError>
 where
-    F: FnOnce(Socket) -> Fut + Send + 'static,
+    F: FnOnce(Socket, ConnectionPermit) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     check_origin(&app.settings, request.headers())?;
@@ -101,9 +103,8 @@ where
     }
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = socket_config(&app);
-    let shutdown = app.shutdown.clone();
+    let (shutdown, tasks) = (app.shutdown.clone(), app.tasks.clone());
     app.tasks.spawn(async move {
-        let _permit = permit;
         let upgraded = tokio::select! {
             upgraded = on_upgrade => upgraded,
             () = shutdown.cancelled() => return,
@@ -111,7 +112,7 @@ where
         match upgraded {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                serve(socket).await;
+                tasks.spawn(serve(socket, permit));
             }
             Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
         }

@@ -27,8 +27,11 @@ use super::commands::error_reply;
 use crate::app::AppState;
 use crate::auth::Identity;
 use crate::presence::{ClientId, EncodedPresence};
-use crate::wire::{EncodedPublication, ErrorBody, WirePosition};
+use crate::transport::limits::ConnectionPermit;
+use crate::wire::{EncodedPublication, ErrorBody, WirePosition, text_frame};
 
+/// A ping with no payload: FIN + opcode 9, length 0.
+const PING_FRAME: [u8; 2] = [0x89, 0x00];
 /// Pushes written per flush at most.
 const WRITE_BATCH: usize = 256;
 /// How long a closing connection waits for its goodbye to be written and for the peer's close.
@@ -36,13 +39,19 @@ pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The connection's task. The session is built before the future: an `async fn` would keep its
 /// arguments (the socket among them) in its state beside the session they were moved into.
-pub(super) fn run<T>(app: AppState, socket: WebSocketStream<T>, identity: Identity) -> impl Future<Output = ()>
+pub(super) fn run<T>(
+    app: AppState,
+    socket: WebSocketStream<T>,
+    identity: Identity,
+    permit: ConnectionPermit,
+) -> impl Future<Output = ()>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let capacity = app.settings.websocket.outbox_capacity.get();
     let (subscriber, inbox) = app.hub.connect(capacity);
-    let publish_rate = app.settings.limits.client_publish_rate.map(crate::transport::limits::TokenBucket::new);
+    let publish_rate =
+        app.settings.limits.client_publish_rate.map(|rate| Box::new(crate::transport::limits::TokenBucket::new(rate)));
     let mut session = Session {
         app,
         subscriber,
@@ -54,6 +63,7 @@ where
         client: ClientId::random(),
         expiry: None,
         publish_rate,
+        _permit: permit,
     };
     session.set_identity(identity);
     async move {
@@ -78,8 +88,10 @@ pub(in crate::transport::ws) struct Session<T> {
     pub(super) client: ClientId,
     /// When the token expires (boxed: most connections have none, or never reach it).
     expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    /// The client's publish rate, when limited.
-    pub(super) publish_rate: Option<crate::transport::limits::TokenBucket>,
+    /// The client's publish rate, when limited (boxed: most servers do not limit it).
+    pub(super) publish_rate: Option<Box<crate::transport::limits::TokenBucket>>,
+    /// The connection's admission, given back when the session ends.
+    _permit: ConnectionPermit,
 }
 
 /// Why a session ended, which decides how it says goodbye.
@@ -145,35 +157,6 @@ impl Ending {
     }
 }
 
-/// Bounds a write: it fails after the write timeout, and gives way at once when the connection
-/// lags or the server shuts down, so a blocked socket never hides either.
-async fn guarded_write(
-    write_timeout: Duration,
-    shutdown: &CancellationToken,
-    inbox: &Inbox,
-    write: impl Future<Output = Result<(), tungstenite::Error>>,
-) -> Result<(), Ending> {
-    let mut write = pin!(write);
-    // Most writes complete at once: no timer and no waiters for them.
-    if let Poll::Ready(written) = futures_util::poll!(write.as_mut()) {
-        return written.map_err(|_| Ending::WriteFailed);
-    }
-    // A blocked socket: wait with a timeout, and give way to lag or shutdown. Boxed, as it is
-    // rare and its timer and waiters would otherwise sit in every connection's state.
-    Box::pin(async {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => Err(Ending::Shutdown),
-            _ = inbox.lagged() => Err(Ending::Lagged),
-            written = timeout(write_timeout, write) => match written {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) | Err(_) => Err(Ending::WriteFailed),
-            },
-        }
-    })
-    .await
-}
-
 impl<T> Session<T>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -225,7 +208,7 @@ where
                     if last_heard.elapsed() >= dead_after {
                         return Ending::NoPong;
                     }
-                    if let Err(ending) = Box::pin(self.send(vec![Message::Ping(bytes::Bytes::new())])).await {
+                    if let Err(ending) = Box::pin(self.send(vec![Bytes::from_static(&PING_FRAME)])).await {
                         return ending;
                     }
                 }
@@ -260,9 +243,9 @@ where
         }
     }
 
-    /// The frame for a publication this connection has not seen yet, moving its position.
-    pub(super) fn publication_frame(&mut self, publication: &Publication) -> Option<Message> {
-        self.positions.advance(publication).then(|| Message::Text(EncodedPublication::of(publication).json))
+    /// The (shared) frame of a publication this connection has not seen yet, moving its position.
+    pub(super) fn publication_frame(&mut self, publication: &Publication) -> Option<Bytes> {
+        self.positions.advance(publication).then(|| EncodedPublication::of(publication).ws_frame)
     }
 
     /// Writes a batch of pushes: each new publication's shared frame, all in one vectored
@@ -272,8 +255,36 @@ where
         for push in batch.drain(..) {
             self.queue_push(push);
         }
+        self.write_pending().await
+    }
+
+    /// Writes what is queued. Most writes complete at once, and keep nothing in the session's
+    /// state; a blocked socket is waited for in a boxed future.
+    async fn write_pending(&mut self) -> Result<(), Ending> {
+        let attempt = std::future::poll_fn(|context| {
+            Poll::Ready(poll_write_frames(&mut self.socket, &mut self.pending, context))
+        })
+        .await;
+        match attempt {
+            Poll::Ready(written) => written.map_err(|_| Ending::WriteFailed),
+            Poll::Pending => Box::pin(self.write_blocked()).await,
+        }
+    }
+
+    /// Waits for a blocked socket to take what is queued: it fails after the write timeout, and
+    /// gives way at once when the connection lags or the server shuts down, so a blocked socket
+    /// never hides either.
+    async fn write_blocked(&mut self) -> Result<(), Ending> {
         let write = write_frames(&mut self.socket, &mut self.pending);
-        guarded_write(self.app.settings.websocket.write_timeout, &self.app.shutdown, &self.inbox, write).await
+        tokio::select! {
+            biased;
+            () = self.app.shutdown.cancelled() => Err(Ending::Shutdown),
+            _ = self.inbox.lagged() => Err(Ending::Lagged),
+            written = timeout(self.app.settings.websocket.write_timeout, write) => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) | Err(_) => Err(Ending::WriteFailed),
+            },
+        }
     }
 
     /// Queues a push's shared frame, unless it is a publication this connection has seen.
@@ -288,19 +299,12 @@ where
         }
     }
 
-    /// Writes frames with one flush.
-    async fn send(&mut self, frames: Vec<Message>) -> Result<(), Ending> {
-        if frames.is_empty() {
-            return Ok(());
-        }
-        let socket = &mut self.socket;
-        let write = async move {
-            for frame in frames {
-                socket.feed(frame).await?;
-            }
-            socket.flush().await
-        };
-        guarded_write(self.app.settings.websocket.write_timeout, &self.app.shutdown, &self.inbox, write).await
+    /// Writes complete frames (replies, pings) after whatever is queued. They are encoded here
+    /// rather than by the WebSocket library, whose write buffer would keep its capacity in
+    /// every connection once used.
+    async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), Ending> {
+        self.pending.extend(frames);
+        self.write_pending().await
     }
 
     /// Unsubscribes everywhere, then says goodbye the way the ending calls for. On shutdown
@@ -331,7 +335,6 @@ where
         // Frames already queued (perhaps half written when the session ended) go first.
         let frames_complete =
             matches!(timeout(CLOSE_WAIT, write_frames(&mut self.socket, &mut self.pending)).await, Ok(Ok(())));
-        let mut frames = Vec::new();
         if !frames_complete {
             // A frame is cut short: nothing more can be said on this socket.
             return;
@@ -354,16 +357,9 @@ where
             let push = serde_json::json!({
                 "disconnect": { "code": code, "reason": reason, "reconnect": reconnect, "positions": positions }
             });
-            frames.push(Message::Text(Utf8Bytes::from(push.to_string())));
+            self.pending.push_back(text_frame(push.to_string()).1);
         }
-        let socket = &mut self.socket;
-        let write = async move {
-            for frame in frames {
-                socket.feed(frame).await?;
-            }
-            socket.flush().await
-        };
-        let _ = timeout(CLOSE_WAIT, write).await;
+        let _ = timeout(CLOSE_WAIT, write_frames(&mut self.socket, &mut self.pending)).await;
         close_and_linger(&mut self.socket, code, reason, ending.read_failed()).await;
     }
 }
@@ -411,24 +407,32 @@ async fn write_frames<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    // A poll function rather than an `async` body: no state of its own in the session's future.
+    std::future::poll_fn(|context| poll_write_frames(socket, pending, context)).await
+}
+
+fn poll_write_frames<T>(
+    socket: &mut WebSocketStream<T>,
+    pending: &mut VecDeque<Bytes>,
+    context: &mut std::task::Context<'_>,
+) -> Poll<Result<(), tungstenite::Error>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     if pending.is_empty() {
-        return Ok(());
+        return Poll::Ready(Ok(()));
     }
-    socket.flush().await?;
+    std::task::ready!(<WebSocketStream<T> as futures_util::Sink<Message>>::poll_flush(Pin::new(socket), context))?;
     let raw = socket.get_mut();
     while !pending.is_empty() {
-        // The slices live on the stack of each poll, not in the (per-connection) future.
-        let mut written = std::future::poll_fn(|context| {
-            let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
-            let count = pending.len().min(FRAMES_PER_WRITE);
-            for (slice, frame) in slices.iter_mut().zip(pending.iter()) {
-                *slice = IoSlice::new(frame);
-            }
-            std::pin::Pin::new(&mut *raw).poll_write_vectored(context, &slices[..count])
-        })
-        .await?;
+        let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
+        let count = pending.len().min(FRAMES_PER_WRITE);
+        for (slice, frame) in slices.iter_mut().zip(pending.iter()) {
+            *slice = IoSlice::new(frame);
+        }
+        let mut written = std::task::ready!(Pin::new(&mut *raw).poll_write_vectored(context, &slices[..count]))?;
         if written == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+            return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()));
         }
         while written > 0 {
             let front = pending.front_mut().expect("written bytes belong to queued frames");
@@ -441,7 +445,7 @@ where
             }
         }
     }
-    Ok(())
+    Poll::Ready(Ok(()))
 }
 
 /// After a read error on the echo route: the close code that fits it, then lingering.
@@ -491,6 +495,7 @@ where
 mod tests {
     use super::*;
     use crate::config::{Overrides, Settings};
+    use crate::transport::limits::ConnectionKind;
     use std::sync::Arc;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
@@ -506,9 +511,10 @@ mod tests {
         let app = AppState::new(crate::wiring::hub(&settings).await.unwrap(), webhooks, settings, shutdown, tasks);
         let (io, _peer) = tokio::io::duplex(64);
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-        let session = run(app, socket, Identity::Anonymous);
+        let permit = app.connections.admit([127, 0, 0, 1].into(), ConnectionKind::WebSocket).unwrap();
+        let session = run(app, socket, Identity::Anonymous, permit);
         let size = std::mem::size_of_val(&session);
         eprintln!("session future: {size} bytes");
-        assert!(size < 2048, "the per-connection future grew to {size} bytes");
+        assert!(size < 1024, "the per-connection future grew to {size} bytes");
     }
 }
