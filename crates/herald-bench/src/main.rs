@@ -50,6 +50,9 @@ struct Args {
     source_addresses: u8,
     #[arg(long, default_value_t = 5.0)]
     drain_seconds: f64,
+    /// Seconds the connections sit idle before the server's memory is read.
+    #[arg(long, default_value_t = 1.0)]
+    settle_seconds: f64,
     #[arg(long, default_value = "")]
     label: String,
     /// Also print the Markdown table row.
@@ -77,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         server_pids: args.server_pid,
         source_addresses: args.source_addresses,
         drain: Duration::from_secs_f64(args.drain_seconds),
+        settle: Duration::from_secs_f64(args.settle_seconds),
     };
     // One thread: the generator gets one core, and a single thread wastes none of it.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

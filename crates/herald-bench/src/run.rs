@@ -36,6 +36,8 @@ pub struct RunConfig {
     pub source_addresses: u8,
     /// How long to wait for stragglers after the last publish.
     pub drain: Duration,
+    /// How long connections sit idle before the server's memory is read.
+    pub settle: Duration,
 }
 
 impl Default for RunConfig {
@@ -56,6 +58,7 @@ impl Default for RunConfig {
             server_pids: Vec::new(),
             source_addresses: 0,
             drain: Duration::from_secs(5),
+            settle: Duration::from_secs(1),
         }
     }
 }
@@ -117,8 +120,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     }
     let connected = config.subscribers as u64 - connect_errors;
 
-    // Idle: let the server settle, then read its memory.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Idle: let the server settle (allocators hand back what the ramp-up left), then read its
+    // memory.
+    tokio::time::sleep(config.settle).await;
     let idle_rss = rss();
     let idle_kib_per_connection = match (baseline_rss, idle_rss) {
         (Some(baseline), Some(idle)) if connected > 0 => Some((idle as f64 - baseline as f64) / connected as f64),
