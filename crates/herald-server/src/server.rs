@@ -1,7 +1,9 @@
 //! Running the server: bind, serve, and shut down gracefully.
 //!
-//! Herald runs its own accept loop on hyper's HTTP/1 server rather than `axum::serve`: every
-//! connection is a tracked task, and headers have a read timeout (slowloris).
+//! Herald runs its own accept loop rather than `axum::serve`: every connection is a tracked
+//! task, headers have a read timeout (slowloris), and a connection's long-lived requests are
+//! answered by Herald's own HTTP/1 front ([`crate::transport::direct`]), the rest by hyper's
+//! HTTP/1 server.
 //!
 //! Shutdown: stop accepting, let in-flight requests finish, tell WebSocket clients to reconnect
 //! (each session watches the cancellation token), then wait for every tracked task, at most the
@@ -11,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,6 +25,7 @@ use tower::ServiceExt;
 
 use crate::app::{self, AppState};
 use crate::config::Settings;
+use crate::transport::direct::{self, FrontTimeouts, Rewind};
 use crate::webhooks::{ChannelEventRouter, Webhooks};
 use crate::wiring;
 
@@ -95,19 +99,31 @@ async fn refresh_remote_keys(auth: Arc<crate::auth::Authenticator>, shutdown: Ca
     }
 }
 
-/// Serves one HTTP/1 connection (upgrades included) until it ends; on shutdown the request in
-/// flight finishes and idle keep-alives close.
-async fn serve_connection<I, S>(http: &http1::Builder, io: I, service: S, shutdown: CancellationToken)
-where
+/// Serves one connection until it ends: its long-lived requests (streams, polls) in Herald's
+/// own front, anything else in hyper's HTTP/1 server (upgrades included). On shutdown the
+/// request in flight finishes and idle keep-alives close.
+async fn serve_io<I>(
+    mut io: I,
+    peer: SocketAddr,
+    http: Arc<http1::Builder>,
+    router: Router,
+    timeouts: FrontTimeouts,
+    shutdown: CancellationToken,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming> + Send + 'static,
-    S::Future: Send + 'static,
-    S::ResBody: Send + 'static,
-    <S::ResBody as hyper::body::Body>::Data: Send,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let connection = http.serve_connection(TokioIo::new(io), service).with_upgrades();
-    tokio::pin!(connection);
+    let Some(read) = direct::serve(&mut io, peer, &router, timeouts, &shutdown).await else {
+        return;
+    };
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let mut request = request.map(axum::body::Body::new);
+        request.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(request)
+    });
+    // Boxed: hyper's connection state is large, and a connection served by the front alone
+    // (an open stream) should not carry room for it.
+    let connection = Box::pin(http.serve_connection(TokioIo::new(Rewind::new(read, io)), service).with_upgrades());
+    let mut connection = connection;
     tokio::select! {
         _ = &mut connection => {}
         () = shutdown.cancelled() => {
@@ -149,6 +165,7 @@ fn start_on(listener: TcpListener, app: AppState) -> std::io::Result<RunningServ
     let settings = &app.settings;
     let grace = settings.shutdown_grace;
     let header_timeout = settings.limits.header_timeout;
+    let timeouts = FrontTimeouts { header: header_timeout, write: settings.websocket.write_timeout };
     let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let (shutdown, tasks, hub) = (app.shutdown.clone(), app.tasks.clone(), app.hub.clone());
 
@@ -178,6 +195,8 @@ fn start_on(listener: TcpListener, app: AppState) -> std::io::Result<RunningServ
         let mut http = http1::Builder::new();
         // Headers must arrive within the timeout: a slowloris client is cut off.
         http.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+        // Shared: every connection's task keeps a handle to it.
+        let http = Arc::new(http);
         loop {
             let (stream, peer) = tokio::select! {
                 () = serve_shutdown.cancelled() => break,
@@ -192,24 +211,27 @@ fn start_on(listener: TcpListener, app: AppState) -> std::io::Result<RunningServ
                 },
             };
             let _ = stream.set_nodelay(true);
-            let router = router.clone();
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let mut request = request.map(axum::body::Body::new);
-                request.extensions_mut().insert(ConnectInfo(peer));
-                router.clone().oneshot(request)
-            });
-            let (http, connection_shutdown, tls) = (http.clone(), serve_shutdown.clone(), tls.clone());
-            tasks.spawn(async move {
-                match tls {
-                    None => serve_connection(&http, stream, service, connection_shutdown).await,
-                    // The handshake gets the header timeout too: a silent client is not held.
-                    Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(&http, stream, service, connection_shutdown).await,
-                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
-                    },
+            let (http, router, connection_shutdown, tls) =
+                (http.clone(), router.clone(), serve_shutdown.clone(), tls.clone());
+            // Built outside an `async` block, whose captured variables would sit in every
+            // connection's state beside the futures they were moved into.
+            match tls {
+                None => {
+                    tasks.spawn(serve_io(stream, peer, http, router, timeouts, connection_shutdown));
                 }
-            });
+                // Boxed: a TLS connection's state is much larger, and plain connections should
+                // not carry room for it. The handshake gets the header timeout too: a silent
+                // client is not held.
+                Some(acceptor) => {
+                    tasks.spawn(Box::pin(async move {
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => serve_io(stream, peer, http, router, timeouts, connection_shutdown).await,
+                            Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
+                    }));
+                }
+            }
         }
         // Stop accepting; let in-flight requests finish, then wait for every tracked task.
         drop(listener);

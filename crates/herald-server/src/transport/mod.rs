@@ -4,11 +4,41 @@
 //! - [`streaming`]: `GET /sse` and `GET /stream` (NDJSON);
 //! - [`poll`]: `GET /poll`, long- and short-polling;
 //! - [`subscription`]: what the HTTP transports share (query, cursor, recovery, clean-up);
+//! - [`direct`]: Herald's own HTTP/1 front, which answers the long-lived HTTP requests without
+//!   hyper's per-connection buffers;
 //! - [`origin`], [`limits`]: the Origin allow-list and per-IP stream admission.
 
+pub mod direct;
 pub mod limits;
 pub mod origin;
 pub mod poll;
 pub mod streaming;
 pub mod subscription;
 pub mod ws;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+/// Resolves when `token` is cancelled, and is cheap to poll on every wake-up: the waiter is
+/// registered once (polling a `cancelled()` future again takes the token's lock), then only the
+/// token's flag is read. A connection's task is always the one polling it, so the first waker
+/// stays the right one.
+pub fn stop_signal<'a: 'w, 'w>(
+    token: &'a CancellationToken,
+    mut waiter: Pin<&'w mut WaitForCancellationFuture<'a>>,
+) -> impl Future<Output = ()> + Unpin + 'w {
+    let mut registered = false;
+    std::future::poll_fn(move |context| {
+        if token.is_cancelled() {
+            return Poll::Ready(());
+        }
+        if !registered {
+            registered = true;
+            return waiter.as_mut().poll(context);
+        }
+        Poll::Pending
+    })
+}

@@ -7,18 +7,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use herald_core::{PresenceEvent, Publication, Push};
+use herald_core::{Inbox, PresenceEvent, Publication, Push};
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::presence::EncodedPresence;
-use crate::transport::limits::ConnectionKind;
+use crate::transport::direct::{DirectSlot, DirectWork};
+use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 use crate::transport::origin::check_origin;
-use crate::transport::subscription::{HttpSubscription, SubscriptionQuery, parse_timeout};
+use crate::transport::subscription::{HttpSubscription, SubscriptionQuery, Unrecovered, parse_timeout};
 use crate::wire::publications_array;
 
 pub const CURSOR_HEADER: HeaderName = HeaderName::from_static("herald-cursor");
@@ -28,95 +31,147 @@ pub async fn poll(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    direct: Option<Extension<DirectSlot>>,
 ) -> Response {
-    answer(app, peer, headers, query).await.unwrap_or_else(IntoResponse::into_response)
+    let poll = match OpenPoll::open(&app, peer, &headers, query.as_deref()).await {
+        Ok(poll) => poll,
+        Err(error) => return error.into_response(),
+    };
+    // On a connection Herald serves itself, a poll that waits does so there, outside the
+    // router: only the poll's own state is kept while it is parked.
+    if let Some(Extension(slot)) = direct
+        && poll.will_wait()
+    {
+        slot.put(DirectWork::Poll(poll));
+        return StatusCode::OK.into_response();
+    }
+    poll.answer().await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn answer(
+/// A poll whose subscription is open: it answers with what it has, or waits for something.
+pub struct OpenPoll {
     app: AppState,
-    peer: SocketAddr,
-    headers: HeaderMap,
-    query: Option<String>,
-) -> Result<Response, ApiError> {
-    check_origin(&app.settings, &headers)?;
-    let query = SubscriptionQuery::parse(query.as_deref(), &headers, &app, true)?;
-    let settings = &app.settings.poll;
-    let wait = parse_timeout(query.timeout.as_deref(), settings.default_timeout, settings.max_timeout)?;
-    let live = !wait.is_zero() && !app.shutdown.is_cancelled();
-    let _permit = if live { Some(app.connections.admit(peer.ip(), ConnectionKind::ParkedPoll)?) } else { None };
-    let max = settings.max_messages.get();
-    // Room for a full answer plus what arrives while it is taken, so a prefix is never lost.
-    let (mut subscription, mut inbox, opening) = HttpSubscription::open(&app, &query, live, max + 16).await?;
+    subscription: HttpSubscription,
+    inbox: Inbox,
+    unrecovered: Vec<Unrecovered>,
+    messages: Vec<Arc<Publication>>,
+    live: bool,
+    wait: Duration,
+    max: usize,
+    _permit: Option<ConnectionPermit>,
+}
 
-    let mut messages: Vec<Arc<Publication>> = Vec::new();
-    let mut events: Vec<Arc<PresenceEvent>> = Vec::new();
-    take(&mut subscription, &mut messages, opening.missed.iter().cloned(), max);
-    if messages.is_empty() && opening.unrecovered.is_empty() && live {
-        let deadline = tokio::time::Instant::now() + wait;
-        let before_wait = subscription.positions.clone();
-        let mut batch = Vec::with_capacity(16);
-        while messages.is_empty() && events.is_empty() {
-            tokio::select! {
-                biased;
-                () = app.shutdown.cancelled() => break,
-                () = tokio::time::sleep_until(deadline) => break,
-                received = inbox.recv_many(&mut batch, max) => {
-                    if received.is_err() {
-                        // Lagged: answered from history below.
-                        break;
-                    }
-                    let publications = batch.drain(..).filter_map(|push| match push {
-                        Push::Publication(publication) => Some(publication),
-                        Push::Presence(event) => {
-                            events.push(event);
-                            None
+impl OpenPoll {
+    async fn open(
+        app: &AppState,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        check_origin(&app.settings, headers)?;
+        let query = SubscriptionQuery::parse(query, headers, app, true)?;
+        let settings = &app.settings.poll;
+        let wait = parse_timeout(query.timeout.as_deref(), settings.default_timeout, settings.max_timeout)?;
+        let live = !wait.is_zero() && !app.shutdown.is_cancelled();
+        let permit = if live { Some(app.connections.admit(peer.ip(), ConnectionKind::ParkedPoll)?) } else { None };
+        let max = settings.max_messages.get();
+        // Room for a full answer plus what arrives while it is taken, so a prefix is never lost.
+        // Boxed: opening is done once, and its state need not stay in a parked poll's.
+        let (mut subscription, inbox, opening) = Box::pin(HttpSubscription::open(app, &query, live, max + 16)).await?;
+        let mut messages = Vec::new();
+        take(&mut subscription, &mut messages, opening.missed.into_iter(), max);
+        Ok(Self {
+            app: app.clone(),
+            subscription,
+            inbox,
+            unrecovered: opening.unrecovered,
+            messages,
+            live,
+            wait,
+            max,
+            _permit: permit,
+        })
+    }
+
+    /// Whether the poll waits for something to answer with.
+    fn will_wait(&self) -> bool {
+        self.live && self.messages.is_empty() && self.unrecovered.is_empty()
+    }
+
+    /// Waits if it must, then answers.
+    pub async fn answer(mut self) -> Result<Response, ApiError> {
+        let (app, max) = (self.app.clone(), self.max);
+        let subscription = &mut self.subscription;
+        let mut messages = std::mem::take(&mut self.messages);
+        let mut events: Vec<Arc<PresenceEvent>> = Vec::new();
+        if messages.is_empty() && self.unrecovered.is_empty() && self.live {
+            let deadline = tokio::time::Instant::now() + self.wait;
+            let before_wait = subscription.positions.clone();
+            let mut batch = Vec::new();
+            while messages.is_empty() && events.is_empty() {
+                tokio::select! {
+                    biased;
+                    () = app.shutdown.cancelled() => break,
+                    () = tokio::time::sleep_until(deadline) => break,
+                    received = self.inbox.recv_many(&mut batch, max) => {
+                        if received.is_err() {
+                            // Lagged: answered from history below.
+                            break;
                         }
-                    });
-                    take(&mut subscription, &mut messages, publications, max);
+                        let publications = batch.drain(..).filter_map(|push| match push {
+                            Push::Publication(publication) => Some(publication),
+                            Push::Presence(event) => {
+                                events.push(event);
+                                None
+                            }
+                        });
+                        take(subscription, &mut messages, publications, max);
+                    }
+                }
+            }
+            if self.inbox.is_lagged() {
+                // The queue overflowed while we were away, so what it holds may have a gap: take
+                // the answer from history instead, which has everything in order.
+                messages.clear();
+                subscription.positions = before_wait.clone();
+                for (channel, position) in before_wait.iter() {
+                    let caught_up = Box::pin(app.hub.catch_up(channel, Some(position))).await?;
+                    take(subscription, &mut messages, caught_up.missed.into_iter(), max);
                 }
             }
         }
-        if inbox.is_lagged() {
-            // The queue overflowed while we were away, so what it holds may have a gap: take
-            // the answer from history instead, which has everything in order.
-            messages.clear();
-            subscription.positions = before_wait.clone();
-            for (channel, position) in before_wait.iter() {
-                let caught_up = app.hub.catch_up(channel, Some(position)).await?;
-                take(&mut subscription, &mut messages, caught_up.missed.into_iter(), max);
-            }
-        }
-    }
+        let unrecovered = &self.unrecovered;
 
-    let cursor = subscription.cursor();
-    let cursor_header = HeaderValue::from_str(&cursor).map_err(|_| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cursor is not a valid header value")
-    })?;
-    if messages.is_empty() && events.is_empty() && opening.unrecovered.is_empty() {
-        return Ok((StatusCode::NO_CONTENT, [(CURSOR_HEADER, cursor_header)]).into_response());
-    }
-    let mut body = format!("{{\"messages\":{},\"cursor\":\"{cursor}\"", publications_array(&messages));
-    if !events.is_empty() {
-        body.push_str(",\"events\":[");
-        for (index, event) in events.iter().enumerate() {
-            if index > 0 {
-                body.push(',');
-            }
-            body.push_str(&String::from_utf8_lossy(&EncodedPresence::of(event).typed));
+        let cursor = subscription.cursor();
+        let cursor_header = HeaderValue::from_str(&cursor).map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cursor is not a valid header value")
+        })?;
+        if messages.is_empty() && events.is_empty() && unrecovered.is_empty() {
+            return Ok((StatusCode::NO_CONTENT, [(CURSOR_HEADER, cursor_header)]).into_response());
         }
-        body.push(']');
+        let mut body = format!("{{\"messages\":{},\"cursor\":\"{cursor}\"", publications_array(&messages));
+        if !events.is_empty() {
+            body.push_str(",\"events\":[");
+            for (index, event) in events.iter().enumerate() {
+                if index > 0 {
+                    body.push(',');
+                }
+                body.push_str(&String::from_utf8_lossy(&EncodedPresence::of(event).typed));
+            }
+            body.push(']');
+        }
+        if !unrecovered.is_empty() {
+            let notices: Vec<serde_json::Value> = unrecovered.iter().map(|notice| notice.json()).collect();
+            body.push_str(&format!(",\"recovery\":{}", serde_json::Value::from(notices)));
+        }
+        body.push('}');
+        Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (CURSOR_HEADER, cursor_header)],
+            body,
+        )
+            .into_response())
     }
-    if !opening.unrecovered.is_empty() {
-        let notices: Vec<serde_json::Value> = opening.unrecovered.iter().map(|notice| notice.json()).collect();
-        body.push_str(&format!(",\"recovery\":{}", serde_json::Value::from(notices)));
-    }
-    body.push('}');
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (CURSOR_HEADER, cursor_header)],
-        body,
-    )
-        .into_response())
 }
 
 /// Moves publications new to the subscription into `messages`, in order, up to `max`.

@@ -8,9 +8,11 @@
 //! moment the client is gone.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -23,6 +25,7 @@ use tokio::time::{MissedTickBehavior, timeout};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::presence::EncodedPresence;
+use crate::transport::direct::{DirectSlot, DirectWork};
 use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 use crate::transport::origin::check_origin;
 use crate::transport::subscription::{HttpSubscription, Opening, SubscriptionQuery, Unrecovered};
@@ -142,8 +145,11 @@ pub async fn sse(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    direct: Option<Extension<DirectSlot>>,
 ) -> Response {
-    open_stream(app, peer, headers, query, StreamFormat::Sse).await.unwrap_or_else(IntoResponse::into_response)
+    open_stream(app, peer, headers, query, StreamFormat::Sse, direct.map(|Extension(slot)| slot))
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 pub async fn ndjson(
@@ -151,16 +157,23 @@ pub async fn ndjson(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    direct: Option<Extension<DirectSlot>>,
 ) -> Response {
-    open_stream(app, peer, headers, query, StreamFormat::Ndjson).await.unwrap_or_else(IntoResponse::into_response)
+    open_stream(app, peer, headers, query, StreamFormat::Ndjson, direct.map(|Extension(slot)| slot))
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Opens the subscription and answers the response head. On a connection Herald serves itself
+/// the stream is left in `direct` and written straight to the socket once the head is sent;
+/// otherwise it runs in a task of its own feeding the response body.
 async fn open_stream(
     app: AppState,
     peer: SocketAddr,
     headers: HeaderMap,
     query: Option<String>,
     format: StreamFormat,
+    direct: Option<DirectSlot>,
 ) -> Result<Response, ApiError> {
     check_origin(&app.settings, &headers)?;
     if app.shutdown.is_cancelled() {
@@ -170,109 +183,164 @@ async fn open_stream(
     let permit = app.connections.admit(peer.ip(), ConnectionKind::Stream)?;
     let capacity = app.settings.websocket.outbox_capacity.get();
     let (subscription, inbox, opening) = HttpSubscription::open(&app, &query, true, capacity).await?;
+    let expiry = query.identity.expires_at().map(|exp| {
+        let left = exp.saturating_sub(crate::auth::unix_seconds());
+        Box::pin(tokio::time::sleep(Duration::from_secs(left)))
+    });
+    let stream = OpenStream { app: app.clone(), subscription, inbox, opening, format, _permit: permit, expiry };
+    let head = [
+        (header::CONTENT_TYPE, format.content_type()),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::HeaderName::from_static("x-accel-buffering"), "no"),
+    ];
+    if let Some(slot) = direct {
+        slot.put(DirectWork::Stream(stream));
+        return Ok(head.into_response());
+    }
     let (sender, receiver) = mpsc::channel::<Bytes>(BODY_CHUNKS);
-    let expires_at = query.identity.expires_at();
-    app.tasks.spawn(run_stream(app.clone(), subscription, inbox, opening, format, sender, permit, expires_at));
+    app.tasks.spawn(async move { stream.run(&mut ChannelSink(sender)).await });
     let body = Body::from_stream(futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), receiver))
     }));
-    Ok((
-        [
-            (header::CONTENT_TYPE, format.content_type()),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::HeaderName::from_static("x-accel-buffering"), "no"),
-        ],
-        body,
-    )
-        .into_response())
+    Ok((head, body).into_response())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_stream(
+/// Where a stream's chunks go: a response body's channel, or the socket itself.
+pub trait StreamSink {
+    /// Delivers one chunk; fails if the client is gone or did not take it in time.
+    fn send(&mut self, chunk: Bytes) -> impl Future<Output = bool>;
+    /// Hands over a last chunk only if it can go at once (a reader too slow to take it does
+    /// not hold up a stop).
+    fn send_last(&mut self, chunk: Bytes);
+    /// Resolves once the client is gone.
+    fn gone(&mut self) -> impl Future<Output = ()>;
+}
+
+/// The body channel of a response hyper writes.
+struct ChannelSink(mpsc::Sender<Bytes>);
+
+impl StreamSink for ChannelSink {
+    async fn send(&mut self, chunk: Bytes) -> bool {
+        self.0.send(chunk).await.is_ok()
+    }
+
+    fn send_last(&mut self, chunk: Bytes) {
+        let _ = self.0.try_send(chunk);
+    }
+
+    async fn gone(&mut self) {
+        self.0.closed().await;
+    }
+}
+
+/// A stream whose subscription is open and whose response head is answered.
+pub struct OpenStream {
     app: AppState,
-    mut subscription: HttpSubscription,
-    mut inbox: Inbox,
+    subscription: HttpSubscription,
+    inbox: Inbox,
     opening: Opening,
     format: StreamFormat,
-    sender: mpsc::Sender<Bytes>,
     _permit: ConnectionPermit,
-    expires_at: Option<u64>,
-) {
-    let write_timeout = app.settings.websocket.write_timeout;
-    // A slow reader gets the write timeout, but never holds up a shutdown.
-    let send = |chunk: BytesMut| {
-        let (sender, shutdown) = (&sender, &app.shutdown);
-        async move {
-            tokio::select! {
-                sent = timeout(write_timeout, sender.send(chunk.freeze())) => matches!(sent, Ok(Ok(()))),
-                () = shutdown.cancelled() => false,
-            }
-        }
-    };
+    /// When the client's token expires, if it does: the stream ends then.
+    expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
 
-    let mut chunk = BytesMut::with_capacity(256);
-    format.open(&mut chunk, &subscription.cursor(), app.settings.streaming.retry);
-    for notice in &opening.unrecovered {
-        format.unrecovered(&mut chunk, notice, &subscription.cursor());
-    }
-    for publication in &opening.missed {
-        if subscription.positions.advance(publication) {
-            format.publication(&mut chunk, &EncodedPublication::of(publication), &subscription.cursor());
+impl OpenStream {
+    /// Writes what the opening found, then every push and heartbeat, until the client goes,
+    /// lags, its token expires or the server shuts down.
+    pub async fn run(mut self, sink: &mut impl StreamSink) {
+        let app = self.app.clone();
+        let format = self.format;
+        let subscription = &mut self.subscription;
+        let mut chunk = BytesMut::with_capacity(256);
+        format.open(&mut chunk, &subscription.cursor(), app.settings.streaming.retry);
+        for notice in std::mem::take(&mut self.opening.unrecovered) {
+            format.unrecovered(&mut chunk, &notice, &subscription.cursor());
         }
-    }
-    if !send(chunk).await {
-        return;
-    }
-
-    let interval = app.settings.streaming.heartbeat_interval;
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut batch = Vec::with_capacity(16);
-    // The stream ends when its token does; the client reconnects with a fresh one.
-    let expiry = tokio::time::sleep(Duration::from_secs(
-        expires_at.map_or(u64::MAX / 4, |exp| exp.saturating_sub(crate::auth::unix_seconds())),
-    ));
-    tokio::pin!(expiry);
-    loop {
-        let mut chunk = BytesMut::new();
-        tokio::select! {
-            biased;
-            () = &mut expiry => {
-                let reason = "token expired: get a fresh one and reconnect";
-                format.disconnect(&mut chunk, close_code::TOKEN_EXPIRED, reason, &subscription.cursor());
-                let _ = sender.try_send(chunk.freeze());
-                return;
+        for publication in std::mem::take(&mut self.opening.missed) {
+            if subscription.positions.advance(&publication) {
+                format.publication(&mut chunk, &EncodedPublication::of(&publication), &subscription.cursor());
             }
-            () = app.shutdown.cancelled() => {
-                format.disconnect(&mut chunk, close_code::GOING_AWAY, "server shutting down", &subscription.cursor());
-                // Only if there is room: a reader too slow to take it will not delay the stop.
-                let _ = sender.try_send(chunk.freeze());
-                return;
-            }
-            () = sender.closed() => return,
-            received = inbox.recv_many(&mut batch, CHUNK_BATCH) => {
-                if received.is_err() {
-                    let reason = "slow consumer: reconnect and recover from your cursor";
-                    format.disconnect(&mut chunk, close_code::SLOW_CONSUMER, reason, &subscription.cursor());
-                    let _ = send(chunk).await;
-                    return;
-                }
-                for push in batch.drain(..) {
-                    match push {
-                        Push::Publication(publication) => {
-                            if subscription.positions.advance(&publication) {
-                                let encoded = EncodedPublication::of(&publication);
-                                format.publication(&mut chunk, &encoded, &subscription.cursor());
-                            }
-                        }
-                        Push::Presence(event) => format.presence(&mut chunk, &event),
-                    }
-                }
-            }
-            _ = heartbeat.tick() => format.heartbeat(&mut chunk),
         }
-        if !chunk.is_empty() && !send(chunk).await {
+        if !deliver(sink, chunk.freeze(), &app).await {
             return;
         }
+
+        let interval = app.settings.streaming.heartbeat_interval;
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let waiter = std::pin::pin!(app.shutdown.cancelled());
+        let mut stop = crate::transport::stop_signal(&app.shutdown, waiter);
+        let mut batch = Vec::new();
+        loop {
+            let mut chunk = BytesMut::new();
+            let ending = tokio::select! {
+                biased;
+                () = &mut stop => Some((close_code::GOING_AWAY, "server shutting down")),
+                () = until_expiry(&mut self.expiry) => {
+                    Some((close_code::TOKEN_EXPIRED, "token expired: get a fresh one and reconnect"))
+                }
+                () = sink.gone() => return,
+                received = self.inbox.recv_many(&mut batch, CHUNK_BATCH) => match received {
+                    Err(_) => Some((close_code::SLOW_CONSUMER, "slow consumer: reconnect and recover from your cursor")),
+                    Ok(_) => {
+                        for push in batch.drain(..) {
+                            match push {
+                                Push::Publication(publication) => {
+                                    if subscription.positions.advance(&publication) {
+                                        let encoded = EncodedPublication::of(&publication);
+                                        format.publication(&mut chunk, &encoded, &subscription.cursor());
+                                    }
+                                }
+                                Push::Presence(event) => format.presence(&mut chunk, &event),
+                            }
+                        }
+                        None
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    format.heartbeat(&mut chunk);
+                    None
+                }
+            };
+            if let Some((code, reason)) = ending {
+                format.disconnect(&mut chunk, code, reason, &subscription.cursor());
+                if code == close_code::SLOW_CONSUMER {
+                    let _ = deliver(sink, chunk.freeze(), &app).await;
+                } else {
+                    // Only if it can go at once: a reader too slow to take it does not hold up
+                    // a stop.
+                    sink.send_last(chunk.freeze());
+                }
+                return;
+            }
+            if !chunk.is_empty() && !deliver(sink, chunk.freeze(), &app).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Delivers a chunk. Most are taken at once and cost no timer; a slow reader gets the write
+/// timeout (in a boxed future, kept out of every stream's state), but never holds up a shutdown.
+async fn deliver(sink: &mut impl StreamSink, chunk: Bytes, app: &AppState) -> bool {
+    let mut send = std::pin::pin!(sink.send(chunk));
+    if let std::task::Poll::Ready(sent) = futures_util::poll!(send.as_mut()) {
+        return sent;
+    }
+    Box::pin(async {
+        tokio::select! {
+            sent = timeout(app.settings.websocket.write_timeout, send) => matches!(sent, Ok(true)),
+            () = app.shutdown.cancelled() => false,
+        }
+    })
+    .await
+}
+
+/// Resolves when the token expires; never without one.
+async fn until_expiry(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }

@@ -134,11 +134,12 @@ impl HttpSubscription {
         let mut subscription = Self {
             app: app.clone(),
             subscriber,
-            channels: Vec::new(),
+            // Sized exactly: a parked poll or an open stream keeps these for its whole life.
+            channels: Vec::with_capacity(query.channels.len()),
             live,
             positions: PositionTracker::default(),
             client,
-            present: Vec::new(),
+            present: Vec::with_capacity(if live { query.channels.len() } else { 0 }),
         };
         let mut opening = Opening { missed: Vec::new(), unrecovered: Vec::new() };
         let mut missed_per_channel = Vec::with_capacity(query.channels.len());

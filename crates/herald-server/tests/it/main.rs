@@ -8,6 +8,7 @@ mod binary;
 mod cluster;
 mod durable;
 mod helpers;
+mod http_front;
 mod http_streaming;
 mod limits;
 mod mixed_transports;

@@ -20,7 +20,6 @@ use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::close_code;
 use super::commands::error_reply;
@@ -169,7 +168,7 @@ where
         let mut last_heard = Instant::now();
         let shutdown = self.app.shutdown.clone();
         let waiter = pin!(shutdown.cancelled());
-        let mut stop = stop_signal(&shutdown, waiter);
+        let mut stop = crate::transport::stop_signal(&shutdown, waiter);
         let mut batch = Vec::new();
         let mut check_socket_first = false;
         loop {
@@ -364,27 +363,6 @@ where
     }
 }
 
-/// Resolves when `token` is cancelled, and is cheap to poll on every wake-up: the waiter is
-/// registered once (polling a `cancelled()` future again takes the token's lock), then only the
-/// token's flag is read. The session's task is always the one polling it, so the first waker
-/// stays the right one.
-fn stop_signal<'a: 'w, 'w>(
-    token: &'a CancellationToken,
-    mut waiter: Pin<&'w mut WaitForCancellationFuture<'a>>,
-) -> impl Future<Output = ()> + Unpin + 'w {
-    let mut registered = false;
-    std::future::poll_fn(move |context| {
-        if token.is_cancelled() {
-            return Poll::Ready(());
-        }
-        if !registered {
-            registered = true;
-            return waiter.as_mut().poll(context);
-        }
-        Poll::Pending
-    })
-}
-
 /// Resolves when the token expires; never without one.
 async fn until_expiry(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
     match expiry {
@@ -506,7 +484,7 @@ mod tests {
         let data_dir = tempfile::tempdir().unwrap();
         let overrides = Overrides { data_dir: Some(data_dir.path().to_path_buf()), ..Default::default() };
         let settings = Arc::new(Settings::from_toml("", &overrides).unwrap());
-        let (shutdown, tasks) = (CancellationToken::new(), tokio_util::task::TaskTracker::new());
+        let (shutdown, tasks) = (tokio_util::sync::CancellationToken::new(), tokio_util::task::TaskTracker::new());
         let webhooks = crate::webhooks::Webhooks::start(&settings, tasks.clone(), shutdown.clone()).await.unwrap();
         let app = AppState::new(crate::wiring::hub(&settings).await.unwrap(), webhooks, settings, shutdown, tasks);
         let (io, _peer) = tokio::io::duplex(64);
