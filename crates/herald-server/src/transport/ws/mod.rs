@@ -8,11 +8,15 @@
 //!
 //! - [`session`]: the per-connection loop, bounded writes, goodbyes;
 //! - [`commands`]: the client commands;
-//! - [`echo`]: the echo route.
+//! - [`echo`]: the echo route;
+//! - [`watched`]: the socket under the WebSocket library, noting when it may have input.
 
 pub mod commands;
 mod echo;
 mod session;
+mod watched;
+
+pub use watched::WatchedIo;
 
 use std::future::Future;
 
@@ -30,7 +34,7 @@ use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 use crate::transport::origin::check_origin;
 
 /// The socket type of every Herald WebSocket.
-pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub type Socket = WebSocketStream<WatchedIo<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Close codes Herald uses (documented in `docs/protocol.md`).
 pub mod close_code {
@@ -111,7 +115,12 @@ where
         };
         match upgraded {
             Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                let socket = WebSocketStream::from_raw_socket(
+                    WatchedIo::new(TokioIo::new(upgraded)),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 tasks.spawn(serve(socket, permit));
             }
             Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),

@@ -21,8 +21,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
-use super::close_code;
 use super::commands::error_reply;
+use super::{WatchedIo, close_code};
 use crate::app::AppState;
 use crate::auth::Identity;
 use crate::presence::{ClientId, EncodedPresence};
@@ -40,7 +40,7 @@ pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// arguments (the socket among them) in its state beside the session they were moved into.
 pub(super) fn run<T>(
     app: AppState,
-    socket: WebSocketStream<T>,
+    socket: WebSocketStream<WatchedIo<T>>,
     identity: Identity,
     permit: ConnectionPermit,
 ) -> impl Future<Output = ()>
@@ -58,6 +58,7 @@ where
         positions: PositionTracker::default(),
         socket,
         pending: VecDeque::new(),
+        library_output: false,
         identity: Identity::Anonymous,
         client: ClientId::random(),
         expiry: None,
@@ -78,9 +79,12 @@ pub(in crate::transport::ws) struct Session<T> {
     inbox: Inbox,
     /// What this connection has been sent, per channel: the positions it recovers from.
     pub(super) positions: PositionTracker,
-    socket: WebSocketStream<T>,
+    socket: WebSocketStream<WatchedIo<T>>,
     /// Encoded publication frames not yet written (see [`write_frames`]).
     pending: VecDeque<Bytes>,
+    /// Whether the WebSocket library may have queued output of its own (a pong, after a read):
+    /// written before the next frames.
+    library_output: bool,
     /// Who the client is: anonymous until a token says otherwise.
     pub(super) identity: Identity,
     /// The client's id in presence (one per connection, unless `connect` takes back an old one).
@@ -176,6 +180,7 @@ where
             // so its commands and pongs are never starved.
             if check_socket_first && let Poll::Ready(frame) = futures_util::poll!(self.socket.next()) {
                 last_heard = Instant::now();
+                self.library_output = true;
                 if let Err(ending) = Box::pin(self.handle_frame(frame)).await {
                     return ending;
                 }
@@ -195,8 +200,10 @@ where
                         return ending;
                     }
                 }
-                frame = self.socket.next() => {
+                // Read only when input may have arrived: most wake-ups are pushes.
+                frame = next_frame(&mut self.socket) => {
                     last_heard = Instant::now();
+                    self.library_output = true;
                     // Boxed, like every rare path: frames from the client are few next to pushes.
                     if let Err(ending) = Box::pin(self.handle_frame(frame)).await {
                         return ending;
@@ -261,7 +268,7 @@ where
     /// state; a blocked socket is waited for in a boxed future.
     async fn write_pending(&mut self) -> Result<(), Ending> {
         let attempt = std::future::poll_fn(|context| {
-            Poll::Ready(poll_write_frames(&mut self.socket, &mut self.pending, context))
+            Poll::Ready(poll_write_frames(&mut self.socket, &mut self.pending, &mut self.library_output, context))
         })
         .await;
         match attempt {
@@ -274,6 +281,7 @@ where
     /// gives way at once when the connection lags or the server shuts down, so a blocked socket
     /// never hides either.
     async fn write_blocked(&mut self) -> Result<(), Ending> {
+        self.library_output = true;
         let write = write_frames(&mut self.socket, &mut self.pending);
         tokio::select! {
             biased;
@@ -363,6 +371,19 @@ where
     }
 }
 
+/// The next frame from the client, read only once the socket may have input.
+fn next_frame<T>(
+    socket: &mut WebSocketStream<WatchedIo<T>>,
+) -> impl Future<Output = Option<Result<Message, tungstenite::Error>>> + '_
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    std::future::poll_fn(move |context| {
+        std::task::ready!(socket.get_ref().poll_input(context));
+        socket.poll_next_unpin(context)
+    })
+}
+
 /// Resolves when the token expires; never without one.
 async fn until_expiry(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
     match expiry {
@@ -372,7 +393,7 @@ async fn until_expiry(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>
 }
 
 /// Most frames handed to one vectored write.
-const FRAMES_PER_WRITE: usize = 64;
+const FRAMES_PER_WRITE: usize = 32;
 
 /// Writes queued frames straight to the socket, several per system call, without copying
 /// them. Whatever the WebSocket library has queued itself (a pong) is flushed first, and frames
@@ -386,12 +407,13 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     // A poll function rather than an `async` body: no state of its own in the session's future.
-    std::future::poll_fn(|context| poll_write_frames(socket, pending, context)).await
+    std::future::poll_fn(|context| poll_write_frames(socket, pending, &mut true, context)).await
 }
 
 fn poll_write_frames<T>(
     socket: &mut WebSocketStream<T>,
     pending: &mut VecDeque<Bytes>,
+    library_output: &mut bool,
     context: &mut std::task::Context<'_>,
 ) -> Poll<Result<(), tungstenite::Error>>
 where
@@ -400,15 +422,23 @@ where
     if pending.is_empty() {
         return Poll::Ready(Ok(()));
     }
-    std::task::ready!(<WebSocketStream<T> as futures_util::Sink<Message>>::poll_flush(Pin::new(socket), context))?;
+    if *library_output {
+        std::task::ready!(<WebSocketStream<T> as futures_util::Sink<Message>>::poll_flush(Pin::new(socket), context))?;
+        *library_output = false;
+    }
     let raw = socket.get_mut();
     while !pending.is_empty() {
-        let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
-        let count = pending.len().min(FRAMES_PER_WRITE);
-        for (slice, frame) in slices.iter_mut().zip(pending.iter()) {
-            *slice = IoSlice::new(frame);
-        }
-        let mut written = std::task::ready!(Pin::new(&mut *raw).poll_write_vectored(context, &slices[..count]))?;
+        let mut written = if pending.len() == 1 {
+            // The usual case at moderate rates: one frame, no slices to build.
+            std::task::ready!(Pin::new(&mut *raw).poll_write(context, &pending[0]))?
+        } else {
+            let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
+            let count = pending.len().min(FRAMES_PER_WRITE);
+            for (slice, frame) in slices.iter_mut().zip(pending.iter()) {
+                *slice = IoSlice::new(frame);
+            }
+            std::task::ready!(Pin::new(&mut *raw).poll_write_vectored(context, &slices[..count]))?
+        };
         if written == 0 {
             return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()));
         }
@@ -488,7 +518,7 @@ mod tests {
         let webhooks = crate::webhooks::Webhooks::start(&settings, tasks.clone(), shutdown.clone()).await.unwrap();
         let app = AppState::new(crate::wiring::hub(&settings).await.unwrap(), webhooks, settings, shutdown, tasks);
         let (io, _peer) = tokio::io::duplex(64);
-        let socket = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        let socket = WebSocketStream::from_raw_socket(WatchedIo::new(io), Role::Server, None).await;
         let permit = app.connections.admit([127, 0, 0, 1].into(), ConnectionKind::WebSocket).unwrap();
         let session = run(app, socket, Identity::Anonymous, permit);
         let size = std::mem::size_of_val(&session);
