@@ -6,7 +6,7 @@
 //! the fan-out, in offset order, and answers the publishers: a publish that was acknowledged is
 //! on disk. Reads use a second connection (WAL lets them run beside the writer).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -281,13 +281,27 @@ impl Writer {
         let result = (|| -> rusqlite::Result<Vec<Vec<Appended>>> {
             let transaction = self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut outcomes = Vec::with_capacity(appends.len());
+            let mut appended_to = HashSet::new();
             for Append { batch, .. } in &appends {
                 let mut job_outcomes = Vec::with_capacity(batch.len());
                 for request in batch {
                     let window = self.namespaces.options_for(&request.channel).idempotency_window;
-                    job_outcomes.push(append_one(&transaction, &mut self.tops, request, now, window)?);
+                    let outcome = append_one(&transaction, &mut self.tops, request, now, window)?;
+                    if outcome.1.is_some() && !appended_to.contains(&request.channel) {
+                        appended_to.insert(request.channel.clone());
+                    }
+                    job_outcomes.push(outcome);
                 }
                 outcomes.push(job_outcomes);
+            }
+            // Each channel's top once per group, not once per publication: a hot channel's
+            // group commit is then one row update, however many publications it holds.
+            for channel in &appended_to {
+                if let Some((_, top)) = self.tops.get(channel) {
+                    transaction
+                        .prepare_cached("UPDATE channels SET top = ?2 WHERE name = ?1")?
+                        .execute(params![channel.as_str(), *top as i64])?;
+                }
             }
             transaction.commit()?;
             Ok(outcomes)
@@ -378,7 +392,8 @@ fn channel_state(
 }
 
 /// Appends one request inside the open transaction; returns its outcome and, unless it was an
-/// idempotent repeat, the new publication to deliver after commit.
+/// idempotent repeat, the new publication to deliver after commit. The channel's new top is
+/// kept in `tops`; the caller writes it to the channel's row before committing.
 fn append_one(
     connection: &Connection,
     tops: &mut HashMap<ChannelName, (Epoch, u64)>,
@@ -402,9 +417,6 @@ fn append_one(
     connection
         .prepare_cached("INSERT INTO publications (channel, offset, time_ms, data) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![request.channel.as_str(), offset as i64, now as i64, &request.data[..]])?;
-    connection
-        .prepare_cached("UPDATE channels SET top = ?2 WHERE name = ?1")?
-        .execute(params![request.channel.as_str(), offset as i64])?;
     if let Some(key) = &request.idempotency_key {
         connection
             .prepare_cached(
