@@ -8,6 +8,47 @@
 //!   hyper's per-connection buffers;
 //! - [`origin`], [`limits`]: the Origin allow-list and per-IP stream admission.
 
+/// The `AsyncWrite` methods of an IO wrapper that only changes how it reads: each one passes
+/// through to the wrapped IO in field `$io`.
+macro_rules! delegate_async_write {
+    ($io:ident) => {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            context: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.$io).poll_write(context, buf)
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            context: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.$io).poll_write_vectored(context, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.$io.is_write_vectored()
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            context: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.$io).poll_flush(context)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            context: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.$io).poll_shutdown(context)
+        }
+    };
+}
+pub(crate) use delegate_async_write;
+
 pub mod direct;
 pub mod limits;
 pub mod origin;
