@@ -41,6 +41,8 @@ const READ_SIZE: usize = 1024;
 const MAX_HEAD: usize = 16 * 1024;
 /// Headers per request at most (more goes to hyper, which answers 431).
 const MAX_HEADERS: usize = 64;
+/// How long a closing connection waits for the client to close its side.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// What a handler leaves to the front when the connection is served here.
 pub enum DirectWork {
@@ -103,10 +105,30 @@ where
         }
         let slot = DirectSlot::default();
         let response = respond(router, peer, *request, &slot);
-        if !answer(io, &mut buffer, response, slot, timeouts.write).await || !keep_alive {
+        let close = !keep_alive || shutdown.is_cancelled();
+        if !answer(io, &mut buffer, response, slot, timeouts.write, close).await || close {
+            close_gracefully(io).await;
             return None;
         }
     }
+}
+
+/// Ends the connection the way a client can read to the end: what is buffered (TLS) is
+/// flushed, our side is shut (FIN, TLS close_notify), and the client's late input is read and
+/// dropped for a moment, so that closing with unread input does not reset the connection and
+/// destroy the end of the response before the client has read it.
+async fn close_gracefully<IO>(io: &mut IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let linger = async {
+        if io.shutdown().await.is_err() {
+            return;
+        }
+        let mut discard = [0u8; 512];
+        while matches!(io.read(&mut discard).await, Ok(read) if read > 0) {}
+    };
+    let _ = timeout(CLOSE_LINGER, Box::pin(linger)).await;
 }
 
 enum Head {
@@ -200,13 +222,15 @@ fn respond(
     Box::pin(router.clone().oneshot(request))
 }
 
-/// Answers one request; whether the connection can take another.
+/// Answers one request; whether the connection can take another. With `close`, the response
+/// says the connection closes after it.
 async fn answer<IO, R>(
     io: &mut IO,
     buffer: &mut BytesMut,
     response: Pin<Box<R>>,
     slot: DirectSlot,
     write_timeout: Duration,
+    close: bool,
 ) -> bool
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -225,7 +249,8 @@ where
         Some(DirectWork::Stream(stream)) => {
             drop(slot);
             // Only the stream is kept while it runs: the response's parts go once written.
-            let head = response_head(&parts, Framing::Chunked);
+            // The connection closes after a stream, and says so.
+            let head = response_head(&parts, Framing::Chunked, true);
             drop((parts, body));
             let mut sink = SocketSink { io, buffer, intact: true };
             if !write_all(sink.io, head, write_timeout).await {
@@ -233,8 +258,8 @@ where
             }
             stream.run(&mut sink).await;
             if sink.intact {
-                // The end of the chunked body; the connection closes after a stream.
-                let _ = timeout(write_timeout, sink.io.write_all(b"0\r\n\r\n")).await;
+                // The end of the chunked body.
+                let _ = write_all(sink.io, b"0\r\n\r\n".to_vec(), write_timeout).await;
             }
             false
         }
@@ -244,19 +269,25 @@ where
                 answer = poll.answer() => answer.unwrap_or_else(IntoResponse::into_response),
                 () = peer_gone(io, buffer) => return false,
             };
-            // The router's headers (CORS) with the answer's status, headers and body.
+            // The router's headers (CORS) with the answer's status, headers and body: each of the
+            // answer's header names replaces the router's, with all its values.
             let (answer_parts, body) = answer.into_parts();
             parts.status = answer_parts.status;
-            for (name, value) in answer_parts.headers {
-                if let Some(name) = name {
-                    parts.headers.insert(name, value);
+            let mut name = None;
+            for (next, value) in answer_parts.headers {
+                if let Some(next) = next {
+                    parts.headers.remove(&next);
+                    name = Some(next);
+                }
+                if let Some(name) = &name {
+                    parts.headers.append(name.clone(), value);
                 }
             }
-            Box::pin(write_response(io, parts, body, write_timeout)).await
+            Box::pin(write_response(io, parts, body, write_timeout, close)).await
         }
         // Every other answer here (an error, a poll with something at once) has its whole
         // body at hand. Boxed, so what writing it takes is not kept in every stream's state.
-        None => Box::pin(write_response(io, parts, body, write_timeout)).await,
+        None => Box::pin(write_response(io, parts, body, write_timeout, close)).await,
     }
 }
 
@@ -266,18 +297,24 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     parts: http::response::Parts,
     body: Body,
     write_timeout: Duration,
+    close: bool,
 ) -> bool {
     let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
         return false;
     };
-    let mut response = response_head(&parts, Framing::Length(body.len()));
+    let mut response = response_head(&parts, Framing::Length(body.len()), close);
     response.extend_from_slice(&body);
     write_all(io, response, write_timeout).await
 }
 
-/// Writes `bytes` within the write timeout; whether they all went.
+/// Writes `bytes` and flushes (TLS buffers what it is given) within the write timeout; whether
+/// they all went.
 async fn write_all<IO: AsyncWrite + Unpin>(io: &mut IO, bytes: Vec<u8>, write_timeout: Duration) -> bool {
-    matches!(timeout(write_timeout, io.write_all(&bytes)).await, Ok(Ok(())))
+    let write = async {
+        io.write_all(&bytes).await?;
+        io.flush().await
+    };
+    matches!(timeout(write_timeout, write).await, Ok(Ok(())))
 }
 
 /// How a response's body is delimited.
@@ -286,8 +323,9 @@ enum Framing {
     Chunked,
 }
 
-/// The status line and headers, with `date` and the body's framing.
-fn response_head(parts: &http::response::Parts, framing: Framing) -> Vec<u8> {
+/// The status line and headers, with `date`, the body's framing and, with `close`,
+/// `connection: close`.
+fn response_head(parts: &http::response::Parts, framing: Framing, close: bool) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(parts.status.as_str().as_bytes());
@@ -313,6 +351,9 @@ fn response_head(parts: &http::response::Parts, framing: Framing) -> Vec<u8> {
         Framing::Length(_) if bodiless => {}
         Framing::Length(length) => head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes()),
         Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
     }
     head.extend_from_slice(b"\r\n");
     head
@@ -354,10 +395,19 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     async fn send(&mut self, chunk: Bytes) -> bool {
+        if chunk.is_empty() {
+            // An empty chunk would end the body.
+            return self.intact;
+        }
         self.intact = false;
         let size = format!("{:x}\r\n", chunk.len());
         let mut parts: [&[u8]; 3] = [size.as_bytes(), &chunk, b"\r\n"];
-        let written = std::future::poll_fn(|context| poll_write_parts(&mut *self.io, &mut parts, context)).await;
+        let written = std::future::poll_fn(|context| {
+            ready!(poll_write_parts(&mut *self.io, &mut parts, context))?;
+            // TLS holds what it is given until flushed.
+            Pin::new(&mut *self.io).poll_flush(context)
+        })
+        .await;
         self.intact = written.is_ok();
         self.intact
     }
@@ -367,7 +417,8 @@ where
         let size = format!("{:x}\r\n", chunk.len());
         let mut parts: [&[u8]; 3] = [size.as_bytes(), &chunk, b"\r\n"];
         let mut context = Context::from_waker(std::task::Waker::noop());
-        self.intact = matches!(poll_write_parts(&mut *self.io, &mut parts, &mut context), Poll::Ready(Ok(())));
+        self.intact = matches!(poll_write_parts(&mut *self.io, &mut parts, &mut context), Poll::Ready(Ok(())))
+            && matches!(Pin::new(&mut *self.io).poll_flush(&mut context), Poll::Ready(Ok(())));
     }
 
     async fn gone(&mut self) {

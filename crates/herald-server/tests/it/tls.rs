@@ -47,6 +47,33 @@ fn herald_serves_https_and_wss_with_its_own_certificate() {
     let body = String::from_utf8_lossy(&output.stdout);
     assert!(body.contains("\"ok\""), "{body} {}", String::from_utf8_lossy(&output.stderr));
 
+    // The long-lived requests Herald's own front answers, over TLS: two polls on one
+    // connection, then a stream's first chunk.
+    let (host, port) = address.rsplit_once(':').unwrap();
+    let front = format!(
+        "import http.client, ssl\n\
+         context = ssl.create_default_context(cafile='{}')\n\
+         polls = http.client.HTTPSConnection('{host}', {port}, context=context, timeout=10)\n\
+         for _ in range(2):\n\
+         \x20   polls.request('GET', '/poll?channel=tls:b&timeout=0')\n\
+         \x20   answer = polls.getresponse()\n\
+         \x20   answer.read()\n\
+         \x20   print('poll', answer.status, answer.getheader('herald-cursor') is not None)\n\
+         stream = http.client.HTTPSConnection('{host}', {port}, context=context, timeout=10)\n\
+         stream.request('GET', '/sse?channel=tls:b')\n\
+         answer = stream.getresponse()\n\
+         print('sse', answer.status, answer.getheader('content-type'), answer.readline().decode().strip())",
+        fixture("cert.pem")
+    );
+    let output = Command::new("python3").args(["-c", &front]).output().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        printed.lines().collect::<Vec<_>>(),
+        ["poll 204 True", "poll 204 True", "sse 200 text/event-stream; charset=utf-8 retry: 1000"],
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
     // Plain HTTP on the TLS port gets nothing useful (and no panic).
     let plain = std::net::TcpStream::connect(&address).unwrap();
     drop(plain);

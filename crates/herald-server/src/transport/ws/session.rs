@@ -201,7 +201,7 @@ where
                     }
                 }
                 // Read only when input may have arrived: most wake-ups are pushes.
-                frame = next_frame(&mut self.socket) => {
+                frame = next_frame(&mut self.socket, &mut self.library_output) => {
                     last_heard = Instant::now();
                     self.library_output = true;
                     // Boxed, like every rare path: frames from the client are few next to pushes.
@@ -371,14 +371,25 @@ where
     }
 }
 
-/// The next frame from the client, read only once the socket may have input.
-fn next_frame<T>(
-    socket: &mut WebSocketStream<WatchedIo<T>>,
-) -> impl Future<Output = Option<Result<Message, tungstenite::Error>>> + '_
+/// The next frame from the client, read only once the socket may have input. Meanwhile what
+/// the library queued itself (a pong to the client's ping, which a full socket refused) is
+/// written as soon as the socket takes it, whether or not pushes come.
+fn next_frame<'a, T>(
+    socket: &'a mut WebSocketStream<WatchedIo<T>>,
+    library_output: &'a mut bool,
+) -> impl Future<Output = Option<Result<Message, tungstenite::Error>>> + 'a
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     std::future::poll_fn(move |context| {
+        if *library_output {
+            match <WebSocketStream<WatchedIo<T>> as futures_util::Sink<Message>>::poll_flush(Pin::new(socket), context)
+            {
+                Poll::Ready(Ok(())) => *library_output = false,
+                Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(error))),
+                Poll::Pending => {}
+            }
+        }
         std::task::ready!(socket.get_ref().poll_input(context));
         socket.poll_next_unpin(context)
     })
