@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use herald_core::{ChannelName, Inbox, PositionTracker, Publication, Push, SubscriberHandle};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
@@ -165,10 +165,9 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     async fn serve(&mut self) -> Ending {
-        let settings = &self.app.settings.websocket;
-        let (ping_interval, dead_after) = (settings.ping_interval, settings.ping_interval + settings.pong_timeout);
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The settings are read where used rather than kept: every open connection holds this
+        // future's state.
+        let mut heartbeat = Box::pin(tokio::time::sleep(self.app.settings.websocket.ping_interval));
         let mut last_heard = Instant::now();
         let shutdown = self.app.shutdown.clone();
         let waiter = pin!(shutdown.cancelled());
@@ -210,10 +209,12 @@ where
                     }
                 }
                 () = until_expiry(&mut self.expiry) => return Ending::TokenExpired,
-                _ = heartbeat.tick() => {
-                    if last_heard.elapsed() >= dead_after {
+                () = heartbeat.as_mut() => {
+                    let settings = &self.app.settings.websocket;
+                    if last_heard.elapsed() >= settings.ping_interval + settings.pong_timeout {
                         return Ending::NoPong;
                     }
+                    heartbeat.as_mut().reset(Instant::now() + settings.ping_interval);
                     if let Err(ending) = Box::pin(self.send(vec![Bytes::from_static(&PING_FRAME)])).await {
                         return ending;
                     }

@@ -31,14 +31,12 @@ impl Wake for ReadWatch {
 pub struct WatchedIo<IO> {
     io: IO,
     watch: Arc<ReadWatch>,
-    /// Given to the socket's reads: it marks input and wakes the task.
-    read_waker: Waker,
 }
 
 impl<IO> WatchedIo<IO> {
     pub fn new(io: IO) -> Self {
         let watch = Arc::new(ReadWatch { may_have_input: AtomicBool::new(true), task: AtomicWaker::new() });
-        Self { read_waker: Waker::from(watch.clone()), watch, io }
+        Self { watch, io }
     }
 
     /// Ready when a read may make progress: input arrived (or may have) since the last read
@@ -63,7 +61,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for WatchedIo<IO> {
         this.watch.task.register(context.waker());
         // Cleared before the read: input arriving from here on sets it again.
         this.watch.may_have_input.store(false, Ordering::Release);
-        let read = Pin::new(&mut this.io).poll_read(&mut Context::from_waker(&this.read_waker), buf);
+        // Made for each read rather than kept: reads are rare next to pushes, and every open
+        // connection would hold it.
+        let read_waker = Waker::from(this.watch.clone());
+        let read = Pin::new(&mut this.io).poll_read(&mut Context::from_waker(&read_waker), buf);
         if read.is_ready() {
             // More may be waiting behind what was read (or the end, or an error, to report).
             this.watch.may_have_input.store(true, Ordering::Release);
