@@ -232,6 +232,8 @@ impl Storage for SqliteStorage {
     }
 }
 
+const INSERT_PUBLICATION: &str = "INSERT INTO publications (channel, offset, time_ms, data) VALUES (?1, ?2, ?3, ?4)";
+
 /// The writer thread's state: the connection and each channel's (epoch, top).
 struct Writer {
     connection: Connection,
@@ -282,17 +284,21 @@ impl Writer {
             let transaction = self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut outcomes = Vec::with_capacity(appends.len());
             let mut appended_to = HashSet::new();
-            for Append { batch, .. } in &appends {
-                let mut job_outcomes = Vec::with_capacity(batch.len());
-                for request in batch {
-                    let window = self.namespaces.options_for(&request.channel).idempotency_window;
-                    let outcome = append_one(&transaction, &mut self.tops, request, now, window)?;
-                    if outcome.1.is_some() && !appended_to.contains(&request.channel) {
-                        appended_to.insert(request.channel.clone());
+            {
+                // Looked up in the statement cache once per group, not once per publication.
+                let mut insert = transaction.prepare_cached(INSERT_PUBLICATION)?;
+                for Append { batch, .. } in &appends {
+                    let mut job_outcomes = Vec::with_capacity(batch.len());
+                    for request in batch {
+                        let window = self.namespaces.options_for(&request.channel).idempotency_window;
+                        let outcome = append_one(&transaction, &mut insert, &mut self.tops, request, now, window)?;
+                        if outcome.1.is_some() && !appended_to.contains(&request.channel) {
+                            appended_to.insert(request.channel.clone());
+                        }
+                        job_outcomes.push(outcome);
                     }
-                    job_outcomes.push(outcome);
+                    outcomes.push(job_outcomes);
                 }
-                outcomes.push(job_outcomes);
             }
             // Each channel's top once per group, not once per publication: a hot channel's
             // group commit is then one row update, however many publications it holds.
@@ -396,6 +402,7 @@ fn channel_state(
 /// kept in `tops`; the caller writes it to the channel's row before committing.
 fn append_one(
     connection: &Connection,
+    insert: &mut rusqlite::CachedStatement<'_>,
     tops: &mut HashMap<ChannelName, (Epoch, u64)>,
     request: &PublishRequest,
     now: u64,
@@ -414,9 +421,7 @@ fn append_one(
         }
     }
     let offset = top + 1;
-    connection
-        .prepare_cached("INSERT INTO publications (channel, offset, time_ms, data) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![request.channel.as_str(), offset as i64, now as i64, &request.data[..]])?;
+    insert.execute(params![request.channel.as_str(), offset as i64, now as i64, &request.data[..]])?;
     if let Some(key) = &request.idempotency_key {
         connection
             .prepare_cached(
