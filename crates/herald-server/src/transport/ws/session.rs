@@ -63,7 +63,7 @@ where
         client: ClientId::random(),
         expiry: None,
         publish_rate,
-        _permit: permit,
+        _permit: Box::new(permit),
     };
     session.set_identity(identity);
     async move {
@@ -93,8 +93,9 @@ pub(in crate::transport::ws) struct Session<T> {
     expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// The client's publish rate, when limited (boxed: most servers do not limit it).
     pub(super) publish_rate: Option<Box<crate::transport::limits::TokenBucket>>,
-    /// The connection's admission, given back when the session ends.
-    _permit: ConnectionPermit,
+    /// The connection's admission, given back when the session ends (boxed: see
+    /// `an_idle_connection_s_task_state_stays_small`).
+    _permit: Box<ConnectionPermit>,
 }
 
 /// Why a session ended, which decides how it says goodbye.
@@ -312,7 +313,13 @@ where
     /// every connection once used.
     async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), Ending> {
         self.pending.extend(frames);
-        self.write_pending().await
+        self.write_pending().await?;
+        if self.pending.is_empty() {
+            // Replies and pings are rare: the queue's buffer is kept for pushes only, so a
+            // connection that has only been answered holds none while idle.
+            self.pending = VecDeque::new();
+        }
+        Ok(())
     }
 
     /// Unsubscribes everywhere, then says goodbye the way the ending calls for. On shutdown
@@ -520,7 +527,10 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     /// Every open connection holds this future; what commands and goodbyes need is boxed
-    /// elsewhere, so the idle state stays small.
+    /// elsewhere, so the idle state stays small. The bound is tight on purpose: tokio's task
+    /// cells are 128-byte aligned, and with the real socket type (about 32 bytes more than the
+    /// test's) a future above ~912 bytes makes every connection's task take 1,280 bytes of
+    /// jemalloc's size classes instead of 1,024.
     #[tokio::test]
     async fn an_idle_connection_s_task_state_stays_small() {
         let data_dir = tempfile::tempdir().unwrap();
@@ -535,6 +545,6 @@ mod tests {
         let session = run(app, socket, Identity::Anonymous, permit);
         let size = std::mem::size_of_val(&session);
         eprintln!("session future: {size} bytes");
-        assert!(size < 1024, "the per-connection future grew to {size} bytes");
+        assert!(size <= 880, "the per-connection future grew to {size} bytes");
     }
 }
