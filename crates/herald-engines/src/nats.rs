@@ -31,7 +31,10 @@ use herald_core::{
 };
 use tokio::sync::watch;
 
-use crate::shared::{decode_entry, encode_entry, parse_publication, publication_message};
+use crate::shared::{
+    PerChannel, decode_entry, encode_entry, parse_publication, publication_message, publish_each, subscribe_each,
+    unsubscribe_each,
+};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 const STREAM: &str = "HERALD";
@@ -242,158 +245,6 @@ impl NatsEngine {
 
     fn announces(&self, channel: &ChannelName) -> bool {
         self.namespaces.options_for(channel).join_leave
-    }
-
-    async fn publish_one(&self, request: PublishRequest) -> Result<Published, PublishError> {
-        // The client would hold a publish while disconnected and send it on reconnect, after we
-        // told the publisher it failed: refuse it now instead.
-        if !self.connected.load(Ordering::Relaxed) {
-            return Err(unavailable("not connected"));
-        }
-        let subject = history_subject(&request.channel);
-        // One append at a time per channel on this node, from the tail it remembers: other
-        // nodes' appends are the only conflicts left, and a known tail saves a read.
-        let shard = fnv1a(request.channel.as_str()) as usize % APPEND_LOCKS;
-        let mut tails = self.tails[shard].lock().await;
-        for _ in 0..APPEND_ATTEMPTS {
-            let tail = match tails.get(&request.channel) {
-                Some(tail) => tail.clone(),
-                None => match last_message(&self.stream, &subject).await? {
-                    Some(message) => {
-                        let (position, time) =
-                            position_of(&message).ok_or_else(|| unavailable("a message without position"))?;
-                        Tail { position, time, sequence: message.sequence }
-                    }
-                    None => Tail { position: Position { epoch: Epoch::random(), offset: 0 }, time: 0, sequence: 0 },
-                },
-            };
-            let time_ms = unix_millis().max(tail.time);
-            let position = Position { epoch: tail.position.epoch.clone(), offset: tail.position.offset + 1 };
-            let mut headers = HeaderMap::new();
-            headers.insert(EPOCH_HEADER, position.epoch.as_str());
-            headers.insert(OFFSET_HEADER, position.offset.to_string().as_str());
-            headers.insert(TIME_HEADER, time_ms.to_string().as_str());
-            headers.insert("Nats-Expected-Last-Subject-Sequence", tail.sequence.to_string().as_str());
-            if let Some(key) = &request.idempotency_key {
-                headers.insert("Nats-Msg-Id", format!("{}|{key}", request.channel).as_str());
-            }
-            let sent = self.context.publish_with_headers(subject.clone(), headers, request.data.clone()).await;
-            let ack = match sent {
-                Ok(pending) => pending.await,
-                Err(error) => {
-                    tails.remove(&request.channel);
-                    return Err(unavailable(error));
-                }
-            };
-            if let Err(error) = &ack
-                && error.kind() == jetstream::context::PublishErrorKind::TimedOut
-            {
-                tails.remove(&request.channel);
-                return Err(unavailable(format!(
-                    "{error}: the publish may still be stored; publish again with the same idempotency key"
-                )));
-            }
-            match ack {
-                Ok(ack) if ack.duplicate => {
-                    let original = self.stream.get_raw_message(ack.sequence).await.map_err(unavailable)?;
-                    let (position, time_ms) =
-                        position_of(&original).ok_or_else(|| unavailable("a message without position"))?;
-                    return Ok(Published { channel: request.channel, position, time_ms, duplicate: true });
-                }
-                Ok(ack) => {
-                    if tails.len() >= TAILS_PER_LOCK {
-                        tails.clear();
-                    }
-                    let tail = Tail { position: position.clone(), time: time_ms, sequence: ack.sequence };
-                    tails.insert(request.channel.clone(), tail);
-                    // Announced before the next append of this node: its own publications reach
-                    // the other nodes in order. (Fan-out is at most once: a node that misses
-                    // one closes the gap from history.)
-                    let message = publication_message(&position, time_ms, &request.data);
-                    let _ = self.client.publish(events_subject(&request.channel), message).await;
-                    drop(tails);
-                    return Ok(Published { channel: request.channel, position, time_ms, duplicate: false });
-                }
-                Err(error) if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                    // Another node appended: read the tail again.
-                    tails.remove(&request.channel);
-                    tokio::time::sleep(Duration::from_micros(fastrand::u64(50..500))).await;
-                }
-                Err(error) => {
-                    tails.remove(&request.channel);
-                    return Err(unavailable(error));
-                }
-            }
-        }
-        Err(unavailable("too many concurrent publishers on one channel; try again"))
-    }
-
-    async fn subscribe_one(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        {
-            let mut interest = self.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(entry) = interest.get_mut(channel) {
-                entry.count += 1;
-                return Ok(());
-            }
-        }
-        let subscriber = self.client.subscribe(events_subject(channel)).await.map_err(unavailable)?;
-        // The subscription is made: the server has it once this flush returns.
-        self.client.flush().await.map_err(unavailable)?;
-        // Delivery starts after the channel's top as of now (before the hub reads it for the
-        // subscriber). Publishes of several nodes reach the subject in any order: without a
-        // start, the first to arrive would hide those before it; with one, anything ahead of
-        // the last delivered is a gap, closed from history.
-        let top =
-            read_history(&self.context, &self.stream, &self.namespaces, channel, HistoryQuery::top_only()).await?.top;
-        let task = self.stop.child_token();
-        let delivery = ChannelDelivery {
-            channel: channel.clone(),
-            context: self.context.clone(),
-            stream: self.stream.clone(),
-            namespaces: self.namespaces.clone(),
-            fan_out: self.fan_out.clone(),
-            reconnects: self.reconnects.clone(),
-            last: Some(top),
-        };
-        tokio::spawn(delivery.run(subscriber, task.clone()));
-        {
-            let mut interest = self.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match interest.get_mut(channel) {
-                // Another subscribe raced us and won: keep its task.
-                Some(entry) => {
-                    entry.count += 1;
-                    task.cancel();
-                    return Ok(());
-                }
-                None => {
-                    interest.insert(channel.clone(), Interest { count: 1, _task: task.drop_guard() });
-                }
-            }
-        }
-        if self.change_nodes(channel, true).await.unwrap_or(false)
-            && let Some(fan_out) = self.fan_out()
-        {
-            fan_out.report(ChannelEvent::Occupied(channel.clone()));
-        }
-        Ok(())
-    }
-
-    async fn unsubscribe_one(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        {
-            let mut interest = self.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let Some(entry) = interest.get_mut(channel) else { return Ok(()) };
-            entry.count -= 1;
-            if entry.count > 0 {
-                return Ok(());
-            }
-            interest.remove(channel); // its task stops, and its subscription with it
-        }
-        if self.change_nodes(channel, false).await?
-            && let Some(fan_out) = self.fan_out()
-        {
-            fan_out.report(ChannelEvent::Vacated(channel.clone()));
-        }
-        Ok(())
     }
 
     /// Adds (or removes) this node in the channel's node set; returns whether the set went from
@@ -644,37 +495,176 @@ async fn read_history_within(
 }
 
 #[async_trait]
+impl PerChannel for NatsEngine {
+    async fn publish_one(&self, request: PublishRequest) -> Result<Published, PublishError> {
+        // The client would hold a publish while disconnected and send it on reconnect, after we
+        // told the publisher it failed: refuse it now instead.
+        if !self.connected.load(Ordering::Relaxed) {
+            return Err(unavailable("not connected"));
+        }
+        let subject = history_subject(&request.channel);
+        // One append at a time per channel on this node, from the tail it remembers: other
+        // nodes' appends are the only conflicts left, and a known tail saves a read.
+        let shard = fnv1a(request.channel.as_str()) as usize % APPEND_LOCKS;
+        let mut tails = self.tails[shard].lock().await;
+        for _ in 0..APPEND_ATTEMPTS {
+            let tail = match tails.get(&request.channel) {
+                Some(tail) => tail.clone(),
+                None => match last_message(&self.stream, &subject).await? {
+                    Some(message) => {
+                        let (position, time) =
+                            position_of(&message).ok_or_else(|| unavailable("a message without position"))?;
+                        Tail { position, time, sequence: message.sequence }
+                    }
+                    None => Tail { position: Position { epoch: Epoch::random(), offset: 0 }, time: 0, sequence: 0 },
+                },
+            };
+            let time_ms = unix_millis().max(tail.time);
+            let position = Position { epoch: tail.position.epoch.clone(), offset: tail.position.offset + 1 };
+            let mut headers = HeaderMap::new();
+            headers.insert(EPOCH_HEADER, position.epoch.as_str());
+            headers.insert(OFFSET_HEADER, position.offset.to_string().as_str());
+            headers.insert(TIME_HEADER, time_ms.to_string().as_str());
+            headers.insert("Nats-Expected-Last-Subject-Sequence", tail.sequence.to_string().as_str());
+            if let Some(key) = &request.idempotency_key {
+                headers.insert("Nats-Msg-Id", format!("{}|{key}", request.channel).as_str());
+            }
+            let sent = self.context.publish_with_headers(subject.clone(), headers, request.data.clone()).await;
+            let ack = match sent {
+                Ok(pending) => pending.await,
+                Err(error) => {
+                    tails.remove(&request.channel);
+                    return Err(unavailable(error));
+                }
+            };
+            if let Err(error) = &ack
+                && error.kind() == jetstream::context::PublishErrorKind::TimedOut
+            {
+                tails.remove(&request.channel);
+                return Err(unavailable(format!(
+                    "{error}: the publish may still be stored; publish again with the same idempotency key"
+                )));
+            }
+            match ack {
+                Ok(ack) if ack.duplicate => {
+                    let original = self.stream.get_raw_message(ack.sequence).await.map_err(unavailable)?;
+                    let (position, time_ms) =
+                        position_of(&original).ok_or_else(|| unavailable("a message without position"))?;
+                    return Ok(Published { channel: request.channel, position, time_ms, duplicate: true });
+                }
+                Ok(ack) => {
+                    if tails.len() >= TAILS_PER_LOCK {
+                        tails.clear();
+                    }
+                    let tail = Tail { position: position.clone(), time: time_ms, sequence: ack.sequence };
+                    tails.insert(request.channel.clone(), tail);
+                    // Announced before the next append of this node: its own publications reach
+                    // the other nodes in order. (Fan-out is at most once: a node that misses
+                    // one closes the gap from history.)
+                    let message = publication_message(&position, time_ms, &request.data);
+                    let _ = self.client.publish(events_subject(&request.channel), message).await;
+                    drop(tails);
+                    return Ok(Published { channel: request.channel, position, time_ms, duplicate: false });
+                }
+                Err(error) if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    // Another node appended: read the tail again.
+                    tails.remove(&request.channel);
+                    tokio::time::sleep(Duration::from_micros(fastrand::u64(50..500))).await;
+                }
+                Err(error) => {
+                    tails.remove(&request.channel);
+                    return Err(unavailable(error));
+                }
+            }
+        }
+        Err(unavailable("too many concurrent publishers on one channel; try again"))
+    }
+
+    async fn subscribe_one(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        {
+            let mut interest = self.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(entry) = interest.get_mut(channel) {
+                entry.count += 1;
+                return Ok(());
+            }
+        }
+        let subscriber = self.client.subscribe(events_subject(channel)).await.map_err(unavailable)?;
+        // The subscription is made: the server has it once this flush returns.
+        self.client.flush().await.map_err(unavailable)?;
+        // Delivery starts after the channel's top as of now (before the hub reads it for the
+        // subscriber). Publishes of several nodes reach the subject in any order: without a
+        // start, the first to arrive would hide those before it; with one, anything ahead of
+        // the last delivered is a gap, closed from history.
+        let top =
+            read_history(&self.context, &self.stream, &self.namespaces, channel, HistoryQuery::top_only()).await?.top;
+        let task = self.stop.child_token();
+        let delivery = ChannelDelivery {
+            channel: channel.clone(),
+            context: self.context.clone(),
+            stream: self.stream.clone(),
+            namespaces: self.namespaces.clone(),
+            fan_out: self.fan_out.clone(),
+            reconnects: self.reconnects.clone(),
+            last: Some(top),
+        };
+        tokio::spawn(delivery.run(subscriber, task.clone()));
+        {
+            let mut interest = self.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match interest.get_mut(channel) {
+                // Another subscribe raced us and won: keep its task.
+                Some(entry) => {
+                    entry.count += 1;
+                    task.cancel();
+                    return Ok(());
+                }
+                None => {
+                    interest.insert(channel.clone(), Interest { count: 1, _task: task.drop_guard() });
+                }
+            }
+        }
+        if self.change_nodes(channel, true).await.unwrap_or(false)
+            && let Some(fan_out) = self.fan_out()
+        {
+            fan_out.report(ChannelEvent::Occupied(channel.clone()));
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe_one(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        {
+            let mut interest = self.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let Some(entry) = interest.get_mut(channel) else { return Ok(()) };
+            entry.count -= 1;
+            if entry.count > 0 {
+                return Ok(());
+            }
+            interest.remove(channel); // its task stops, and its subscription with it
+        }
+        if self.change_nodes(channel, false).await?
+            && let Some(fan_out) = self.fan_out()
+        {
+            fan_out.report(ChannelEvent::Vacated(channel.clone()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl herald_core::Engine for NatsEngine {
     fn attach(&self, fan_out: Weak<dyn FanOut>) {
         let _ = self.fan_out.set(fan_out);
     }
 
     async fn publish(&self, batch: Vec<PublishRequest>) -> Vec<Result<Published, PublishError>> {
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for request in batch {
-            outcomes.push(self.publish_one(request).await);
-        }
-        outcomes
+        publish_each(self, batch).await
     }
 
     async fn subscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
-        for (index, channel) in channels.iter().enumerate() {
-            if let Err(error) = self.subscribe_one(channel).await {
-                let _ = self.unsubscribe(&channels[..index]).await;
-                return Err(error);
-            }
-        }
-        Ok(())
+        subscribe_each(self, channels).await
     }
 
     async fn unsubscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
-        let mut result = Ok(());
-        for channel in channels {
-            if let Err(error) = self.unsubscribe_one(channel).await {
-                result = Err(error);
-            }
-        }
-        result
+        unsubscribe_each(self, channels).await
     }
 
     async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryPage, EngineError> {

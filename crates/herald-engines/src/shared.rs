@@ -1,11 +1,58 @@
 //! What the engines share: the messages they send between nodes (a publication as
 //! `P <offset> <epoch> <time> <data>`, a join or leave as `J <entry JSON>` / `L <entry JSON>`),
-//! and presence entries as JSON.
+//! presence entries as JSON, and the batch operations made of per-channel ones.
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use bytes::Bytes;
-use herald_core::{ChannelName, Epoch, Position, PresenceEntry, Publication};
+use herald_core::{
+    ChannelName, EngineError, Epoch, Position, PresenceEntry, Publication, PublishError, PublishRequest, Published,
+};
+
+/// What a broker engine does for one publication or one channel; [`publish_each`],
+/// [`subscribe_each`] and [`unsubscribe_each`] make the `Engine` trait's batch operations of
+/// them.
+#[async_trait]
+pub trait PerChannel: Sync {
+    async fn publish_one(&self, request: PublishRequest) -> Result<Published, PublishError>;
+    async fn subscribe_one(&self, channel: &ChannelName) -> Result<(), EngineError>;
+    async fn unsubscribe_one(&self, channel: &ChannelName) -> Result<(), EngineError>;
+}
+
+/// Publishes in order: a batch may publish to one channel several times.
+pub async fn publish_each(
+    engine: &impl PerChannel,
+    batch: Vec<PublishRequest>,
+) -> Vec<Result<Published, PublishError>> {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for request in batch {
+        outcomes.push(engine.publish_one(request).await);
+    }
+    outcomes
+}
+
+/// Subscribes every channel, or none: a failure takes back those already subscribed.
+pub async fn subscribe_each(engine: &impl PerChannel, channels: &[ChannelName]) -> Result<(), EngineError> {
+    for (index, channel) in channels.iter().enumerate() {
+        if let Err(error) = engine.subscribe_one(channel).await {
+            let _ = unsubscribe_each(engine, &channels[..index]).await;
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// Unsubscribes every channel, whatever fails; the last failure is returned.
+pub async fn unsubscribe_each(engine: &impl PerChannel, channels: &[ChannelName]) -> Result<(), EngineError> {
+    let mut result = Ok(());
+    for channel in channels {
+        if let Err(error) = engine.unsubscribe_one(channel).await {
+            result = Err(error);
+        }
+    }
+    result
+}
 
 /// `{"client","user","info","since"}`: a presence entry as the brokers keep it.
 pub fn encode_entry(entry: &PresenceEntry) -> String {

@@ -34,7 +34,9 @@ use herald_core::{
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{Script, Value};
 
-use crate::shared::{decode_entry, encode_entry, parse_publication};
+use crate::shared::{
+    PerChannel, decode_entry, encode_entry, parse_publication, publish_each, subscribe_each, unsubscribe_each,
+};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// How long a node's interest in a channel lasts unless refreshed (by its sweep).
@@ -220,6 +222,24 @@ impl RedisEngine {
         millis(options.history_ttl.max(options.idempotency_window) * 2).max(3_600_000)
     }
 
+    fn announces(&self, channel: &ChannelName) -> bool {
+        self.namespaces.options_for(channel).join_leave
+    }
+
+    /// Reports a presence change this node made (once per cluster: only the node whose script
+    /// made it), and nothing else: subscribers hear of it through Pub/Sub.
+    fn report_presence(&self, channel: &ChannelName, change: PresenceChange, entry_json: &[u8]) {
+        if !self.announces(channel) {
+            return;
+        }
+        if let (Some(fan_out), Some(entry)) = (self.fan_out(), decode_entry(entry_json)) {
+            fan_out.report(ChannelEvent::Presence(Arc::new(PresenceEvent::new(channel.clone(), change, entry))));
+        }
+    }
+}
+
+#[async_trait]
+impl PerChannel for RedisEngine {
     async fn publish_one(&self, request: PublishRequest) -> Result<Published, PublishError> {
         let options = self.namespaces.options_for(&request.channel);
         let keys = keys(&request.channel);
@@ -252,19 +272,98 @@ impl RedisEngine {
         })
     }
 
-    fn announces(&self, channel: &ChannelName) -> bool {
-        self.namespaces.options_for(channel).join_leave
+    async fn subscribe_one(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        let shard = self.shard(channel);
+        let first = {
+            let mut interest = shard.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let entry = interest.entry(channel.clone()).or_default();
+            entry.count += 1;
+            entry.count == 1
+        };
+        if !first {
+            return Ok(());
+        }
+        let subscribed = async {
+            let mut sink = shard.sink.lock().await;
+            let sink = sink.as_mut().ok_or_else(|| unavailable("not connected"))?;
+            tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(events_channel(channel)))
+                .await
+                .map_err(|_| unavailable("subscribe timed out"))?
+                .map_err(unavailable)
+        }
+        .await;
+        if let Err(error) = subscribed {
+            self.forget_interest(shard, channel);
+            return Err(error);
+        }
+        // Delivery starts after the channel's top as of now: what comes next is checked against
+        // it, so a gap (a message lost while the connection was away) is closed from history.
+        let top = read_history(
+            shard,
+            &self.scripts,
+            &self.namespaces,
+            channel,
+            HistoryQuery::top_only(),
+            self.meta_ttl(channel),
+        );
+        match top.await {
+            Ok(page) => {
+                let mut interest = shard.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(entry) = interest.get_mut(channel)
+                    && entry.last.is_none()
+                {
+                    entry.last = Some(page.top);
+                }
+            }
+            Err(error) => {
+                // The Pub/Sub subscription stays until the next reconnect: only some traffic.
+                self.forget_interest(shard, channel);
+                return Err(error);
+            }
+        }
+        let keys = keys(channel);
+        let mut commands = shard.commands.clone();
+        let occupied: Result<u8, _> = self
+            .scripts
+            .node_join
+            .key(&keys.nodes)
+            .arg(&self.node)
+            .arg(millis(NODE_LEASE))
+            .invoke_async(&mut commands)
+            .await;
+        if occupied.is_ok_and(|occupied| occupied == 1)
+            && let Some(fan_out) = self.fan_out()
+        {
+            fan_out.report(ChannelEvent::Occupied(channel.clone()));
+        }
+        Ok(())
     }
 
-    /// Reports a presence change this node made (once per cluster: only the node whose script
-    /// made it), and nothing else: subscribers hear of it through Pub/Sub.
-    fn report_presence(&self, channel: &ChannelName, change: PresenceChange, entry_json: &[u8]) {
-        if !self.announces(channel) {
-            return;
+    async fn unsubscribe_one(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        let shard = self.shard(channel);
+        if !self.forget_interest(shard, channel) {
+            return Ok(());
         }
-        if let (Some(fan_out), Some(entry)) = (self.fan_out(), decode_entry(entry_json)) {
-            fan_out.report(ChannelEvent::Presence(Arc::new(PresenceEvent::new(channel.clone(), change, entry))));
+        if let Some(sink) = shard.sink.lock().await.as_mut() {
+            // Failing costs only traffic; a reconnect subscribes to what has interest only.
+            let _ = tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(events_channel(channel))).await;
         }
+        let keys = keys(channel);
+        let mut commands = shard.commands.clone();
+        let vacated: u8 = self
+            .scripts
+            .node_leave
+            .key(&keys.nodes)
+            .arg(&self.node)
+            .invoke_async(&mut commands)
+            .await
+            .map_err(unavailable)?;
+        if vacated == 1
+            && let Some(fan_out) = self.fan_out()
+        {
+            fan_out.report(ChannelEvent::Vacated(channel.clone()));
+        }
+        Ok(())
     }
 }
 
@@ -275,32 +374,15 @@ impl herald_core::Engine for RedisEngine {
     }
 
     async fn publish(&self, batch: Vec<PublishRequest>) -> Vec<Result<Published, PublishError>> {
-        // In order: a batch may publish to one channel several times.
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for request in batch {
-            outcomes.push(self.publish_one(request).await);
-        }
-        outcomes
+        publish_each(self, batch).await
     }
 
     async fn subscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
-        for (index, channel) in channels.iter().enumerate() {
-            if let Err(error) = self.subscribe_one(channel).await {
-                let _ = self.unsubscribe(&channels[..index]).await;
-                return Err(error);
-            }
-        }
-        Ok(())
+        subscribe_each(self, channels).await
     }
 
     async fn unsubscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
-        let mut result = Ok(());
-        for channel in channels {
-            if let Err(error) = self.unsubscribe_one(channel).await {
-                result = Err(error);
-            }
-        }
-        result
+        unsubscribe_each(self, channels).await
     }
 
     async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryPage, EngineError> {
@@ -410,73 +492,6 @@ impl herald_core::Engine for RedisEngine {
 }
 
 impl RedisEngine {
-    async fn subscribe_one(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        let shard = self.shard(channel);
-        let first = {
-            let mut interest = shard.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let entry = interest.entry(channel.clone()).or_default();
-            entry.count += 1;
-            entry.count == 1
-        };
-        if !first {
-            return Ok(());
-        }
-        let subscribed = async {
-            let mut sink = shard.sink.lock().await;
-            let sink = sink.as_mut().ok_or_else(|| unavailable("not connected"))?;
-            tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(events_channel(channel)))
-                .await
-                .map_err(|_| unavailable("subscribe timed out"))?
-                .map_err(unavailable)
-        }
-        .await;
-        if let Err(error) = subscribed {
-            self.forget_interest(shard, channel);
-            return Err(error);
-        }
-        // Delivery starts after the channel's top as of now: what comes next is checked against
-        // it, so a gap (a message lost while the connection was away) is closed from history.
-        let top = read_history(
-            shard,
-            &self.scripts,
-            &self.namespaces,
-            channel,
-            HistoryQuery::top_only(),
-            self.meta_ttl(channel),
-        );
-        match top.await {
-            Ok(page) => {
-                let mut interest = shard.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                if let Some(entry) = interest.get_mut(channel)
-                    && entry.last.is_none()
-                {
-                    entry.last = Some(page.top);
-                }
-            }
-            Err(error) => {
-                // The Pub/Sub subscription stays until the next reconnect: only some traffic.
-                self.forget_interest(shard, channel);
-                return Err(error);
-            }
-        }
-        let keys = keys(channel);
-        let mut commands = shard.commands.clone();
-        let occupied: Result<u8, _> = self
-            .scripts
-            .node_join
-            .key(&keys.nodes)
-            .arg(&self.node)
-            .arg(millis(NODE_LEASE))
-            .invoke_async(&mut commands)
-            .await;
-        if occupied.is_ok_and(|occupied| occupied == 1)
-            && let Some(fan_out) = self.fan_out()
-        {
-            fan_out.report(ChannelEvent::Occupied(channel.clone()));
-        }
-        Ok(())
-    }
-
     /// Drops one unit of interest; returns whether it was the last.
     fn forget_interest(&self, shard: &Shard, channel: &ChannelName) -> bool {
         let mut interest = shard.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -487,33 +502,6 @@ impl RedisEngine {
             return true;
         }
         false
-    }
-
-    async fn unsubscribe_one(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        let shard = self.shard(channel);
-        if !self.forget_interest(shard, channel) {
-            return Ok(());
-        }
-        if let Some(sink) = shard.sink.lock().await.as_mut() {
-            // Failing costs only traffic; a reconnect subscribes to what has interest only.
-            let _ = tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(events_channel(channel))).await;
-        }
-        let keys = keys(channel);
-        let mut commands = shard.commands.clone();
-        let vacated: u8 = self
-            .scripts
-            .node_leave
-            .key(&keys.nodes)
-            .arg(&self.node)
-            .invoke_async(&mut commands)
-            .await
-            .map_err(unavailable)?;
-        if vacated == 1
-            && let Some(fan_out) = self.fan_out()
-        {
-            fan_out.report(ChannelEvent::Vacated(channel.clone()));
-        }
-        Ok(())
     }
 
     /// Expires presence leases and keeps this node's interest (and its channels' positions)
