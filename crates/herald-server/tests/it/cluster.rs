@@ -98,32 +98,8 @@ async fn three_nodes_are_one_server(engine: &str) {
 
     // Publishers on all three nodes at once.
     let per_node = 40;
-    let publishers: Vec<_> = nodes
-        .iter()
-        .map(|node| {
-            let (http, url, room) = (node.http().clone(), node.url("/api/publish"), room.clone());
-            tokio::spawn(async move {
-                let mut offsets = Vec::new();
-                for n in 0..per_node {
-                    let reply: Value = http
-                        .post(&url)
-                        .json(&json!({"channel": room, "data": n}))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    offsets.push(reply["offset"].as_u64().expect("published"));
-                }
-                offsets
-            })
-        })
-        .collect();
-    let mut assigned = BTreeSet::new();
-    for publisher in publishers {
-        assigned.extend(publisher.await.unwrap());
-    }
+    let urls = nodes.iter().map(|node| node.url("/api/publish")).collect();
+    let assigned = publish_from_each(nodes[0].http(), urls, &room, per_node).await;
     let total = 3 * per_node as u64;
     assert_eq!(assigned, (1..=total).collect(), "one gap-free sequence across the nodes");
     for subscriber in &mut subscribers {
@@ -505,13 +481,23 @@ async fn three_herald_processes_on_redis_are_one_server() {
         client.subscribe(&room).await;
         subscribers.push(client);
     }
-    let publishers: Vec<_> = processes
-        .iter()
-        .map(|process| {
-            let (http, url, room) = (http.clone(), format!("http://{}/api/publish", process.address), room.clone());
+    let urls = processes.iter().map(|process| format!("http://{}/api/publish", process.address)).collect();
+    let assigned = publish_from_each(&http, urls, &room, 30).await;
+    assert_eq!(assigned, (1..=90).collect(), "one gap-free sequence across the processes");
+    for subscriber in &mut subscribers {
+        assert_eq!(read_offsets(subscriber, 90).await, (1..=90).collect::<Vec<_>>());
+    }
+}
+
+/// Publishes `count` times to `room` through each of `urls` at once; the offsets assigned.
+async fn publish_from_each(http: &reqwest::Client, urls: Vec<String>, room: &str, count: usize) -> BTreeSet<u64> {
+    let publishers: Vec<_> = urls
+        .into_iter()
+        .map(|url| {
+            let (http, room) = (http.clone(), room.to_string());
             tokio::spawn(async move {
                 let mut offsets = Vec::new();
-                for n in 0..30 {
+                for n in 0..count {
                     let reply: Value = http
                         .post(&url)
                         .json(&json!({"channel": room, "data": n}))
@@ -531,8 +517,5 @@ async fn three_herald_processes_on_redis_are_one_server() {
     for publisher in publishers {
         assigned.extend(publisher.await.unwrap());
     }
-    assert_eq!(assigned, (1..=90).collect(), "one gap-free sequence across the processes");
-    for subscriber in &mut subscribers {
-        assert_eq!(read_offsets(subscriber, 90).await, (1..=90).collect::<Vec<_>>());
-    }
+    assigned
 }
