@@ -400,8 +400,8 @@ where
             return self.intact;
         }
         self.intact = false;
-        let size = format!("{:x}\r\n", chunk.len());
-        let mut parts: [&[u8]; 3] = [size.as_bytes(), &chunk, b"\r\n"];
+        let mut size = [0u8; CHUNK_SIZE_LINE];
+        let mut parts: [&[u8]; 3] = [chunk_size_line(chunk.len(), &mut size), &chunk, b"\r\n"];
         let written = std::future::poll_fn(|context| {
             ready!(poll_write_parts(&mut *self.io, &mut parts, context))?;
             // TLS holds what it is given until flushed.
@@ -414,8 +414,8 @@ where
 
     fn send_last(&mut self, chunk: Bytes) {
         // One attempt that does not wait; the connection closes after it either way.
-        let size = format!("{:x}\r\n", chunk.len());
-        let mut parts: [&[u8]; 3] = [size.as_bytes(), &chunk, b"\r\n"];
+        let mut size = [0u8; CHUNK_SIZE_LINE];
+        let mut parts: [&[u8]; 3] = [chunk_size_line(chunk.len(), &mut size), &chunk, b"\r\n"];
         let mut context = Context::from_waker(std::task::Waker::noop());
         self.intact = matches!(poll_write_parts(&mut *self.io, &mut parts, &mut context), Poll::Ready(Ok(())))
             && matches!(Pin::new(&mut *self.io).poll_flush(&mut context), Poll::Ready(Ok(())));
@@ -424,6 +424,21 @@ where
     async fn gone(&mut self) {
         peer_gone(self.io, self.buffer).await;
     }
+}
+
+/// The longest chunk size line: 16 hex digits and CRLF.
+const CHUNK_SIZE_LINE: usize = 18;
+
+/// A chunk's size line (`<hex>\r\n`), written into `buffer`: no allocation per chunk, which is
+/// per subscriber and per message.
+fn chunk_size_line(length: usize, buffer: &mut [u8; CHUNK_SIZE_LINE]) -> &[u8] {
+    let digits = (usize::BITS - length.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (index, byte) in buffer[..digits].iter_mut().enumerate() {
+        let nibble = (length >> (4 * (digits - 1 - index))) & 0xf;
+        *byte = b"0123456789abcdef"[nibble];
+    }
+    buffer[digits..digits + 2].copy_from_slice(b"\r\n");
+    &buffer[..digits + 2]
 }
 
 /// Writes all of `parts` in as few system calls as the socket allows; the parts are advanced
@@ -490,6 +505,14 @@ mod tests {
 
     /// Every open stream and parked poll holds this future: what only some requests need
     /// (hyper, TLS, complete responses) is boxed elsewhere, so it stays small.
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        let mut buffer = [0u8; CHUNK_SIZE_LINE];
+        for length in [1usize, 9, 10, 15, 16, 255, 256, 4096, 0xdead_beef, usize::MAX] {
+            assert_eq!(chunk_size_line(length, &mut buffer), format!("{length:x}\r\n").as_bytes(), "{length}");
+        }
+    }
+
     #[tokio::test]
     async fn a_direct_connection_s_state_stays_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

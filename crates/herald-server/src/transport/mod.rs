@@ -83,3 +83,23 @@ pub fn stop_signal<'a: 'w, 'w>(
         Poll::Pending
     })
 }
+
+/// When a client's token runs out, as a timer (boxed: most connections have none, or never
+/// reach it); `None` without an expiry.
+pub type Expiry = Option<Pin<Box<tokio::time::Sleep>>>;
+
+/// The timer for when `identity` expires (its token's `exp`).
+pub fn expiry(identity: &crate::auth::Identity) -> Expiry {
+    identity.expires_at().map(|expires_at| {
+        let left = expires_at.saturating_sub(crate::auth::unix_seconds());
+        Box::pin(tokio::time::sleep(std::time::Duration::from_secs(left)))
+    })
+}
+
+/// Resolves when the token expires; never without one.
+pub async fn until_expiry(expiry: &mut Expiry) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}

@@ -183,10 +183,7 @@ async fn open_stream(
     let permit = app.connections.admit(peer.ip(), ConnectionKind::Stream)?;
     let capacity = app.settings.websocket.outbox_capacity.get();
     let (subscription, inbox, opening) = HttpSubscription::open(&app, &query, true, capacity).await?;
-    let expiry = query.identity.expires_at().map(|exp| {
-        let left = exp.saturating_sub(crate::auth::unix_seconds());
-        Box::pin(tokio::time::sleep(Duration::from_secs(left)))
-    });
+    let expiry = crate::transport::expiry(&query.identity);
     let stream = OpenStream { app: app.clone(), subscription, inbox, opening, format, _permit: permit, expiry };
     let head = [
         (header::CONTENT_TYPE, format.content_type()),
@@ -242,7 +239,7 @@ pub struct OpenStream {
     format: StreamFormat,
     _permit: ConnectionPermit,
     /// When the client's token expires, if it does: the stream ends then.
-    expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    expiry: crate::transport::Expiry,
 }
 
 impl OpenStream {
@@ -277,7 +274,7 @@ impl OpenStream {
             let ending = tokio::select! {
                 biased;
                 () = &mut stop => Some((close_code::GOING_AWAY, "server shutting down")),
-                () = until_expiry(&mut self.expiry) => {
+                () = crate::transport::until_expiry(&mut self.expiry) => {
                     Some((close_code::TOKEN_EXPIRED, "token expired: get a fresh one and reconnect"))
                 }
                 () = sink.gone() => return,
@@ -335,12 +332,4 @@ async fn deliver(sink: &mut impl StreamSink, chunk: Bytes, app: &AppState) -> bo
         }
     })
     .await
-}
-
-/// Resolves when the token expires; never without one.
-async fn until_expiry(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match expiry {
-        Some(sleep) => sleep.as_mut().await,
-        None => std::future::pending().await,
-    }
 }

@@ -90,7 +90,7 @@ pub(in crate::transport::ws) struct Session<T> {
     /// The client's id in presence (one per connection, unless `connect` takes back an old one).
     pub(super) client: ClientId,
     /// When the token expires (boxed: most connections have none, or never reach it).
-    expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    expiry: crate::transport::Expiry,
     /// The client's publish rate, when limited (boxed: most servers do not limit it).
     pub(super) publish_rate: Option<Box<crate::transport::limits::TokenBucket>>,
     /// The connection's admission, given back when the session ends (boxed: see
@@ -209,7 +209,7 @@ where
                         return ending;
                     }
                 }
-                () = until_expiry(&mut self.expiry) => return Ending::TokenExpired,
+                () = crate::transport::until_expiry(&mut self.expiry) => return Ending::TokenExpired,
                 () = heartbeat.as_mut() => {
                     let settings = &self.app.settings.websocket;
                     if last_heard.elapsed() >= settings.ping_interval + settings.pong_timeout {
@@ -226,10 +226,7 @@ where
 
     /// Takes on who the client now is, and when that runs out.
     pub(super) fn set_identity(&mut self, identity: Identity) {
-        self.expiry = identity.expires_at().map(|exp| {
-            let left = exp.saturating_sub(crate::auth::unix_seconds());
-            Box::pin(tokio::time::sleep(Duration::from_secs(left)))
-        });
+        self.expiry = crate::transport::expiry(&identity);
         self.identity = identity;
     }
 
@@ -401,14 +398,6 @@ where
         std::task::ready!(socket.get_ref().poll_input(context));
         socket.poll_next_unpin(context)
     })
-}
-
-/// Resolves when the token expires; never without one.
-async fn until_expiry(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match expiry {
-        Some(sleep) => sleep.as_mut().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Most frames handed to one vectored write.
