@@ -1,40 +1,47 @@
 //! `GET /ws/echo`: echoes every message on the same WebSocket stack, limits and write path as
 //! `/ws`, for the Autobahn conformance suite. Off unless `websocket.echo_route` is set.
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
+use std::collections::VecDeque;
 
-use super::Socket;
-use super::session::{CLOSE_WAIT, Ending, goodbye_after_error};
+use tokio::time::timeout;
+
+use super::frames::{self, Incoming, MessageReader, ReadError};
+use super::session::{CLOSE_WAIT, Ending, close_and_linger, close_reply, goodbye_after_error, write_frames};
+use super::{Socket, close_code};
 use crate::app::AppState;
 use crate::transport::limits::ConnectionPermit;
 
 /// Echoes until the peer or the server closes; `_permit` is the connection's admission.
 pub async fn run(app: AppState, mut socket: Socket, _permit: ConnectionPermit) {
+    let max_message = app.settings.limits.max_message_size.get();
+    let mut reader = MessageReader::default();
+    let mut pending = VecDeque::new();
     loop {
-        let frame = tokio::select! {
+        let message = tokio::select! {
             () = app.shutdown.cancelled() => break,
-            frame = socket.next() => frame,
+            message = std::future::poll_fn(|context| reader.poll_next(&mut socket, context, max_message)) => message,
         };
-        let reply = match frame {
-            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Ok(Message::Close(_))) | None => {
-                // The library queued its close reply while reading; send it.
-                let _ = tokio::time::timeout(CLOSE_WAIT, socket.flush()).await;
+        let reply = match message {
+            Ok(Incoming::Text(text)) => frames::frame(frames::OPCODE_TEXT, text.as_bytes()),
+            Ok(Incoming::Binary(data)) => frames::frame(frames::OPCODE_BINARY, &data),
+            Ok(Incoming::Ping(payload)) => frames::frame(frames::OPCODE_PONG, &payload),
+            Ok(Incoming::Pong) => continue,
+            Ok(Incoming::Close(code)) => {
+                pending.push_back(close_reply(code));
+                let _ = timeout(CLOSE_WAIT, write_frames(&mut socket, &mut pending)).await;
                 return;
             }
-            Some(Err(error)) => {
-                match Ending::from_read_error(error) {
-                    Ending::PeerGone => {}
-                    ending => goodbye_after_error(&mut socket, ending).await,
-                }
+            Err(ReadError::Gone) => return,
+            Err(error) => {
+                goodbye_after_error(&mut socket, &mut reader, max_message, Ending::from_read_error(error)).await;
                 return;
             }
         };
-        if socket.send(reply).await.is_err() {
+        pending.push_back(reply);
+        if write_frames(&mut socket, &mut pending).await.is_err() {
             return;
         }
     }
-    let _ = tokio::time::timeout(CLOSE_WAIT, socket.close(None)).await;
+    close_and_linger(&mut socket, &mut reader, max_message, close_code::GOING_AWAY, "server shutting down", false)
+        .await;
 }

@@ -1,18 +1,21 @@
 //! WebSocket transport: `GET /ws`, the native JSON protocol (see `docs/protocol.md`), and
 //! `GET /ws/echo` for the conformance suite.
 //!
-//! The RFC 6455 handshake is answered here on hyper's upgrade, so that Herald owns the socket:
-//! each connection's task is tracked from the start (shutdown waits for it), the buffers are
-//! sized for cheap idle connections, and a connection closed for bad input can linger on its
-//! raw socket until the peer has read the close frame.
+//! The RFC 6455 handshake is answered here on hyper's upgrade, and frames are read and written
+//! by Herald itself (with tungstenite's header parsing), so that Herald owns the socket: each
+//! connection's task is tracked from the start (shutdown waits for it), an idle connection
+//! holds no buffer, and a connection closed for bad input can linger on its raw socket until
+//! the peer has read the close frame.
 //!
 //! - [`session`]: the per-connection loop, bounded writes, goodbyes;
 //! - [`commands`]: the client commands;
+//! - [`frames`]: client messages in, server frames out;
 //! - [`echo`]: the echo route;
-//! - [`watched`]: the socket under the WebSocket library, noting when it may have input.
+//! - [`watched`]: the socket, noting when it may have input.
 
 pub mod commands;
 mod echo;
+pub mod frames;
 mod session;
 mod watched;
 
@@ -24,9 +27,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -34,7 +35,7 @@ use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 use crate::transport::origin::check_origin;
 
 /// The socket type of every Herald WebSocket.
-pub type Socket = WebSocketStream<WatchedIo<TokioIo<hyper::upgrade::Upgraded>>>;
+pub type Socket = WatchedIo<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Close codes Herald uses (documented in `docs/protocol.md`).
 pub mod close_code {
@@ -106,7 +107,6 @@ where
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "server is shutting down"));
     }
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let config = socket_config(&app);
     let (shutdown, tasks) = (app.shutdown.clone(), app.tasks.clone());
     app.tasks.spawn(async move {
         let upgraded = tokio::select! {
@@ -115,13 +115,7 @@ where
         };
         match upgraded {
             Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    WatchedIo::new(TokioIo::new(upgraded)),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                tasks.spawn(serve(socket, permit));
+                tasks.spawn(serve(WatchedIo::new(TokioIo::new(upgraded)), permit));
             }
             Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
         }
@@ -165,19 +159,4 @@ fn check_handshake(headers: &HeaderMap) -> Result<HeaderValue, ApiError> {
         .ok_or_else(|| ApiError::bad_request("bad_handshake", "missing or malformed Sec-WebSocket-Key"))?;
     HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
         .map_err(|_| ApiError::bad_request("bad_handshake", "malformed Sec-WebSocket-Key"))
-}
-
-/// Buffer sizes and limits of every Herald WebSocket: small buffers so idle connections stay
-/// cheap, a bounded write buffer, and the configured message size limit.
-fn socket_config(app: &AppState) -> WebSocketConfig {
-    let max_message = app.settings.limits.max_message_size.get();
-    WebSocketConfig::default()
-        // Allocated up front for every connection, and clients mostly send small commands.
-        .read_buffer_size(512)
-        // Queued frames are written once this much is pending (or on flush); the buffer keeps
-        // its capacity, so this also bounds what a connection holds after a burst.
-        .write_buffer_size(4 * 1024)
-        .max_write_buffer_size(max_message.saturating_mul(MAX_HISTORY_LIMIT + 10).max(16 * 1024 * 1024))
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message))
 }

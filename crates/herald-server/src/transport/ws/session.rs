@@ -13,15 +13,12 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use herald_core::{ChannelName, Inbox, PositionTracker, Publication, Push, SubscriberHandle};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use super::commands::error_reply;
+use super::frames::{self, Incoming, MessageReader, ReadError};
 use super::{WatchedIo, close_code};
 use crate::app::AppState;
 use crate::auth::Identity;
@@ -40,7 +37,7 @@ pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// arguments (the socket among them) in its state beside the session they were moved into.
 pub(super) fn run<T>(
     app: AppState,
-    socket: WebSocketStream<WatchedIo<T>>,
+    socket: WatchedIo<T>,
     identity: Identity,
     permit: ConnectionPermit,
 ) -> impl Future<Output = ()>
@@ -57,8 +54,8 @@ where
         inbox,
         positions: PositionTracker::default(),
         socket,
+        reader: MessageReader::default(),
         pending: VecDeque::new(),
-        library_output: false,
         identity: Identity::Anonymous,
         client: ClientId::random(),
         expiry: None,
@@ -79,12 +76,11 @@ pub(in crate::transport::ws) struct Session<T> {
     inbox: Inbox,
     /// What this connection has been sent, per channel: the positions it recovers from.
     pub(super) positions: PositionTracker,
-    socket: WebSocketStream<WatchedIo<T>>,
-    /// Encoded publication frames not yet written (see [`write_frames`]).
+    socket: WatchedIo<T>,
+    /// The client's messages, put together from the socket's input.
+    reader: MessageReader,
+    /// Frames not yet written, in order: pushes, replies, pongs, pings (see [`write_frames`]).
     pending: VecDeque<Bytes>,
-    /// Whether the WebSocket library may have queued output of its own (a pong, after a read):
-    /// written before the next frames.
-    library_output: bool,
     /// Who the client is: anonymous until a token says otherwise.
     pub(super) identity: Identity,
     /// The client's id in presence (one per connection, unless `connect` takes back an old one).
@@ -114,12 +110,12 @@ pub(super) enum Ending {
 }
 
 impl Ending {
-    pub(super) fn from_read_error(error: tungstenite::Error) -> Self {
+    pub(super) fn from_read_error(error: ReadError) -> Self {
         match error {
-            tungstenite::Error::Capacity(_) => Self::TooBig,
-            tungstenite::Error::Utf8(_) => Self::InvalidUtf8,
-            tungstenite::Error::Protocol(_) => Self::ProtocolError,
-            _ => Self::PeerGone,
+            ReadError::Gone => Self::PeerGone,
+            ReadError::TooBig => Self::TooBig,
+            ReadError::InvalidUtf8 => Self::InvalidUtf8,
+            ReadError::Protocol => Self::ProtocolError,
         }
     }
 
@@ -155,7 +151,7 @@ impl Ending {
         }
     }
 
-    /// The read side failed: the socket still holds input the WebSocket layer will not read.
+    /// The read side failed: the socket still holds input that will not be read as frames.
     fn read_failed(self) -> bool {
         matches!(self, Self::TooBig | Self::InvalidUtf8 | Self::ProtocolError)
     }
@@ -178,10 +174,12 @@ where
         loop {
             // A full batch means pushes may keep coming: look at the client's side once first,
             // so its commands and pongs are never starved.
-            if check_socket_first && let Poll::Ready(frame) = futures_util::poll!(self.socket.next()) {
+            if check_socket_first
+                && let Poll::Ready(message) =
+                    futures_util::poll!(next_message(&mut self.socket, &mut self.reader, &self.app))
+            {
                 last_heard = Instant::now();
-                self.library_output = true;
-                if let Err(ending) = Box::pin(self.handle_frame(frame)).await {
+                if let Err(ending) = Box::pin(self.handle_message(message)).await {
                     return ending;
                 }
             }
@@ -201,11 +199,10 @@ where
                     }
                 }
                 // Read only when input may have arrived: most wake-ups are pushes.
-                frame = next_frame(&mut self.socket, &mut self.library_output) => {
+                message = next_message(&mut self.socket, &mut self.reader, &self.app) => {
                     last_heard = Instant::now();
-                    self.library_output = true;
-                    // Boxed, like every rare path: frames from the client are few next to pushes.
-                    if let Err(ending) = Box::pin(self.handle_frame(frame)).await {
+                    // Boxed, like every rare path: messages from the client are few next to pushes.
+                    if let Err(ending) = Box::pin(self.handle_message(message)).await {
                         return ending;
                     }
                 }
@@ -230,18 +227,22 @@ where
         self.identity = identity;
     }
 
-    /// Handles one frame from the client (or its end).
-    async fn handle_frame(&mut self, frame: Option<Result<Message, tungstenite::Error>>) -> Result<(), Ending> {
-        match frame {
-            None => Err(Ending::PeerGone),
-            Some(Err(error)) => Err(Ending::from_read_error(error)),
-            Some(Ok(Message::Close(_))) => Err(Ending::PeerClosed),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
-            Some(Ok(Message::Binary(_))) => {
+    /// Handles one message from the client (or the end of its input).
+    async fn handle_message(&mut self, message: Result<Incoming, ReadError>) -> Result<(), Ending> {
+        match message {
+            Err(error) => Err(Ending::from_read_error(error)),
+            Ok(Incoming::Close(code)) => {
+                // Answered once what is queued is written (see `finish`).
+                self.pending.push_back(close_reply(code));
+                Err(Ending::PeerClosed)
+            }
+            Ok(Incoming::Ping(payload)) => self.send(vec![frames::frame(frames::OPCODE_PONG, &payload)]).await,
+            Ok(Incoming::Pong) => Ok(()),
+            Ok(Incoming::Binary(_)) => {
                 let error = ErrorBody::new("binary_not_supported", "send commands as JSON text frames");
                 self.send(vec![error_reply(None, error)]).await
             }
-            Some(Ok(Message::Text(text))) => {
+            Ok(Incoming::Text(text)) => {
                 let replies = self.handle_command(&text).await;
                 self.send(replies).await
             }
@@ -267,7 +268,7 @@ where
     /// state; a blocked socket is waited for in a boxed future.
     async fn write_pending(&mut self) -> Result<(), Ending> {
         let attempt = std::future::poll_fn(|context| {
-            Poll::Ready(poll_write_frames(&mut self.socket, &mut self.pending, &mut self.library_output, context))
+            Poll::Ready(poll_write_frames(&mut self.socket, &mut self.pending, context))
         })
         .await;
         match attempt {
@@ -280,7 +281,6 @@ where
     /// gives way at once when the connection lags or the server shuts down, so a blocked socket
     /// never hides either.
     async fn write_blocked(&mut self) -> Result<(), Ending> {
-        self.library_output = true;
         let write = write_frames(&mut self.socket, &mut self.pending);
         tokio::select! {
             biased;
@@ -305,9 +305,7 @@ where
         }
     }
 
-    /// Writes complete frames (replies, pings) after whatever is queued. They are encoded here
-    /// rather than by the WebSocket library, whose write buffer would keep its capacity in
-    /// every connection once used.
+    /// Writes complete frames (replies, pongs, pings) after whatever is queued.
     async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), Ending> {
         self.pending.extend(frames);
         self.write_pending().await?;
@@ -351,11 +349,8 @@ where
             // A frame is cut short: nothing more can be said on this socket.
             return;
         }
+        // After the peer's close, the reply to it was among the queued frames.
         let Some((code, reason, reconnect)) = ending.goodbye() else {
-            if ending == Ending::PeerClosed {
-                // The library queued its close reply while reading; send it.
-                let _ = timeout(CLOSE_WAIT, self.socket.flush()).await;
-            }
             return;
         };
         if ending != Ending::NoPong {
@@ -372,69 +367,58 @@ where
             self.pending.push_back(text_frame(push.to_string()).1);
         }
         let _ = timeout(CLOSE_WAIT, write_frames(&mut self.socket, &mut self.pending)).await;
-        close_and_linger(&mut self.socket, code, reason, ending.read_failed()).await;
+        let max_message = self.app.settings.limits.max_message_size.get();
+        close_and_linger(&mut self.socket, &mut self.reader, max_message, code, reason, ending.read_failed()).await;
     }
 }
 
-/// The next frame from the client, read only once the socket may have input. Meanwhile what
-/// the library queued itself (a pong to the client's ping, which a full socket refused) is
-/// written as soon as the socket takes it, whether or not pushes come.
-fn next_frame<'a, T>(
-    socket: &'a mut WebSocketStream<WatchedIo<T>>,
-    library_output: &'a mut bool,
-) -> impl Future<Output = Option<Result<Message, tungstenite::Error>>> + 'a
+/// The client's next message, read only once the socket may have input: most wake-ups are
+/// pushes, and this way they do not pay for a read attempt.
+fn next_message<'a, T>(
+    socket: &'a mut WatchedIo<T>,
+    reader: &'a mut MessageReader,
+    app: &AppState,
+) -> impl Future<Output = Result<Incoming, ReadError>> + 'a
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + Unpin,
 {
+    let max_message = app.settings.limits.max_message_size.get();
     std::future::poll_fn(move |context| {
-        if *library_output {
-            match <WebSocketStream<WatchedIo<T>> as futures_util::Sink<Message>>::poll_flush(Pin::new(socket), context)
-            {
-                Poll::Ready(Ok(())) => *library_output = false,
-                Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(error))),
-                Poll::Pending => {}
-            }
-        }
-        std::task::ready!(socket.get_ref().poll_input(context));
-        socket.poll_next_unpin(context)
+        std::task::ready!(socket.poll_input(context));
+        reader.poll_next(socket, context, max_message)
     })
+}
+
+/// The answer to the client's close frame: its code back, or an empty close frame.
+pub(super) fn close_reply(code: Option<u16>) -> Bytes {
+    match code {
+        Some(code) => frames::frame(frames::OPCODE_CLOSE, &code.to_be_bytes()),
+        None => frames::frame(frames::OPCODE_CLOSE, &[]),
+    }
 }
 
 /// Most frames handed to one vectored write.
 const FRAMES_PER_WRITE: usize = 32;
 
 /// Writes queued frames straight to the socket, several per system call, without copying
-/// them. Whatever the WebSocket library has queued itself (a pong) is flushed first, and frames
-/// leave `pending` only once written, so a cancelled call resumes exactly where it stopped and
-/// the library never writes in the middle of a frame.
-async fn write_frames<T>(
-    socket: &mut WebSocketStream<T>,
-    pending: &mut VecDeque<Bytes>,
-) -> Result<(), tungstenite::Error>
+/// them. Frames leave `pending` only once written, so a cancelled call resumes exactly where it
+/// stopped, and nothing is ever written in the middle of a frame.
+pub(super) async fn write_frames<T>(socket: &mut T, pending: &mut VecDeque<Bytes>) -> std::io::Result<()>
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncWrite + Unpin,
 {
     // A poll function rather than an `async` body: no state of its own in the session's future.
-    std::future::poll_fn(|context| poll_write_frames(socket, pending, &mut true, context)).await
+    std::future::poll_fn(|context| poll_write_frames(socket, pending, context)).await
 }
 
 fn poll_write_frames<T>(
-    socket: &mut WebSocketStream<T>,
+    raw: &mut T,
     pending: &mut VecDeque<Bytes>,
-    library_output: &mut bool,
     context: &mut std::task::Context<'_>,
-) -> Poll<Result<(), tungstenite::Error>>
+) -> Poll<std::io::Result<()>>
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncWrite + Unpin,
 {
-    if pending.is_empty() {
-        return Poll::Ready(Ok(()));
-    }
-    if *library_output {
-        std::task::ready!(<WebSocketStream<T> as futures_util::Sink<Message>>::poll_flush(Pin::new(socket), context))?;
-        *library_output = false;
-    }
-    let raw = socket.get_mut();
     while !pending.is_empty() {
         let mut written = if pending.len() == 1 {
             // The usual case at moderate rates: one frame, no slices to build.
@@ -448,7 +432,7 @@ where
             std::task::ready!(Pin::new(&mut *raw).poll_write_vectored(context, &slices[..count]))?
         };
         if written == 0 {
-            return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()));
+            return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero)));
         }
         while written > 0 {
             let front = pending.front_mut().expect("written bytes belong to queued frames");
@@ -465,40 +449,51 @@ where
 }
 
 /// After a read error on the echo route: the close code that fits it, then lingering.
-pub(super) async fn goodbye_after_error<T>(socket: &mut WebSocketStream<T>, ending: Ending)
-where
+pub(super) async fn goodbye_after_error<T>(
+    socket: &mut T,
+    reader: &mut MessageReader,
+    max_message: usize,
+    ending: Ending,
+) where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     if let Some((code, reason, _)) = ending.goodbye() {
-        close_and_linger(socket, code, reason, ending.read_failed()).await;
+        close_and_linger(socket, reader, max_message, code, reason, ending.read_failed()).await;
     }
 }
 
 /// Sends the close frame, then reads on until the peer's close frame or the end of its input:
 /// a socket closed with unread input is reset by the kernel, and the peer would lose our close
-/// frame. When the WebSocket layer has given up reading, the raw socket is shut for writing
-/// and drained instead.
-async fn close_and_linger<T>(socket: &mut WebSocketStream<T>, code: u16, reason: &str, read_failed: bool)
-where
+/// frame. When reading frames has failed, the raw socket is shut for writing and drained
+/// instead.
+pub(super) async fn close_and_linger<T>(
+    socket: &mut T,
+    reader: &mut MessageReader,
+    max_message: usize,
+    code: u16,
+    reason: &str,
+    read_failed: bool,
+) where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let close = CloseFrame { code: code.into(), reason: Utf8Bytes::from(reason) };
     let linger = async {
-        if socket.close(Some(close)).await.is_err() && !read_failed {
+        let mut close = VecDeque::from([frames::close_frame(code, reason)]);
+        if write_frames(socket, &mut close).await.is_err() && !read_failed {
             return;
         }
         if !read_failed {
-            while let Some(Ok(frame)) = socket.next().await {
-                if matches!(frame, Message::Close(_)) {
+            while let Ok(message) = std::future::poll_fn(|context| reader.poll_next(socket, context, max_message)).await
+            {
+                if matches!(message, Incoming::Close(_)) {
                     return;
                 }
             }
         }
         // Our side is done (FIN after the close frame), then what the peer still sends is
         // read and dropped until it closes too.
-        let _ = socket.get_mut().shutdown().await;
+        let _ = socket.shutdown().await;
         let mut discard = [0u8; 4096];
-        while let Ok(read) = socket.get_mut().read(&mut discard).await {
+        while let Ok(read) = socket.read(&mut discard).await {
             if read == 0 {
                 return;
             }
@@ -513,13 +508,12 @@ mod tests {
     use crate::config::{Overrides, Settings};
     use crate::transport::limits::ConnectionKind;
     use std::sync::Arc;
-    use tokio_tungstenite::tungstenite::protocol::Role;
 
     /// Every open connection holds this future; what commands and goodbyes need is boxed
     /// elsewhere, so the idle state stays small. The bound is tight on purpose: tokio's task
-    /// cells are 128-byte aligned, and with the real socket type (about 32 bytes more than the
-    /// test's) a future above ~912 bytes makes every connection's task take 1,280 bytes of
-    /// jemalloc's size classes instead of 1,024.
+    /// cells are 128-byte aligned, and the task of a connection (the future with the real
+    /// socket type, about 32 bytes more than the test's, plus tokio's header and trailer) is a
+    /// 768-byte allocation at 576 bytes here; a few dozen bytes more and it takes 896.
     #[tokio::test]
     async fn an_idle_connection_s_task_state_stays_small() {
         let data_dir = tempfile::tempdir().unwrap();
@@ -529,11 +523,11 @@ mod tests {
         let webhooks = crate::webhooks::Webhooks::start(&settings, tasks.clone(), shutdown.clone()).await.unwrap();
         let app = AppState::new(crate::wiring::hub(&settings).await.unwrap(), webhooks, settings, shutdown, tasks);
         let (io, _peer) = tokio::io::duplex(64);
-        let socket = WebSocketStream::from_raw_socket(WatchedIo::new(io), Role::Server, None).await;
+        let socket = WatchedIo::new(io);
         let permit = app.connections.admit([127, 0, 0, 1].into(), ConnectionKind::WebSocket).unwrap();
         let session = run(app, socket, Identity::Anonymous, permit);
         let size = std::mem::size_of_val(&session);
         eprintln!("session future: {size} bytes");
-        assert!(size <= 880, "the per-connection future grew to {size} bytes");
+        assert!(size <= 600, "the per-connection future grew to {size} bytes");
     }
 }
