@@ -135,7 +135,7 @@ impl AppState {
 pub fn router(app: AppState) -> Router {
     // Room for the largest allowed data plus the envelope around it.
     let body_limit = app.settings.limits.max_message_size.get().saturating_mul(2).saturating_add(64 * 1024);
-    let mut router = Router::new()
+    let mut transports = Router::new()
         .route("/", get(pages::index))
         .route("/ws", get(transport::ws::upgrade))
         .route("/sse", get(transport::streaming::sse))
@@ -143,19 +143,27 @@ pub fn router(app: AppState) -> Router {
         .route("/poll", get(transport::poll::poll))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(crate::metrics::scrape))
-        .nest("/api", api::router().layer(DefaultBodyLimit::max(body_limit)).layer(api_cors_layer(&app.settings)));
+        .route("/metrics", get(crate::metrics::scrape));
     if app.settings.websocket.echo_route {
-        router = router.route("/ws/echo", get(transport::ws::echo));
+        transports = transports.route("/ws/echo", get(transport::ws::echo));
     }
-    let cors = cors_layer(&app.settings);
-    router
+    // A layer wraps only the routes (and 405 answers) registered before it, so each part gets
+    // its own CORS after them: the API answers browsers with its stricter CORS alone, and a
+    // preflight reaches the layer that answers it.
+    let api = api::router()
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(api_cors_layer(&app.settings));
+    transports
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(cors_layer(&app.settings))
+        .nest("/api", api)
         .fallback(|| async { ApiError::not_found() })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
-        })
-        .layer(cors)
         .with_state(app)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
 }
 
 /// CORS for the server API: only the configured origins (never "any"): a web page a developer

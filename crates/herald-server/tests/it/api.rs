@@ -188,3 +188,47 @@ async fn a_foreign_origin_is_refused_when_origins_are_configured() {
     // No Origin header: not a browser, not refused for that.
     assert!(tokio_tungstenite::connect_async(server.ws_url()).await.is_ok());
 }
+
+/// The API's CORS allows only the configured origins, never "any": in dev mode (no
+/// `allowed_origins`) the transports answer every origin, but a web page a developer happens to
+/// visit must not be able to drive their local Herald's API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_browsers_only_from_configured_origins() {
+    async fn preflight(server: &TestServer, path: &str, origin: &str, method: &str) -> Option<String> {
+        let response = server
+            .http()
+            .request(reqwest::Method::OPTIONS, server.url(path))
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .unwrap();
+        response.headers().get("access-control-allow-origin").map(|value| value.to_str().unwrap().to_string())
+    }
+    async fn publish_from(server: &TestServer, origin: &str) -> Option<String> {
+        let response = server
+            .http()
+            .post(server.url("/api/publish"))
+            .header("origin", origin)
+            .json(&json!({"channel": "cors", "data": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.headers().get("access-control-allow-origin").map(|value| value.to_str().unwrap().to_string())
+    }
+
+    let dev = TestServer::start().await;
+    assert_eq!(preflight(&dev, "/sse", "https://page.example", "GET").await.as_deref(), Some("*"));
+    assert_eq!(preflight(&dev, "/api/publish", "https://page.example", "POST").await, None);
+    assert_eq!(publish_from(&dev, "https://page.example").await, None);
+
+    let configured = TestServer::with_config("allowed_origins = [\"https://app.example\"]").await;
+    assert_eq!(
+        preflight(&configured, "/api/publish", "https://app.example", "POST").await.as_deref(),
+        Some("https://app.example")
+    );
+    assert_eq!(publish_from(&configured, "https://app.example").await.as_deref(), Some("https://app.example"));
+    assert_eq!(preflight(&configured, "/api/publish", "https://evil.example", "POST").await, None);
+}
