@@ -2,7 +2,7 @@
 //! backends holding an API key (`Authorization: Bearer <key>`).
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -141,30 +141,49 @@ struct BroadcastBody<'a> {
 
 /// Bodies must be declared JSON: a cross-site form or `text/plain` POST (which browsers send
 /// without asking) is refused before it is read.
-fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
-    if content_type.split(';').next().is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json")) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as Content-Type: application/json",
-        ))
+/// A JSON request body, parsed by the handler (so that the value may borrow from it). The
+/// content type is checked on the request's own headers: a `HeaderMap` extractor would copy
+/// them all on every publish.
+pub(crate) struct JsonBody {
+    json: bool,
+    body: Result<Bytes, BytesRejection>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type =
+            request.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
+        let json =
+            content_type.split(';').next().is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+        Ok(Self { json, body: Bytes::from_request(request, state).await })
     }
 }
 
-pub(crate) fn read_json<'a, T: Deserialize<'a>>(
-    headers: &axum::http::HeaderMap,
-    body: &'a Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    require_json(headers)?;
-    let body = body.as_ref().map_err(|rejection| {
-        let code =
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "bad_request" };
-        ApiError::new(rejection.status(), code, rejection.body_text())
-    })?;
-    serde_json::from_slice(body).map_err(|error| ApiError::bad_request("bad_request", format!("invalid body: {error}")))
+impl JsonBody {
+    /// Whether the request came without a body (whatever its content type).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.body.as_ref().is_ok_and(Bytes::is_empty)
+    }
+
+    /// The body as `T`: `415` unless sent as JSON, `413` over the body limit, `400` if invalid.
+    pub(crate) fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, ApiError> {
+        if !self.json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as Content-Type: application/json",
+            ));
+        }
+        let body = self.body.as_ref().map_err(|rejection| {
+            let code =
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "bad_request" };
+            ApiError::new(rejection.status(), code, rejection.body_text())
+        })?;
+        serde_json::from_slice(body)
+            .map_err(|error| ApiError::bad_request("bad_request", format!("invalid body: {error}")))
+    }
 }
 
 fn checked_idempotency_key(key: Option<String>) -> Result<Option<String>, ApiError> {
@@ -191,10 +210,9 @@ fn payload(app: &AppState, data: Option<&RawValue>) -> Result<Bytes, ApiError> {
 async fn publish(
     caller: ApiCaller,
     State(app): State<AppState>,
-    headers: axum::http::HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body: PublishBody = read_json(&headers, &body)?;
+    let body: PublishBody = body.parse()?;
     let channel = channel_name(&body.channel)?;
     caller.check_publish(&app, std::slice::from_ref(&channel))?;
     let request = PublishRequest {
@@ -203,17 +221,16 @@ async fn publish(
         idempotency_key: checked_idempotency_key(body.idempotency_key)?,
     };
     let published = app.publish(request).await?;
-    crate::metrics::published("api");
+    crate::metrics::published(crate::metrics::PublishedVia::Api);
     Ok(Json(published_json(&published)))
 }
 
 async fn broadcast(
     caller: ApiCaller,
     State(app): State<AppState>,
-    headers: axum::http::HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body: BroadcastBody = read_json(&headers, &body)?;
+    let body: BroadcastBody = body.parse()?;
     if body.channels.is_empty() || body.channels.len() > MAX_BROADCAST_CHANNELS {
         return Err(ApiError::bad_request(
             "invalid_channels",

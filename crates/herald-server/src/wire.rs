@@ -80,7 +80,8 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 /// dropped, and the data fits on one NDJSON line or SSE `data:` line.
 pub fn json_payload(data: &RawValue) -> Bytes {
     let text = data.get();
-    if text.contains(['\n', '\r']) {
+    // A byte scan: `str::contains` with a set of chars decodes every character.
+    if text.bytes().any(|byte| byte == b'\n' || byte == b'\r') {
         Bytes::from(text.replace(['\n', '\r'], ""))
     } else {
         Bytes::copy_from_slice(text.as_bytes())

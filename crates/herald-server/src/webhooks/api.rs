@@ -2,20 +2,19 @@
 //! log, and replaying. Every call needs a full API key (or dev mode): an endpoint can receive
 //! any channel's publications.
 
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes::Bytes;
 use herald_storage::outbox::{DeliveryRecord, DeliveryState, EndpointRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{EndpointState, check_description, check_events, check_patterns, signature, unix_millis};
-use crate::api::{ApiCaller, read_json};
+use crate::api::{ApiCaller, JsonBody};
 use crate::app::AppState;
 use crate::config::KeyScope;
 use crate::error::ApiError;
@@ -118,13 +117,8 @@ struct CreateBody {
     description: Option<String>,
 }
 
-async fn create(
-    _admin: WebhookAdmin,
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body: CreateBody = read_json(&headers, &body)?;
+async fn create(_admin: WebhookAdmin, State(app): State<AppState>, body: JsonBody) -> Result<Response, ApiError> {
+    let body: CreateBody = body.parse()?;
     let url = app.webhooks.policy().check_url(&body.url).await.map_err(bad_request)?;
     check_patterns(&body.channels).map_err(bad_request)?;
     check_events(&body.events).map_err(bad_request)?;
@@ -183,10 +177,9 @@ async fn update(
     _admin: WebhookAdmin,
     State(app): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    let body: UpdateBody = read_json(&headers, &body)?;
+    let body: UpdateBody = body.parse()?;
     let current = app.webhooks.endpoint(&id).ok_or_else(|| not_found(&id))?;
     let rotating = body.secret.is_some() || body.rotate_secret == Some(true);
     let configured_only = body.url.is_some()
@@ -321,14 +314,10 @@ async fn replay(
     _admin: WebhookAdmin,
     State(app): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     app.webhooks.endpoint(&id).ok_or_else(|| not_found(&id))?;
-    let body: ReplayBody = match &body {
-        Ok(bytes) if bytes.is_empty() => ReplayBody::default(),
-        _ => read_json(&headers, &body)?,
-    };
+    let body: ReplayBody = if body.is_empty() { ReplayBody::default() } else { body.parse()? };
     if body.since.is_some_and(|since| since > i64::MAX as u64) {
         return Err(ApiError::bad_request("invalid_since", "since is milliseconds since the Unix epoch"));
     }

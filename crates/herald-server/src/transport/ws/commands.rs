@@ -180,7 +180,7 @@ where
             idempotency_key: idempotency_key(command.idempotency_key.clone())?,
         };
         let published = self.app.publish(request).await.map_err(|error| error.body)?;
-        crate::metrics::published("websocket");
+        crate::metrics::published(crate::metrics::PublishedVia::WebSocket);
         Ok(vec![result_reply(id, published_json(&published).to_string())])
     }
 
