@@ -1,6 +1,6 @@
-//! The socket under the WebSocket library, watched: it notes whether its read side may have
-//! input, so a session woken to deliver pushes does not also attempt a read (through the
-//! library, its buffers and the socket's readiness lock) on every wake-up.
+//! The WebSocket's socket, watched: it notes whether its read side may have input, so a
+//! session woken to deliver pushes does not also attempt a read (through the frame reader and
+//! the socket's readiness lock) on every wake-up.
 
 use std::pin::Pin;
 use std::sync::Arc;
