@@ -29,7 +29,6 @@ use crate::transport::direct::{self, FrontTimeouts, Rewind};
 use crate::webhooks::{ChannelEventRouter, Webhooks};
 use crate::wiring;
 
-/// How often engine housekeeping (history expiry, idle channels) runs.
 /// How often the hub's periodic work runs (presence grace and leases, idle channels).
 const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the engine's housekeeping runs, in ticks.

@@ -50,7 +50,7 @@ macro_rules! suite {
 }
 pub(crate) use suite;
 
-fn namespaces(history_size: usize) -> Arc<Namespaces> {
+pub(crate) fn namespaces(history_size: usize) -> Arc<Namespaces> {
     let options = NamespaceOptions { history_size, durable: true, ..Default::default() };
     Arc::new(Namespaces::new(options, HashMap::new()))
 }

@@ -47,8 +47,15 @@ CREATE TABLE IF NOT EXISTS idempotency (
 
 enum Job {
     Append(Append),
-    EnsureChannel { channel: ChannelName, reply: oneshot::Sender<Result<(), EngineError>> },
-    Trim { channel: ChannelName, reply: oneshot::Sender<()> },
+    EnsureChannel {
+        channel: ChannelName,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    /// Deletes what retention no longer keeps, a chunk at a time; answers whether more is left.
+    Trim {
+        channel: ChannelName,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Durable history in an SQLite file.
@@ -223,14 +230,18 @@ impl Storage for SqliteStorage {
         else {
             return;
         };
-        // One small job per channel, so appends queued meanwhile go in between.
+        // Small jobs (a channel's trim is cut into chunks), so appends queued meanwhile go in
+        // between: one large delete held every publisher for over 100 ms under load.
         for name in channels {
             if let Ok(channel) = ChannelName::new(&name) {
-                let _ = self.ask(|reply| Job::Trim { channel, reply }).await;
+                while let Ok(true) = self.ask(|reply| Job::Trim { channel: channel.clone(), reply }).await {}
             }
         }
     }
 }
+
+/// Publications deleted per trim job at most: a few milliseconds of the writer's time.
+const TRIM_CHUNK: i64 = 2_000;
 
 const INSERT_PUBLICATION: &str = "INSERT INTO publications (channel, offset, time_ms, data) VALUES (?1, ?2, ?3, ?4)";
 
@@ -253,8 +264,7 @@ impl Writer {
                         let _ = reply.send(self.ensure_channel(&channel));
                     }
                     Job::Trim { channel, reply } => {
-                        self.trim(&channel);
-                        let _ = reply.send(());
+                        let _ = reply.send(self.trim(&channel));
                     }
                 }
                 if appends.iter().map(|append| append.batch.len()).sum::<usize>() < GROUP {
@@ -323,7 +333,9 @@ impl Writer {
         }
     }
 
-    fn trim(&mut self, channel: &ChannelName) {
+    /// Deletes the channel's oldest publications that retention no longer keeps, at most
+    /// [`TRIM_CHUNK`] of them, and its expired idempotency keys; returns whether more is left.
+    fn trim(&mut self, channel: &ChannelName) -> bool {
         let options = self.namespaces.options_for(channel);
         let now = unix_millis();
         let Some((_, top)) = self.tops.get(channel).cloned().or_else(|| {
@@ -333,20 +345,28 @@ impl Writer {
                 })
                 .ok()
         }) else {
-            return;
+            return false;
         };
         let Ok(first_kept) = first_kept(&self.connection, channel.as_str(), top, options) else {
-            return;
+            return false;
         };
-        let idempotency_cutoff = now.saturating_sub(options.idempotency_window.as_millis() as u64) as i64;
-        let _ = self.connection.execute(
-            "DELETE FROM publications WHERE channel = ?1 AND offset < ?2",
-            params![channel.as_str(), first_kept],
-        );
-        let _ = self.connection.execute(
-            "DELETE FROM idempotency WHERE channel = ?1 AND time_ms < ?2",
-            params![channel.as_str(), idempotency_cutoff],
-        );
+        let oldest: Option<i64> = self
+            .connection
+            .query_row("SELECT MIN(offset) FROM publications WHERE channel = ?1", [channel.as_str()], |row| row.get(0))
+            .unwrap_or(None);
+        let bound = oldest.map_or(first_kept, |oldest| first_kept.min(oldest.saturating_add(TRIM_CHUNK)));
+        let deleted = self
+            .connection
+            .execute("DELETE FROM publications WHERE channel = ?1 AND offset < ?2", params![channel.as_str(), bound]);
+        let more = deleted.is_ok() && bound < first_kept;
+        if !more {
+            let idempotency_cutoff = now.saturating_sub(options.idempotency_window.as_millis() as u64) as i64;
+            let _ = self.connection.execute(
+                "DELETE FROM idempotency WHERE channel = ?1 AND time_ms < ?2",
+                params![channel.as_str(), idempotency_cutoff],
+            );
+        }
+        more
     }
 }
 
@@ -461,6 +481,34 @@ mod tests {
         assert!(error.contains("another Herald process"), "{error}");
         drop(first);
         assert!(SqliteStorage::open(&path, namespaces).is_ok(), "free again once closed");
+    }
+
+    /// A trim larger than one chunk is done in several jobs, all of it, and keeps the newest.
+    #[tokio::test]
+    async fn the_sweep_trims_a_long_history_chunk_by_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.db");
+        let storage = SqliteStorage::open(&path, crate::conformance::namespaces(10)).unwrap();
+        let total = 2 * TRIM_CHUNK as usize + 500;
+        let channel = ChannelName::new("long").unwrap();
+        for _ in 0..total / 500 {
+            let batch = (0..500)
+                .map(|_| PublishRequest {
+                    channel: channel.clone(),
+                    data: Bytes::from_static(b"1"),
+                    idempotency_key: None,
+                })
+                .collect();
+            assert!(storage.append(batch, None).await.iter().all(Result::is_ok));
+        }
+        storage.sweep().await;
+        let stored: i64 = storage
+            .read(|connection| connection.query_row("SELECT COUNT(*) FROM publications", [], |row| row.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(stored, 10);
+        let page = storage.history(&channel, HistoryQuery::after(0)).await.unwrap();
+        assert_eq!((page.publications.len(), page.oldest, page.top.offset), (10, total as u64 - 9, total as u64));
     }
 
     #[test]
