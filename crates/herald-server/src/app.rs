@@ -156,9 +156,9 @@ pub fn router(app: AppState) -> Router {
         .layer(api_cors_layer(&app.settings));
     transports
         .method_not_allowed_fallback(method_not_allowed)
+        .fallback(|| async { ApiError::not_found() })
         .layer(cors_layer(&app.settings))
         .nest("/api", api)
-        .fallback(|| async { ApiError::not_found() })
         .with_state(app)
 }
 

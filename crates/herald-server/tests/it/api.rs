@@ -223,6 +223,10 @@ async fn the_api_answers_browsers_only_from_configured_origins() {
     assert_eq!(preflight(&dev, "/sse", "https://page.example", "GET").await.as_deref(), Some("*"));
     assert_eq!(preflight(&dev, "/api/publish", "https://page.example", "POST").await, None);
     assert_eq!(publish_from(&dev, "https://page.example").await, None);
+    // A page may still read why a path it tried does not exist.
+    let response = dev.http().get(dev.url("/nope")).header("origin", "https://page.example").send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
 
     let configured = TestServer::with_config("allowed_origins = [\"https://app.example\"]").await;
     assert_eq!(
