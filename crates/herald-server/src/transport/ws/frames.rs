@@ -22,6 +22,9 @@ pub const OPCODE_PONG: u8 = 0xA;
 
 /// Bytes asked of the socket per read when no frame in progress says how many it needs.
 const READ_CHUNK: usize = 4096;
+/// Room made at most per read for a large frame: its buffer grows as its bytes arrive, not
+/// to the size its header claims.
+const MAX_RESERVE: usize = 1 << 20;
 /// A frame header is 14 bytes at most.
 const MAX_HEADER: usize = 14;
 /// A control frame's payload is 125 bytes at most.
@@ -103,7 +106,7 @@ impl MessageReader {
             self.start = 0;
         }
         let unread = self.input.len();
-        self.input.reserve(needed.saturating_sub(unread).max(READ_CHUNK.saturating_sub(unread)));
+        self.input.reserve(needed.saturating_sub(unread).min(MAX_RESERVE).max(READ_CHUNK.saturating_sub(unread)));
         let read = tokio_util::io::poll_read_buf(Pin::new(io), context, &mut self.input);
         if self.input.is_empty() {
             // Nothing came (yet): an idle connection keeps no buffer.
@@ -149,7 +152,7 @@ impl MessageReader {
             }
             OpCode::Control(_) => {}
         }
-        let frame_len = header_len + length;
+        let frame_len = header_len.checked_add(length).ok_or(ReadError::TooBig)?;
         if unread.len() < frame_len {
             return Ok(Parsed::NeedInput(frame_len));
         }
@@ -421,6 +424,23 @@ mod tests {
         let mut reader = MessageReader::default();
         let message = std::future::poll_fn(|context| reader.poll_next(&mut server, context, 1 << 20)).await.unwrap();
         assert_eq!(message, Incoming::Binary(payload));
+    }
+
+    /// A header may claim any length: with no limit to stop it, the buffer still grows only
+    /// with what arrives.
+    #[tokio::test]
+    async fn a_frame_claiming_to_be_huge_allocates_only_what_arrives() {
+        let mut input = vec![0x82, 0x80 | 127];
+        input.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        input.extend_from_slice(&[1, 2, 3, 4]);
+        input.extend_from_slice(&[0; 1000]);
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        tokio::io::AsyncWriteExt::write_all(&mut client, &input).await.unwrap();
+        drop(client);
+        let mut reader = MessageReader::default();
+        let outcome = std::future::poll_fn(|context| reader.poll_next(&mut server, context, usize::MAX)).await;
+        assert_eq!(outcome, Err(ReadError::Gone));
+        assert!(reader.input.capacity() <= 2 * MAX_RESERVE, "{}", reader.input.capacity());
     }
 
     #[test]
