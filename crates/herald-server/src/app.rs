@@ -152,6 +152,7 @@ pub fn router(app: AppState) -> Router {
     // preflight reaches the layer that answers it.
     let api = api::router()
         .method_not_allowed_fallback(method_not_allowed)
+        .fallback(|| async { ApiError::not_found() })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(api_cors_layer(&app.settings));
     transports

@@ -32,18 +32,7 @@ impl EncodedPublication {
 /// a view into the same allocation: a server's frame is the same bytes for every connection.
 pub fn text_frame(json: String) -> (Utf8Bytes, Bytes) {
     let mut frame = Vec::with_capacity(json.len() + 10);
-    frame.push(0x81); // FIN + text
-    match json.len() {
-        len @ 0..=125 => frame.push(len as u8),
-        len @ 126..=0xffff => {
-            frame.push(126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            frame.push(127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
+    crate::transport::ws::frames::push_header(&mut frame, crate::transport::ws::frames::OPCODE_TEXT, json.len());
     let header_len = frame.len();
     frame.extend_from_slice(json.as_bytes());
     let ws_frame = Bytes::from(frame);

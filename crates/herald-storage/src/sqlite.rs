@@ -51,10 +51,12 @@ enum Job {
         channel: ChannelName,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
-    /// Deletes what retention no longer keeps, a chunk at a time; answers whether more is left.
+    /// Deletes what retention no longer keeps (below `up_to`, when given), a chunk at a time;
+    /// answers how far the trim goes when more is left.
     Trim {
         channel: ChannelName,
-        reply: oneshot::Sender<bool>,
+        up_to: Option<i64>,
+        reply: oneshot::Sender<Option<i64>>,
     },
 }
 
@@ -231,10 +233,16 @@ impl Storage for SqliteStorage {
             return;
         };
         // Small jobs (a channel's trim is cut into chunks), so appends queued meanwhile go in
-        // between: one large delete held every publisher for over 100 ms under load.
+        // between: one large delete held every publisher for over 100 ms under load. The first
+        // job fixes how far this sweep goes, so a busy channel cannot keep it going.
         for name in channels {
             if let Ok(channel) = ChannelName::new(&name) {
-                while let Ok(true) = self.ask(|reply| Job::Trim { channel: channel.clone(), reply }).await {}
+                let mut up_to = None;
+                while let Ok(Some(target)) =
+                    self.ask(|reply| Job::Trim { channel: channel.clone(), up_to, reply }).await
+                {
+                    up_to = Some(target);
+                }
             }
         }
     }
@@ -263,8 +271,8 @@ impl Writer {
                     Job::EnsureChannel { channel, reply } => {
                         let _ = reply.send(self.ensure_channel(&channel));
                     }
-                    Job::Trim { channel, reply } => {
-                        let _ = reply.send(self.trim(&channel));
+                    Job::Trim { channel, up_to, reply } => {
+                        let _ = reply.send(self.trim(&channel, up_to));
                     }
                 }
                 if appends.iter().map(|append| append.batch.len()).sum::<usize>() < GROUP {
@@ -333,40 +341,38 @@ impl Writer {
         }
     }
 
-    /// Deletes the channel's oldest publications that retention no longer keeps, at most
-    /// [`TRIM_CHUNK`] of them, and its expired idempotency keys; returns whether more is left.
-    fn trim(&mut self, channel: &ChannelName) -> bool {
+    /// Deletes the channel's oldest publications that retention no longer keeps (below
+    /// `up_to` too, when given), at most [`TRIM_CHUNK`] of them; the first job of a sweep
+    /// (`up_to` absent) also deletes expired idempotency keys. Returns the offset the trim goes
+    /// up to when more is left.
+    fn trim(&mut self, channel: &ChannelName, up_to: Option<i64>) -> Option<i64> {
         let options = self.namespaces.options_for(channel);
-        let now = unix_millis();
-        let Some((_, top)) = self.tops.get(channel).cloned().or_else(|| {
-            self.connection
-                .query_row("SELECT epoch, top FROM channels WHERE name = ?1", [channel.as_str()], |row| {
-                    Ok((Epoch::new(&row.get::<_, String>(0)?), row.get::<_, i64>(1)? as u64))
-                })
-                .ok()
-        }) else {
-            return false;
-        };
-        let Ok(first_kept) = first_kept(&self.connection, channel.as_str(), top, options) else {
-            return false;
-        };
-        let oldest: Option<i64> = self
-            .connection
-            .query_row("SELECT MIN(offset) FROM publications WHERE channel = ?1", [channel.as_str()], |row| row.get(0))
-            .unwrap_or(None);
-        let bound = oldest.map_or(first_kept, |oldest| first_kept.min(oldest.saturating_add(TRIM_CHUNK)));
-        let deleted = self
-            .connection
-            .execute("DELETE FROM publications WHERE channel = ?1 AND offset < ?2", params![channel.as_str(), bound]);
-        let more = deleted.is_ok() && bound < first_kept;
-        if !more {
+        if up_to.is_none() {
+            let now = unix_millis();
             let idempotency_cutoff = now.saturating_sub(options.idempotency_window.as_millis() as u64) as i64;
             let _ = self.connection.execute(
                 "DELETE FROM idempotency WHERE channel = ?1 AND time_ms < ?2",
                 params![channel.as_str(), idempotency_cutoff],
             );
         }
-        more
+        let (_, top) = self.tops.get(channel).cloned().or_else(|| {
+            self.connection
+                .query_row("SELECT epoch, top FROM channels WHERE name = ?1", [channel.as_str()], |row| {
+                    Ok((Epoch::new(&row.get::<_, String>(0)?), row.get::<_, i64>(1)? as u64))
+                })
+                .ok()
+        })?;
+        let first_kept = first_kept(&self.connection, channel.as_str(), top, options).ok()?;
+        let target = up_to.map_or(first_kept, |up_to| up_to.min(first_kept));
+        let oldest: Option<i64> = self
+            .connection
+            .query_row("SELECT MIN(offset) FROM publications WHERE channel = ?1", [channel.as_str()], |row| row.get(0))
+            .ok()?;
+        let bound = target.min(oldest?.saturating_add(TRIM_CHUNK));
+        self.connection
+            .execute("DELETE FROM publications WHERE channel = ?1 AND offset < ?2", params![channel.as_str(), bound])
+            .ok()?;
+        (bound < target).then_some(target)
     }
 }
 

@@ -222,6 +222,7 @@ async fn the_api_answers_browsers_only_from_configured_origins() {
     let dev = TestServer::start().await;
     assert_eq!(preflight(&dev, "/sse", "https://page.example", "GET").await.as_deref(), Some("*"));
     assert_eq!(preflight(&dev, "/api/publish", "https://page.example", "POST").await, None);
+    assert_eq!(preflight(&dev, "/api/nothing/here", "https://page.example", "GET").await, None);
     assert_eq!(publish_from(&dev, "https://page.example").await, None);
     // A page may still read why a path it tried does not exist.
     let response = dev.http().get(dev.url("/nope")).header("origin", "https://page.example").send().await.unwrap();

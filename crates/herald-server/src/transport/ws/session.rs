@@ -366,7 +366,10 @@ where
             });
             self.pending.push_back(text_frame(push.to_string()).1);
         }
-        let _ = timeout(CLOSE_WAIT, write_frames(&mut self.socket, &mut self.pending)).await;
+        if !matches!(timeout(CLOSE_WAIT, write_frames(&mut self.socket, &mut self.pending)).await, Ok(Ok(()))) {
+            // The push is cut short: a close frame now would land inside it.
+            return;
+        }
         let max_message = self.app.settings.limits.max_message_size.get();
         close_and_linger(&mut self.socket, &mut self.reader, max_message, code, reason, ending.read_failed()).await;
     }
@@ -401,8 +404,8 @@ pub(super) fn close_reply(code: Option<u16>) -> Bytes {
 const FRAMES_PER_WRITE: usize = 32;
 
 /// Writes queued frames straight to the socket, several per system call, without copying
-/// them. Frames leave `pending` only once written, so a cancelled call resumes exactly where it
-/// stopped, and nothing is ever written in the middle of a frame.
+/// them, then flushes. Frames leave `pending` only once written, so a cancelled call resumes
+/// exactly where it stopped, and nothing is ever written in the middle of a frame.
 pub(super) async fn write_frames<T>(socket: &mut T, pending: &mut VecDeque<Bytes>) -> std::io::Result<()>
 where
     T: AsyncWrite + Unpin,
@@ -445,7 +448,8 @@ where
             }
         }
     }
-    Poll::Ready(Ok(()))
+    // Nothing on plain TCP; over TLS, what the session took may still wait in its buffer.
+    Pin::new(raw).poll_flush(context)
 }
 
 /// After a read error on the echo route: the close code that fits it, then lingering.
