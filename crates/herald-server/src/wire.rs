@@ -31,11 +31,9 @@ impl EncodedPublication {
 /// `json` as an unmasked, final WebSocket text frame (header + payload), and the JSON itself as
 /// a view into the same allocation: a server's frame is the same bytes for every connection.
 pub fn text_frame(json: String) -> (Utf8Bytes, Bytes) {
-    let mut frame = Vec::with_capacity(json.len() + 10);
-    crate::transport::ws::frames::push_header(&mut frame, crate::transport::ws::frames::OPCODE_TEXT, json.len());
-    let header_len = frame.len();
-    frame.extend_from_slice(json.as_bytes());
-    let ws_frame = Bytes::from(frame);
+    use crate::transport::ws::frames;
+    let ws_frame = frames::frame(frames::OPCODE_TEXT, json.as_bytes());
+    let header_len = ws_frame.len() - json.len();
     let json = Utf8Bytes::try_from(ws_frame.slice(header_len..)).unwrap_or_else(|_| Utf8Bytes::from(json));
     (json, ws_frame)
 }

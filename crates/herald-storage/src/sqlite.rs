@@ -158,15 +158,9 @@ impl Storage for SqliteStorage {
                 .read(move |connection| {
                     // One snapshot for the position, the bounds and the rows.
                     let connection = connection.unchecked_transaction()?;
-                    let Some((epoch, top)) = connection
-                        .query_row("SELECT epoch, top FROM channels WHERE name = ?1", [name.as_str()], |row| {
-                            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-                        })
-                        .optional()?
-                    else {
+                    let Some((epoch, top)) = stored_channel(&connection, &name)? else {
                         return Ok(None);
                     };
-                    let top = top as u64;
                     let first_kept = first_kept(&connection, name.as_str(), top, &options)?;
                     let oldest: Option<i64> = connection.query_row(
                         "SELECT MIN(offset) FROM publications WHERE channel = ?1 AND offset >= ?2",
@@ -186,7 +180,6 @@ impl Storage for SqliteStorage {
                         (true, None) => i64::MAX,
                         (false, since) => since.unwrap_or(0).min(i64::MAX as u64) as i64,
                     };
-                    let epoch = Epoch::new(&epoch);
                     let mut statement = connection.prepare_cached(sql)?;
                     let rows = statement.query_map(params![name.as_str(), first_kept, bound, limit], |row| {
                         Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?))
@@ -355,13 +348,10 @@ impl Writer {
                 params![channel.as_str(), idempotency_cutoff],
             );
         }
-        let (_, top) = self.tops.get(channel).cloned().or_else(|| {
-            self.connection
-                .query_row("SELECT epoch, top FROM channels WHERE name = ?1", [channel.as_str()], |row| {
-                    Ok((Epoch::new(&row.get::<_, String>(0)?), row.get::<_, i64>(1)? as u64))
-                })
-                .ok()
-        })?;
+        let (_, top) = match self.tops.get(channel) {
+            Some(state) => state.clone(),
+            None => stored_channel(&self.connection, channel).ok()??,
+        };
         let first_kept = first_kept(&self.connection, channel.as_str(), top, options).ok()?;
         let target = up_to.map_or(first_kept, |up_to| up_to.min(first_kept));
         let oldest: Option<i64> = self
@@ -394,6 +384,15 @@ fn first_kept(
     Ok(by_age.unwrap_or(top as i64 + 1).max(by_size))
 }
 
+/// The channel's stored (epoch, top), if it has a row.
+fn stored_channel(connection: &Connection, channel: &ChannelName) -> rusqlite::Result<Option<(Epoch, u64)>> {
+    connection
+        .query_row("SELECT epoch, top FROM channels WHERE name = ?1", [channel.as_str()], |row| {
+            Ok((Epoch::new(&row.get::<_, String>(0)?), row.get::<_, i64>(1)? as u64))
+        })
+        .optional()
+}
+
 /// The channel's (epoch, top), from the cache, the table, or created with a fresh epoch.
 fn channel_state(
     connection: &Connection,
@@ -403,12 +402,7 @@ fn channel_state(
     if let Some(state) = tops.get(channel) {
         return Ok(state.clone());
     }
-    let stored = connection
-        .query_row("SELECT epoch, top FROM channels WHERE name = ?1", [channel.as_str()], |row| {
-            Ok((Epoch::new(&row.get::<_, String>(0)?), row.get::<_, i64>(1)? as u64))
-        })
-        .optional()?;
-    let state = match stored {
+    let state = match stored_channel(connection, channel)? {
         Some(state) => state,
         None => {
             let epoch = Epoch::random();

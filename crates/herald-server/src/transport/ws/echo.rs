@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use tokio::time::timeout;
 
 use super::frames::{self, Incoming, MessageReader, ReadError};
-use super::session::{CLOSE_WAIT, Ending, close_and_linger, close_reply, goodbye_after_error, write_frames};
+use super::session::{CLOSE_WAIT, Ending, close_and_linger, goodbye_after_error, write_frames};
 use super::{Socket, close_code};
 use crate::app::AppState;
 use crate::transport::limits::ConnectionPermit;
@@ -27,7 +27,7 @@ pub async fn run(app: AppState, mut socket: Socket, _permit: ConnectionPermit) {
             Ok(Incoming::Ping(payload)) => frames::frame(frames::OPCODE_PONG, &payload),
             Ok(Incoming::Pong) => continue,
             Ok(Incoming::Close(code)) => {
-                pending.push_back(close_reply(code));
+                pending.push_back(frames::close_reply(code));
                 let _ = timeout(CLOSE_WAIT, write_frames(&mut socket, &mut pending)).await;
                 return;
             }

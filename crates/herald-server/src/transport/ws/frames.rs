@@ -274,6 +274,14 @@ pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
     Bytes::from(frame)
 }
 
+/// The answer to the client's close frame: its code back, or an empty close frame.
+pub fn close_reply(code: Option<u16>) -> Bytes {
+    match code {
+        Some(code) => close_frame(code, ""),
+        None => frame(OPCODE_CLOSE, &[]),
+    }
+}
+
 /// A close frame with a code and a reason (cut to fit a control frame).
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut payload = code.to_be_bytes().to_vec();
@@ -286,7 +294,7 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 }
 
 /// Writes a final, unmasked frame's header for a payload of `length` bytes.
-pub fn push_header(frame: &mut Vec<u8>, opcode: u8, length: usize) {
+fn push_header(frame: &mut Vec<u8>, opcode: u8, length: usize) {
     frame.push(0x80 | opcode);
     match length {
         0..=125 => frame.push(length as u8),

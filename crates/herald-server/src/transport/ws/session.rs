@@ -233,7 +233,7 @@ where
             Err(error) => Err(Ending::from_read_error(error)),
             Ok(Incoming::Close(code)) => {
                 // Answered once what is queued is written (see `finish`).
-                self.pending.push_back(close_reply(code));
+                self.pending.push_back(frames::close_reply(code));
                 Err(Ending::PeerClosed)
             }
             Ok(Incoming::Ping(payload)) => self.send(vec![frames::frame(frames::OPCODE_PONG, &payload)]).await,
@@ -390,14 +390,6 @@ where
         std::task::ready!(socket.poll_input(context));
         reader.poll_next(socket, context, max_message)
     })
-}
-
-/// The answer to the client's close frame: its code back, or an empty close frame.
-pub(super) fn close_reply(code: Option<u16>) -> Bytes {
-    match code {
-        Some(code) => frames::frame(frames::OPCODE_CLOSE, &code.to_be_bytes()),
-        None => frames::frame(frames::OPCODE_CLOSE, &[]),
-    }
 }
 
 /// Most frames handed to one vectored write.
