@@ -18,23 +18,14 @@ use tokio::time::Instant;
 
 use crate::channel::ChannelName;
 use crate::engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishRequest, Published};
-use crate::inbox::{Inbox, InboxSender, inbox};
+use crate::inbox::{Inbox, InboxSender, Push, inbox};
 use crate::namespace::Namespaces;
 use crate::position::Position;
-use crate::presence::{
-    ChannelEvent, ChannelEventSink, LocalPresence, PresenceEntry, PresenceEvent, PresenceSnapshot, PresenceTiming,
-};
+use crate::local_presence::{LocalPresence, PresenceTiming};
+use crate::presence::{ChannelEvent, ChannelEventSink, PresenceEntry, PresenceEvent, PresenceSnapshot};
 use crate::publication::Publication;
 
 const SHARDS: usize = 64;
-
-/// What the hub pushes to a connection.
-#[derive(Debug, Clone)]
-pub enum Push {
-    Publication(Arc<Publication>),
-    /// A join or leave, in a `join_leave` namespace.
-    Presence(Arc<PresenceEvent>),
-}
 
 /// One connection as the hub knows it; the session holds it and passes it to every call.
 #[derive(Debug, Clone)]
@@ -312,14 +303,6 @@ impl Hub {
         Ok(Some(self.engine.presence_count(channel).await?))
     }
 
-    pub async fn publish(&self, request: PublishRequest) -> Result<Published, HubError> {
-        let mut outcomes = self.engine.publish(vec![request]).await;
-        match outcomes.pop() {
-            Some(outcome) => Ok(outcome?),
-            None => Err(EngineError::Failed("engine returned no outcome for a publish".into()).into()),
-        }
-    }
-
     /// Publishes several requests in one engine call; outcomes in request order.
     pub async fn publish_batch(&self, requests: Vec<PublishRequest>) -> Vec<Result<Published, HubError>> {
         let count = requests.len();
@@ -427,7 +410,7 @@ mod tests {
     use super::*;
     use crate::memory::MemoryEngine;
     use crate::namespace::NamespaceOptions;
-    use crate::position::PositionTracker;
+    use crate::tracker::PositionTracker;
     use bytes::Bytes;
 
     fn hub(options: NamespaceOptions) -> Arc<Hub> {
@@ -446,7 +429,7 @@ mod tests {
     async fn publish(hub: &Hub, name: &str, data: &str) -> Published {
         let request =
             PublishRequest { channel: channel(name), data: Bytes::from(data.to_string()), idempotency_key: None };
-        hub.publish(request).await.unwrap()
+        hub.publish_batch(vec![request]).await.remove(0).unwrap()
     }
 
     fn drain(inbox: &mut Inbox) -> Vec<(String, u64)> {

@@ -15,7 +15,16 @@ use std::future::{Future, poll_fn};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use crate::hub::Push;
+use crate::presence::PresenceEvent;
+use crate::publication::Publication;
+
+/// What the hub pushes to a connection.
+#[derive(Debug, Clone)]
+pub enum Push {
+    Publication(Arc<Publication>),
+    /// A join or leave, in a `join_leave` namespace.
+    Presence(Arc<PresenceEvent>),
+}
 
 /// Buffers larger than this are let go once drained, so a burst does not stay in every idle
 /// connection's memory.
