@@ -16,6 +16,7 @@ mod node_client;
 mod poll;
 mod presence;
 mod python_client;
+mod readme;
 mod shutdown;
 mod tls;
 mod webhooks;
