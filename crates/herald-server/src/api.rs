@@ -14,10 +14,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
 use crate::auth::Identity;
 use crate::config::KeyScope;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::wire::{WirePosition, idempotency_key, json_payload, present_raw_value, publications_array, published_json};
 
 /// Publications per history page at most.
@@ -220,7 +220,7 @@ async fn publish(
         data: payload(&app, body.data)?,
         idempotency_key: checked_idempotency_key(body.idempotency_key)?,
     };
-    let published = app.publish(request).await?;
+    let published = crate::publish::publish(&app, request).await?;
     crate::metrics::published(crate::metrics::PublishedVia::Api);
     Ok(Json(published_json(&published)))
 }
@@ -248,8 +248,7 @@ async fn broadcast(
         .into_iter()
         .map(|channel| PublishRequest { channel, data: data.clone(), idempotency_key: key.clone() })
         .collect();
-    let results: Vec<serde_json::Value> = app
-        .publish_batch(requests)
+    let results: Vec<serde_json::Value> = crate::publish::publish_batch(&app, requests)
         .await
         .into_iter()
         .zip(&body.channels)

@@ -713,13 +713,13 @@ fn webhook_settings(raw: &RawConfig) -> Result<WebhookSettings, ConfigError> {
             result.map_err(|error| invalid(key(field), error.message))
         };
         check("url", crate::webhooks::target::parse_url(&endpoint.url).map(|_| ()))?;
-        check("channels", crate::webhooks::check_patterns(&endpoint.channels))?;
-        check("events", crate::webhooks::check_events(&endpoint.events))?;
+        check("channels", crate::webhooks::rules::check_patterns(&endpoint.channels))?;
+        check("events", crate::webhooks::rules::check_events(&endpoint.events))?;
         let secret = endpoint.secret.clone().ok_or_else(|| {
             invalid(key("secret"), "an endpoint in the file needs its secret (herald keygen makes one)")
         })?;
         check("secret", crate::webhooks::signature::secret_key(&secret).map(|_| ()))?;
-        check("description", crate::webhooks::check_description(endpoint.description.as_deref()))?;
+        check("description", crate::webhooks::rules::check_description(endpoint.description.as_deref()))?;
         endpoints.push(ConfigEndpoint {
             url: endpoint.url.clone(),
             channels: endpoint.channels.clone(),

@@ -4,8 +4,8 @@
 //! of what an open stream or a parked poll would cost. So a new connection's first request
 //! head is read here, into a small buffer. A long-lived request is answered here: the router
 //! still answers it (its layers, errors and handlers are the same), but the response is written
-//! to the socket directly, and a stream's handler leaves its stream in a [`DirectSlot`]
-//! to be written straight to the socket after the head. The connection then stays here for its
+//! to the socket directly, and a stream's handler leaves its stream
+//! (a [`Handoff`]) to be written straight to the socket after the head. The connection then stays here for its
 //! next requests (a poll client's next poll). Anything else (the API, pages, WebSocket
 //! upgrades, HTTP/1.0, a head this front does not take) is handed to hyper together with the
 //! bytes already read, for the rest of the connection's life.
@@ -14,7 +14,6 @@ use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +28,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::transport::handoff::Handoff;
 use crate::transport::poll::OpenPoll;
 use crate::transport::streaming::{OpenStream, StreamSink};
 
@@ -44,8 +44,8 @@ const MAX_HEADERS: usize = 64;
 /// How long a closing connection waits for the client to close its side.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// What a handler leaves to the front when the connection is served here.
-pub enum DirectWork {
+/// What a handler left to the front when the connection is served here.
+enum DirectWork {
     /// The front writes the response head, then runs the stream on the socket.
     Stream(OpenStream),
     /// The front waits for the poll's answer (or the client leaving), then writes it with the
@@ -53,17 +53,34 @@ pub enum DirectWork {
     Poll(OpenPoll),
 }
 
-/// Where a handler leaves its [`DirectWork`] when the connection is served here.
-#[derive(Clone, Default)]
-pub struct DirectSlot(Arc<Mutex<Option<DirectWork>>>);
+/// Where the handler of a direct path leaves its work: the request carries it as an extension.
+#[derive(Clone)]
+enum DirectSlot {
+    Stream(Handoff<OpenStream>),
+    Poll(Handoff<OpenPoll>),
+}
 
 impl DirectSlot {
-    pub fn put(&self, work: DirectWork) {
-        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(work);
+    fn for_path(path: &str) -> Self {
+        if path == "/poll" { Self::Poll(Handoff::default()) } else { Self::Stream(Handoff::default()) }
+    }
+
+    fn insert_into(&self, extensions: &mut http::Extensions) {
+        match self {
+            Self::Stream(handoff) => {
+                extensions.insert(handoff.clone());
+            }
+            Self::Poll(handoff) => {
+                extensions.insert(handoff.clone());
+            }
+        }
     }
 
     fn take(&self) -> Option<DirectWork> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+        match self {
+            Self::Stream(handoff) => handoff.take().map(DirectWork::Stream),
+            Self::Poll(handoff) => handoff.take().map(DirectWork::Poll),
+        }
     }
 }
 
@@ -94,8 +111,8 @@ where
             () = shutdown.cancelled() => return None,
             head = timeout(timeouts.header, read_head(io, &mut buffer)) => head,
         };
-        let (request, keep_alive) = match head {
-            Ok(Head::Direct { request, keep_alive }) => (request, keep_alive),
+        let (request, keep_alive, slot) = match head {
+            Ok(Head::Direct { request, keep_alive, slot }) => (request, keep_alive, slot),
             Ok(Head::Other) => return Some(buffer.freeze()),
             Ok(Head::Closed) | Err(_) => return None,
         };
@@ -103,7 +120,6 @@ where
             // An open stream or a parked poll holds no read buffer.
             buffer = BytesMut::new();
         }
-        let slot = DirectSlot::default();
         let response = respond(router, peer, *request, &slot);
         let close = !keep_alive || shutdown.is_cancelled();
         if !answer(io, &mut buffer, response, slot, timeouts.write, close).await || close {
@@ -133,7 +149,7 @@ where
 
 enum Head {
     /// A request this front answers.
-    Direct { request: Box<Request<Body>>, keep_alive: bool },
+    Direct { request: Box<Request<Body>>, keep_alive: bool, slot: DirectSlot },
     /// Something for hyper: the buffer holds what was read.
     Other,
     /// The client closed, or the connection failed.
@@ -152,11 +168,11 @@ where
             let mut parsed = httparse::Request::new(&mut headers);
             match parsed.parse(buffer) {
                 Ok(httparse::Status::Complete(length)) => {
-                    let Some((request, keep_alive)) = direct_request(&parsed) else {
+                    let Some((request, keep_alive, slot)) = direct_request(&parsed) else {
                         return Head::Other;
                     };
                     buffer.advance(length);
-                    return Head::Direct { request: Box::new(request), keep_alive };
+                    return Head::Direct { request: Box::new(request), keep_alive, slot };
                 }
                 Ok(httparse::Status::Partial) => {}
                 // hyper answers it (400, 431).
@@ -178,8 +194,9 @@ where
 }
 
 /// The request, when it is one this front answers: an HTTP/1.1 `GET` of a direct path with no
-/// body and no upgrade; and whether the connection may be kept alive after it.
-fn direct_request(parsed: &httparse::Request<'_, '_>) -> Option<(Request<Body>, bool)> {
+/// body and no upgrade; whether the connection may be kept alive after it; and the slot its
+/// handler leaves its work in.
+fn direct_request(parsed: &httparse::Request<'_, '_>) -> Option<(Request<Body>, bool, DirectSlot)> {
     let (Some("GET"), Some(1), Some(target)) = (parsed.method, parsed.version, parsed.path) else {
         return None;
     };
@@ -202,7 +219,7 @@ fn direct_request(parsed: &httparse::Request<'_, '_>) -> Option<(Request<Body>, 
         }
         request = request.header(name, value);
     }
-    Some((request.body(Body::empty()).ok()?, keep_alive))
+    Some((request.body(Body::empty()).ok()?, keep_alive, DirectSlot::for_path(path)))
 }
 
 fn has_token(value: &HeaderValue, token: &str) -> bool {
@@ -218,7 +235,7 @@ fn respond(
     slot: &DirectSlot,
 ) -> Pin<Box<impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + use<>>> {
     request.extensions_mut().insert(ConnectInfo(peer));
-    request.extensions_mut().insert(slot.clone());
+    slot.insert_into(request.extensions_mut());
     Box::pin(router.clone().oneshot(request))
 }
 

@@ -4,16 +4,20 @@
 //! ephemeral port.
 
 pub mod api;
-pub mod app;
 pub mod auth;
 pub mod config;
 pub mod cursor;
 pub mod error;
+pub mod front;
 pub mod jwks;
 pub mod metrics;
+pub mod ops;
 pub mod pages;
 pub mod presence;
+pub mod publish;
+pub mod router;
 pub mod server;
+pub mod state;
 pub mod transport;
 pub mod webhooks;
 pub mod wire;

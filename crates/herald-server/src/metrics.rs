@@ -1,16 +1,11 @@
 //! Metrics: counters recorded with the `metrics` facade wherever something is refused or cut
-//! off, and gauges read at scrape time; `GET /metrics` serves them in the Prometheus text format.
+//! off, and gauges read at scrape time (`ops::metrics` serves them in the Prometheus text format).
 //!
 //! The recorder is process-wide (installed once, shared by every server in the process).
 
 use std::sync::OnceLock;
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-
-use crate::app::AppState;
 
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -72,10 +67,7 @@ pub fn webhook_attempt(outcome: &'static str) {
     metrics::counter!("herald_webhook_attempts_total", "outcome" => outcome).increment(1);
 }
 
-/// `GET /metrics`.
-pub async fn scrape(State(app): State<AppState>) -> impl IntoResponse {
-    metrics::gauge!("herald_connections_open").set(app.connections.open_connections() as f64);
-    metrics::gauge!("herald_channels_with_subscribers").set(app.hub.channels().len() as f64);
-    let body = handle().map(PrometheusHandle::render).unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+/// Every metric, in the Prometheus text format.
+pub fn render() -> String {
+    handle().map(PrometheusHandle::render).unwrap_or_default()
 }

@@ -2,7 +2,7 @@
 //!
 //! Herald runs its own accept loop rather than `axum::serve`: every connection is a tracked
 //! task, headers have a read timeout (slowloris), and a connection's long-lived requests are
-//! answered by Herald's own HTTP/1 front ([`crate::transport::direct`]), the rest by hyper's
+//! answered by Herald's own HTTP/1 front ([`crate::front`]), the rest by hyper's
 //! HTTP/1 server.
 //!
 //! Shutdown: stop accepting, let in-flight requests finish, tell WebSocket clients to reconnect
@@ -23,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::app::{self, AppState};
 use crate::config::Settings;
-use crate::transport::direct::{self, FrontTimeouts, Rewind};
+use crate::front::{self, FrontTimeouts, Rewind};
+use crate::router;
+use crate::state::AppState;
 use crate::webhooks::{ChannelEventRouter, Webhooks};
 use crate::wiring;
 
@@ -111,7 +112,7 @@ async fn serve_io<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(read) = direct::serve(&mut io, peer, &router, timeouts, &shutdown).await else {
+    let Some(read) = front::serve(&mut io, peer, &router, timeouts, &shutdown).await else {
         return;
     };
     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
@@ -188,7 +189,7 @@ fn start_on(listener: TcpListener, app: AppState) -> std::io::Result<RunningServ
     if let Some(auth) = app.settings.auth.clone().filter(|auth| auth.has_remote_keys()) {
         tasks.spawn(refresh_remote_keys(auth, shutdown.clone()));
     }
-    let router = app::router(app);
+    let router = router::router(app);
     let serve_shutdown = shutdown.clone();
     let done = tokio::spawn(async move {
         let mut http = http1::Builder::new();

@@ -4,8 +4,8 @@
 //! - [`streaming`]: `GET /sse` and `GET /stream` (NDJSON);
 //! - [`poll`]: `GET /poll`, long- and short-polling;
 //! - [`subscription`]: what the HTTP transports share (query, cursor, recovery, clean-up);
-//! - [`direct`]: Herald's own HTTP/1 front, which answers the long-lived HTTP requests without
-//!   hyper's per-connection buffers;
+//! - [`handoff`]: how the long-lived HTTP transports leave their work to Herald's HTTP/1 front
+//!   ([`crate::front`]), which runs it without hyper's per-connection buffers;
 //! - [`origin`], [`limits`]: the Origin allow-list and per-IP stream admission.
 
 /// The `AsyncWrite` methods of an IO wrapper that only changes how it reads: each one passes
@@ -49,7 +49,7 @@ macro_rules! delegate_async_write {
 }
 pub(crate) use delegate_async_write;
 
-pub mod direct;
+pub mod handoff;
 pub mod limits;
 pub mod origin;
 pub mod poll;

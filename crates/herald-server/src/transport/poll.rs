@@ -15,10 +15,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_core::{Inbox, PresenceEvent, Publication, Push};
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::presence::EncodedPresence;
-use crate::transport::direct::{DirectSlot, DirectWork};
+use crate::state::AppState;
+use crate::transport::handoff::Handoff;
 use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 use crate::transport::origin::check_origin;
 use crate::transport::subscription::{HttpSubscription, SubscriptionQuery, Unrecovered, parse_timeout};
@@ -31,7 +31,7 @@ pub async fn poll(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    direct: Option<Extension<DirectSlot>>,
+    direct: Option<Extension<Handoff<OpenPoll>>>,
 ) -> Response {
     let poll = match OpenPoll::open(&app, peer, &headers, query.as_deref()).await {
         Ok(poll) => poll,
@@ -42,7 +42,7 @@ pub async fn poll(
     if let Some(Extension(slot)) = direct
         && poll.will_wait()
     {
-        slot.put(DirectWork::Poll(poll));
+        slot.put(poll);
         return StatusCode::OK.into_response();
     }
     poll.answer().await.unwrap_or_else(IntoResponse::into_response)

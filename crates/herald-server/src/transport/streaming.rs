@@ -22,10 +22,10 @@ use herald_core::{Inbox, Push};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, timeout};
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::presence::EncodedPresence;
-use crate::transport::direct::{DirectSlot, DirectWork};
+use crate::state::AppState;
+use crate::transport::handoff::Handoff;
 use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 use crate::transport::origin::check_origin;
 use crate::transport::subscription::{HttpSubscription, Opening, SubscriptionQuery, Unrecovered};
@@ -145,7 +145,7 @@ pub async fn sse(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    direct: Option<Extension<DirectSlot>>,
+    direct: Option<Extension<Handoff<OpenStream>>>,
 ) -> Response {
     open_stream(app, peer, headers, query, StreamFormat::Sse, direct.map(|Extension(slot)| slot))
         .await
@@ -157,7 +157,7 @@ pub async fn ndjson(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    direct: Option<Extension<DirectSlot>>,
+    direct: Option<Extension<Handoff<OpenStream>>>,
 ) -> Response {
     open_stream(app, peer, headers, query, StreamFormat::Ndjson, direct.map(|Extension(slot)| slot))
         .await
@@ -173,7 +173,7 @@ async fn open_stream(
     headers: HeaderMap,
     query: Option<String>,
     format: StreamFormat,
-    direct: Option<DirectSlot>,
+    direct: Option<Handoff<OpenStream>>,
 ) -> Result<Response, ApiError> {
     check_origin(&app.settings, &headers)?;
     if app.shutdown.is_cancelled() {
@@ -191,7 +191,7 @@ async fn open_stream(
         (header::HeaderName::from_static("x-accel-buffering"), "no"),
     ];
     if let Some(slot) = direct {
-        slot.put(DirectWork::Stream(stream));
+        slot.put(stream);
         return Ok(head.into_response());
     }
     let (sender, receiver) = mpsc::channel::<Bytes>(BODY_CHUNKS);

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, StatusCode};
 use herald_core::{ChannelName, Inbox, Position, PositionTracker, Publication, SubscriberHandle};
 
-use crate::app::AppState;
 use crate::auth::Identity;
 use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::presence::ClientId;
+use crate::state::AppState;
 use crate::wire::WirePosition;
 
 /// A parsed `?channel=A&channel=B&since=CURSOR[&timeout=S][&token=JWT]` query.

@@ -13,11 +13,12 @@ use herald_storage::outbox::{DeliveryRecord, DeliveryState, EndpointRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{EndpointState, check_description, check_events, check_patterns, signature, unix_millis};
+use super::rules::{check_description, check_events, check_patterns};
+use super::{EndpointState, signature, unix_millis};
 use crate::api::{ApiCaller, JsonBody};
-use crate::app::AppState;
 use crate::config::KeyScope;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::wire::ErrorBody;
 
 /// Deliveries per log page at most.

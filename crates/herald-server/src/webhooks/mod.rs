@@ -15,6 +15,7 @@
 //! signing.
 
 pub mod api;
+pub mod rules;
 pub mod signature;
 pub mod target;
 
@@ -33,12 +34,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Settings, WebhookSettings};
-use crate::wire::ErrorBody;
+use rules::event_bit;
 use target::{GuardedResolver, TargetPolicy};
 
-/// The event types an endpoint may ask for.
-pub const EVENT_TYPES: [&str; 5] =
-    ["publication", "channel.occupied", "channel.vacated", "presence.join", "presence.leave"];
 /// The outbox's file in the data directory.
 pub const OUTBOX_FILE: &str = "webhooks.db";
 /// Channel events waiting to be written to the outbox, at most.
@@ -75,10 +73,6 @@ struct LaneState {
     wake: Arc<Notify>,
 }
 
-fn event_bit(event_type: &str) -> u8 {
-    EVENT_TYPES.iter().position(|known| *known == event_type).map_or(0, |index| 1 << index)
-}
-
 pub fn unix_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
@@ -89,55 +83,13 @@ fn envelope(event_type: &str, at_ms: u64, data: &str) -> String {
     format!("{{\"type\":\"{event_type}\",\"timestamp\":\"{timestamp}\",\"data\":{data}}}")
 }
 
-/// Channel patterns of an endpoint: 1 to 64, each a channel name in which `*` matches any run
-/// within a `:`-separated segment (as in client tokens).
-pub fn check_patterns(patterns: &[String]) -> Result<(), ErrorBody> {
-    if patterns.is_empty() || patterns.len() > 64 {
-        return Err(ErrorBody::new("invalid_channels", "give 1 to 64 channel patterns, like \"chat:*\""));
-    }
-    for pattern in patterns {
-        let valid = !pattern.is_empty()
-            && pattern.len() <= 255
-            && pattern.chars().all(|c| c == '*' || c.is_ascii_alphanumeric() || "_-:./@=,".contains(c));
-        if !valid {
-            return Err(ErrorBody::new(
-                "invalid_channels",
-                format!("{pattern:?} is not a channel pattern (channel-name characters and *)"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Event types of an endpoint: at least one, each known.
-pub fn check_events(events: &[String]) -> Result<(), ErrorBody> {
-    if events.is_empty() {
-        return Err(ErrorBody::new("invalid_events", format!("give at least one event type of {EVENT_TYPES:?}")));
-    }
-    match events.iter().find(|event| !EVENT_TYPES.contains(&event.as_str())) {
-        Some(unknown) => {
-            Err(ErrorBody::new("invalid_events", format!("{unknown:?} is not an event type; known: {EVENT_TYPES:?}")))
-        }
-        None => Ok(()),
-    }
-}
-
-pub fn check_description(description: Option<&str>) -> Result<(), ErrorBody> {
-    match description {
-        Some(text) if text.len() > 1024 => {
-            Err(ErrorBody::new("invalid_description", "a description is at most 1024 bytes"))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// The webhooks of one server: endpoints, the outbox and the lanes delivering it.
 pub struct Webhooks {
     outbox: SqliteOutbox,
     settings: WebhookSettings,
     policy: TargetPolicy,
     endpoints: RwLock<HashMap<String, Arc<EndpointRecord>>>,
-    /// Event types some enabled endpoint wants (bits of [`EVENT_TYPES`]): a cheap "anyone?".
+    /// Event types some enabled endpoint wants (bits of [`rules::EVENT_TYPES`]): a cheap "anyone?".
     wanted: AtomicU8,
     /// Lanes with a running task.
     lanes: Mutex<HashMap<Lane, LaneState>>,

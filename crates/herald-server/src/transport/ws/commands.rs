@@ -6,20 +6,18 @@ use bytes::Bytes;
 use herald_core::{ChannelName, HistoryQuery, Position, PublishRequest};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::MAX_HISTORY_LIMIT;
-use super::session::Session;
+use super::connection::Connection;
 use crate::presence::ClientId;
 use crate::wire::{
     ErrorBody, WirePosition, idempotency_key, json_payload, present_raw_value, publications_array, published_json,
     text_frame,
 };
 
-impl<T> Session<T>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
+/// Publications per `history` reply at most.
+const MAX_HISTORY_LIMIT: usize = 100;
+
+impl Connection {
     /// Handles one command; returns the frames to send: the reply, then any pushes it caused.
     pub(super) async fn handle_command(&mut self, text: &str) -> Vec<Bytes> {
         let (id, op, command) = match decode(text) {
@@ -179,7 +177,7 @@ where
             data: json_payload(data),
             idempotency_key: idempotency_key(command.idempotency_key.clone())?,
         };
-        let published = self.app.publish(request).await.map_err(|error| error.body)?;
+        let published = crate::publish::publish(&self.app, request).await.map_err(|error| error.body)?;
         crate::metrics::published(crate::metrics::PublishedVia::WebSocket);
         Ok(vec![result_reply(id, published_json(&published).to_string())])
     }

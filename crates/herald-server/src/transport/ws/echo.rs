@@ -5,10 +5,11 @@ use std::collections::VecDeque;
 
 use tokio::time::timeout;
 
+use super::close_code;
 use super::frames::{self, Incoming, MessageReader, ReadError};
+use super::handshake::Socket;
 use super::session::{CLOSE_WAIT, Ending, close_and_linger, goodbye_after_error, write_frames};
-use super::{Socket, close_code};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::transport::limits::ConnectionPermit;
 
 /// Echoes until the peer or the server closes; `_permit` is the connection's admission.

@@ -13,16 +13,18 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{ChannelName, Inbox, PositionTracker, Publication, Push, SubscriberHandle};
+use herald_core::{ChannelName, Inbox, PositionTracker, Push};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 
+use super::close_code;
 use super::commands::error_reply;
+use super::connection::Connection;
 use super::frames::{self, Incoming, MessageReader, ReadError};
-use super::{WatchedIo, close_code};
-use crate::app::AppState;
+use super::watched::WatchedIo;
 use crate::auth::Identity;
 use crate::presence::{ClientId, EncodedPresence};
+use crate::state::AppState;
 use crate::transport::limits::ConnectionPermit;
 use crate::wire::{EncodedPublication, ErrorBody, WirePosition, text_frame};
 
@@ -48,21 +50,24 @@ where
     let (subscriber, inbox) = app.hub.connect(capacity);
     let publish_rate =
         app.settings.limits.client_publish_rate.map(|rate| Box::new(crate::transport::limits::TokenBucket::new(rate)));
-    let mut session = Session {
+    let mut connection = Connection {
         app,
         subscriber,
-        inbox,
         positions: PositionTracker::default(),
-        socket,
-        reader: MessageReader::default(),
-        pending: VecDeque::new(),
         identity: Identity::Anonymous,
         client: ClientId::random(),
         expiry: None,
         publish_rate,
+    };
+    connection.set_identity(identity);
+    let mut session = Session {
+        connection,
+        inbox,
+        socket,
+        reader: MessageReader::default(),
+        pending: VecDeque::new(),
         _permit: Box::new(permit),
     };
-    session.set_identity(identity);
     async move {
         let ending = session.serve().await;
         // Boxed: the goodbye is rare, and this keeps it out of every idle connection's state.
@@ -71,24 +76,14 @@ where
 }
 
 pub(in crate::transport::ws) struct Session<T> {
-    pub(super) app: AppState,
-    pub(super) subscriber: SubscriberHandle,
+    /// Who the client is and what it follows: what its commands act on.
+    connection: Connection,
     inbox: Inbox,
-    /// What this connection has been sent, per channel: the positions it recovers from.
-    pub(super) positions: PositionTracker,
     socket: WatchedIo<T>,
     /// The client's messages, put together from the socket's input.
     reader: MessageReader,
     /// Frames not yet written, in order: pushes, replies, pongs, pings (see [`write_frames`]).
     pending: VecDeque<Bytes>,
-    /// Who the client is: anonymous until a token says otherwise.
-    pub(super) identity: Identity,
-    /// The client's id in presence (one per connection, unless `connect` takes back an old one).
-    pub(super) client: ClientId,
-    /// When the token expires (boxed: most connections have none, or never reach it).
-    expiry: crate::transport::Expiry,
-    /// The client's publish rate, when limited (boxed: most servers do not limit it).
-    pub(super) publish_rate: Option<Box<crate::transport::limits::TokenBucket>>,
     /// The connection's admission, given back when the session ends (boxed: see
     /// `an_idle_connection_s_task_state_stays_small`).
     _permit: Box<ConnectionPermit>,
@@ -164,9 +159,9 @@ where
     async fn serve(&mut self) -> Ending {
         // The settings are read where used rather than kept: every open connection holds this
         // future's state.
-        let mut heartbeat = Box::pin(tokio::time::sleep(self.app.settings.websocket.ping_interval));
+        let mut heartbeat = Box::pin(tokio::time::sleep(self.connection.app.settings.websocket.ping_interval));
         let mut last_heard = Instant::now();
-        let shutdown = self.app.shutdown.clone();
+        let shutdown = self.connection.app.shutdown.clone();
         let waiter = pin!(shutdown.cancelled());
         let mut stop = crate::transport::stop_signal(&shutdown, waiter);
         let mut batch = Vec::new();
@@ -176,7 +171,7 @@ where
             // so its commands and pongs are never starved.
             if check_socket_first
                 && let Poll::Ready(message) =
-                    futures_util::poll!(next_message(&mut self.socket, &mut self.reader, &self.app))
+                    futures_util::poll!(next_message(&mut self.socket, &mut self.reader, &self.connection.app))
             {
                 last_heard = Instant::now();
                 if let Err(ending) = Box::pin(self.handle_message(message)).await {
@@ -199,16 +194,16 @@ where
                     }
                 }
                 // Read only when input may have arrived: most wake-ups are pushes.
-                message = next_message(&mut self.socket, &mut self.reader, &self.app) => {
+                message = next_message(&mut self.socket, &mut self.reader, &self.connection.app) => {
                     last_heard = Instant::now();
                     // Boxed, like every rare path: messages from the client are few next to pushes.
                     if let Err(ending) = Box::pin(self.handle_message(message)).await {
                         return ending;
                     }
                 }
-                () = crate::transport::until_expiry(&mut self.expiry) => return Ending::TokenExpired,
+                () = crate::transport::until_expiry(&mut self.connection.expiry) => return Ending::TokenExpired,
                 () = heartbeat.as_mut() => {
-                    let settings = &self.app.settings.websocket;
+                    let settings = &self.connection.app.settings.websocket;
                     if last_heard.elapsed() >= settings.ping_interval + settings.pong_timeout {
                         return Ending::NoPong;
                     }
@@ -219,12 +214,6 @@ where
                 }
             }
         }
-    }
-
-    /// Takes on who the client now is, and when that runs out.
-    pub(super) fn set_identity(&mut self, identity: Identity) {
-        self.expiry = crate::transport::expiry(&identity);
-        self.identity = identity;
     }
 
     /// Handles one message from the client (or the end of its input).
@@ -243,15 +232,10 @@ where
                 self.send(vec![error_reply(None, error)]).await
             }
             Ok(Incoming::Text(text)) => {
-                let replies = self.handle_command(&text).await;
+                let replies = self.connection.handle_command(&text).await;
                 self.send(replies).await
             }
         }
-    }
-
-    /// The (shared) frame of a publication this connection has not seen yet, moving its position.
-    pub(super) fn publication_frame(&mut self, publication: &Publication) -> Option<Bytes> {
-        self.positions.advance(publication).then(|| EncodedPublication::of(publication).ws_frame)
     }
 
     /// Writes a batch of pushes: each new publication's shared frame, all in one vectored
@@ -284,9 +268,9 @@ where
         let write = write_frames(&mut self.socket, &mut self.pending);
         tokio::select! {
             biased;
-            () = self.app.shutdown.cancelled() => Err(Ending::Shutdown),
+            () = self.connection.app.shutdown.cancelled() => Err(Ending::Shutdown),
             _ = self.inbox.lagged() => Err(Ending::Lagged),
-            written = timeout(self.app.settings.websocket.write_timeout, write) => match written {
+            written = timeout(self.connection.app.settings.websocket.write_timeout, write) => match written {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) | Err(_) => Err(Ending::WriteFailed),
             },
@@ -297,7 +281,7 @@ where
     fn queue_push(&mut self, push: Push) {
         match push {
             Push::Publication(publication) => {
-                if self.positions.advance(&publication) {
+                if self.connection.positions.advance(&publication) {
                     self.pending.push_back(EncodedPublication::of(&publication).ws_frame);
                 }
             }
@@ -320,16 +304,16 @@ where
     /// Unsubscribes everywhere, then says goodbye the way the ending calls for. On shutdown
     /// the pushes already queued go out first: in-flight work is finished.
     async fn finish(mut self, ending: Ending) {
-        let channels: Vec<ChannelName> = self.positions.iter().map(|(channel, _)| channel.clone()).collect();
-        let client = self.client.to_string();
+        let channels: Vec<ChannelName> = self.connection.positions.iter().map(|(channel, _)| channel.clone()).collect();
+        let client = self.connection.client.to_string();
         for channel in &channels {
             // Gone, unless the client is back within the grace period.
-            self.app.hub.leave_presence(channel, &client, true);
-            self.app.hub.unsubscribe(&self.subscriber, channel).await;
+            self.connection.app.hub.leave_presence(channel, &client, true);
+            self.connection.app.hub.unsubscribe(&self.connection.subscriber, channel).await;
         }
         let ending = match ending {
             // A write that failed while the queue overflowed: the client is too slow.
-            Ending::WriteFailed if self.app.shutdown.is_cancelled() => Ending::Shutdown,
+            Ending::WriteFailed if self.connection.app.shutdown.is_cancelled() => Ending::Shutdown,
             Ending::WriteFailed if self.inbox.is_lagged() => Ending::Lagged,
             other => other,
         };
@@ -355,6 +339,7 @@ where
         };
         if ending != Ending::NoPong {
             let positions: serde_json::Map<String, serde_json::Value> = self
+                .connection
                 .positions
                 .iter()
                 .map(|(channel, position)| {
@@ -370,7 +355,7 @@ where
             // The push is cut short: a close frame now would land inside it.
             return;
         }
-        let max_message = self.app.settings.limits.max_message_size.get();
+        let max_message = self.connection.app.settings.limits.max_message_size.get();
         close_and_linger(&mut self.socket, &mut self.reader, max_message, code, reason, ending.read_failed()).await;
     }
 }

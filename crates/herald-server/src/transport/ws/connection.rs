@@ -1,0 +1,40 @@
+//! What one WebSocket client is to Herald, apart from its socket: who it is (its identity and
+//! presence client id), the positions it has reached in each channel, its token's expiry and its
+//! publish rate. The client's commands act on it; the session owns it beside the socket.
+
+use bytes::Bytes;
+use herald_core::{PositionTracker, Publication, SubscriberHandle};
+
+use crate::auth::Identity;
+use crate::presence::ClientId;
+use crate::state::AppState;
+use crate::transport::limits::TokenBucket;
+use crate::wire::EncodedPublication;
+
+pub(super) struct Connection {
+    pub(super) app: AppState,
+    pub(super) subscriber: SubscriberHandle,
+    /// What this connection has been sent, per channel: the positions it recovers from.
+    pub(super) positions: PositionTracker,
+    /// Who the client is: anonymous until a token says otherwise.
+    pub(super) identity: Identity,
+    /// The client's id in presence (one per connection, unless `connect` takes back an old one).
+    pub(super) client: ClientId,
+    /// When the token expires (boxed: most connections have none, or never reach it).
+    pub(super) expiry: crate::transport::Expiry,
+    /// The client's publish rate, when limited (boxed: most servers do not limit it).
+    pub(super) publish_rate: Option<Box<TokenBucket>>,
+}
+
+impl Connection {
+    /// Takes on who the client now is, and when that runs out.
+    pub(super) fn set_identity(&mut self, identity: Identity) {
+        self.expiry = crate::transport::expiry(&identity);
+        self.identity = identity;
+    }
+
+    /// The (shared) frame of a publication this connection has not seen yet, moving its position.
+    pub(super) fn publication_frame(&mut self, publication: &Publication) -> Option<Bytes> {
+        self.positions.advance(publication).then(|| EncodedPublication::of(publication).ws_frame)
+    }
+}
