@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data)
-        && let Err((_, error)) = herald_server::transport::ws::commands::decode(text)
+        && let Err((_, error)) = herald_wire::command::decode(text)
     {
         assert!(!error.code.is_empty());
     }

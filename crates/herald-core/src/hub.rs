@@ -19,9 +19,9 @@ use tokio::time::Instant;
 use crate::channel::ChannelName;
 use crate::engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishRequest, Published};
 use crate::inbox::{Inbox, InboxSender, Push, inbox};
+use crate::local_presence::{LocalPresence, PresenceTiming};
 use crate::namespace::Namespaces;
 use crate::position::Position;
-use crate::local_presence::{LocalPresence, PresenceTiming};
 use crate::presence::{ChannelEvent, ChannelEventSink, PresenceEntry, PresenceEvent, PresenceSnapshot};
 use crate::publication::Publication;
 

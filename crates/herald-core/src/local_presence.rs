@@ -248,11 +248,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::presence::{ChannelEvent, ChannelEventSink, PresenceChange};
     use crate::hub::Hub;
     use crate::inbox::{Inbox, Push};
     use crate::memory::MemoryEngine;
     use crate::namespace::{NamespaceOptions, Namespaces};
+    use crate::presence::{ChannelEvent, ChannelEventSink, PresenceChange};
 
     /// Records every reported event as (kind, channel, client).
     #[derive(Default)]

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-
 /// Names one continuous history of a channel. It changes only when history was lost, which
 /// tells clients holding an old position that a gap may exist.
 #[derive(Clone, PartialEq, Eq, Hash)]

@@ -5,10 +5,10 @@
 //! expire unless refreshed, so a crashed node leaves no ghosts); [`crate::local_presence`] is
 //! this node's side of it.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use crate::channel::ChannelName;
 use crate::publication::{EncodedSlot, Payload};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// One present client of a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,4 +135,3 @@ impl PresenceSnapshot {
         users
     }
 }
-

@@ -709,7 +709,7 @@ fn webhook_settings(raw: &RawConfig) -> Result<WebhookSettings, ConfigError> {
             // The URL names the endpoint (its id), so each appears once.
             return Err(invalid(key("url"), "this URL is declared twice"));
         }
-        let check = |field: &str, result: Result<(), crate::wire::ErrorBody>| {
+        let check = |field: &str, result: Result<(), herald_wire::ErrorBody>| {
             result.map_err(|error| invalid(key(field), error.message))
         };
         check("url", crate::webhooks::target::parse_url(&endpoint.url).map(|_| ()))?;

@@ -1,10 +1,12 @@
 //! HTTP errors: a status and a stable code, answered as `{"error":{"code","message"}}`.
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::HubError;
 
-use crate::wire::ErrorBody;
+use herald_wire::ErrorBody;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -15,7 +17,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self { status, body: ErrorBody::new(code, message), headers: Vec::new() }
     }
 
@@ -41,7 +43,7 @@ impl From<HubError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.body });
+        let body = herald_wire::error::ErrorResponse { error: self.body };
         let mut response = (self.status, axum::Json(body)).into_response();
         response.headers_mut().extend(self.headers);
         response

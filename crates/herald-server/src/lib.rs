@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod cursor;
+pub mod encode;
 pub mod error;
 pub mod front;
 pub mod jwks;
@@ -20,7 +21,6 @@ pub mod server;
 pub mod state;
 pub mod transport;
 pub mod webhooks;
-pub mod wire;
 pub mod wiring;
 
 /// Makes ring the process's TLS crypto provider (Herald's choice everywhere), which the

@@ -4,11 +4,13 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
+use herald_wire::http::Status;
+
 use crate::error::ApiError;
 use crate::state::AppState;
 
 pub async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok" }))
+    axum::Json(Status { status: "ok".to_string() })
 }
 
 pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
@@ -20,7 +22,7 @@ pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", "the engine is not connected")
             .into_response();
     }
-    axum::Json(serde_json::json!({ "status": "ready" })).into_response()
+    axum::Json(Status { status: "ready".to_string() }).into_response()
 }
 
 /// `GET /metrics`: the gauges read now, then every metric in the Prometheus text format.

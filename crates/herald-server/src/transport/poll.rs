@@ -16,13 +16,15 @@ use axum::response::{IntoResponse, Response};
 use herald_core::{Inbox, PresenceEvent, Publication, Push};
 
 use crate::error::ApiError;
-use crate::presence::EncodedPresence;
+use bytes::Bytes;
+
+use crate::encode::EncodedPresence;
+use crate::encode::publications_array;
 use crate::state::AppState;
 use crate::transport::handoff::Handoff;
 use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 use crate::transport::origin::check_origin;
 use crate::transport::subscription::{HttpSubscription, SubscriptionQuery, Unrecovered, parse_timeout};
-use crate::wire::publications_array;
 
 pub const CURSOR_HEADER: HeaderName = HeaderName::from_static("herald-cursor");
 
@@ -149,22 +151,15 @@ impl OpenPoll {
         if messages.is_empty() && events.is_empty() && unrecovered.is_empty() {
             return Ok((StatusCode::NO_CONTENT, [(CURSOR_HEADER, cursor_header)]).into_response());
         }
-        let mut body = format!("{{\"messages\":{},\"cursor\":\"{cursor}\"", publications_array(&messages));
-        if !events.is_empty() {
-            body.push_str(",\"events\":[");
-            for (index, event) in events.iter().enumerate() {
-                if index > 0 {
-                    body.push(',');
-                }
-                body.push_str(&String::from_utf8_lossy(&EncodedPresence::of(event).typed));
-            }
-            body.push(']');
-        }
-        if !unrecovered.is_empty() {
-            let notices: Vec<serde_json::Value> = unrecovered.iter().map(|notice| notice.json()).collect();
-            body.push_str(&format!(",\"recovery\":{}", serde_json::Value::from(notices)));
-        }
-        body.push('}');
+        let encoded_events: Vec<Bytes> = events.iter().map(|event| EncodedPresence::of(event).typed).collect();
+        let events_json = (!events.is_empty()).then(|| {
+            herald_wire::publication::array(
+                encoded_events.iter().map(|typed| std::str::from_utf8(typed).unwrap_or("null")),
+            )
+        });
+        let notices: Vec<_> = unrecovered.iter().map(Unrecovered::wire).collect();
+        let body =
+            herald_wire::http::poll_answer(&publications_array(&messages), &cursor, events_json.as_deref(), &notices);
         Ok((
             StatusCode::OK,
             [(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (CURSOR_HEADER, cursor_header)],

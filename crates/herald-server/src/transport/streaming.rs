@@ -22,15 +22,15 @@ use herald_core::{Inbox, Push};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, timeout};
 
+use crate::encode::EncodedPresence;
+use crate::encode::EncodedPublication;
 use crate::error::ApiError;
-use crate::presence::EncodedPresence;
 use crate::state::AppState;
 use crate::transport::handoff::Handoff;
 use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 use crate::transport::origin::check_origin;
 use crate::transport::subscription::{HttpSubscription, Opening, SubscriptionQuery, Unrecovered};
-use crate::transport::ws::close_code;
-use crate::wire::EncodedPublication;
+use herald_wire::close_code;
 
 /// Chunks buffered between the stream task and the response body.
 const BODY_CHUNKS: usize = 16;
@@ -63,7 +63,7 @@ impl StreamFormat {
                 out.put_slice(format!("retry: {}\nid: {cursor}\n\n", retry.as_millis()).as_bytes());
             }
             Self::Ndjson => {
-                out.put_slice(format!("{{\"type\":\"open\",\"cursor\":\"{cursor}\"}}\n").as_bytes());
+                out.put_slice(herald_wire::http::ndjson_open(cursor).as_bytes());
             }
         }
     }
@@ -108,14 +108,16 @@ impl StreamFormat {
     }
 
     fn unrecovered(self, out: &mut BytesMut, notice: &Unrecovered, cursor: &str) {
-        let mut json = notice.json();
+        let mut notice = notice.wire();
         match self {
             Self::Sse => {
+                let json = serde_json::to_string(&notice).unwrap_or_default();
                 out.put_slice(format!("event: recovery\nid: {cursor}\ndata: {json}\n\n").as_bytes());
             }
             Self::Ndjson => {
-                json["type"] = "recovery".into();
-                json["cursor"] = cursor.into();
+                notice.kind = Some("recovery".to_string());
+                notice.cursor = Some(cursor.to_string());
+                let json = serde_json::to_string(&notice).unwrap_or_default();
                 out.put_slice(format!("{json}\n").as_bytes());
             }
         }
@@ -124,16 +126,26 @@ impl StreamFormat {
     fn heartbeat(self, out: &mut BytesMut) {
         match self {
             Self::Sse => out.put_slice(b": heartbeat\n\n"),
-            Self::Ndjson => out.put_slice(b"{\"type\":\"heartbeat\"}\n"),
+            Self::Ndjson => out.put_slice(herald_wire::http::NDJSON_HEARTBEAT),
         }
     }
 
     fn disconnect(self, out: &mut BytesMut, code: u16, reason: &str, cursor: &str) {
-        let mut json = serde_json::json!({ "code": code, "reason": reason, "reconnect": true, "cursor": cursor });
+        let mut notice = herald_wire::http::StreamDisconnect {
+            kind: None,
+            code,
+            reason: reason.to_string(),
+            reconnect: true,
+            cursor: cursor.to_string(),
+        };
         match self {
-            Self::Sse => out.put_slice(format!("event: disconnect\ndata: {json}\n\n").as_bytes()),
+            Self::Sse => {
+                let json = serde_json::to_string(&notice).unwrap_or_default();
+                out.put_slice(format!("event: disconnect\ndata: {json}\n\n").as_bytes());
+            }
             Self::Ndjson => {
-                json["type"] = "disconnect".into();
+                notice.kind = Some("disconnect".to_string());
+                let json = serde_json::to_string(&notice).unwrap_or_default();
                 out.put_slice(format!("{json}\n").as_bytes());
             }
         }

@@ -12,7 +12,6 @@ use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::presence::ClientId;
 use crate::state::AppState;
-use crate::wire::WirePosition;
 
 /// A parsed `?channel=A&channel=B&since=CURSOR[&timeout=S][&token=JWT]` query.
 #[derive(Debug)]
@@ -89,13 +88,15 @@ pub struct Unrecovered {
 }
 
 impl Unrecovered {
-    /// `{"channel":..,"recovered":false,"position":{..}}`
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "channel": self.channel.as_str(),
-            "recovered": false,
-            "position": WirePosition::from(&self.position),
-        })
+    /// The notice on the wire: `{"channel":..,"recovered":false,"position":{..}}`.
+    pub fn wire(&self) -> herald_wire::http::Unrecovered {
+        herald_wire::http::Unrecovered {
+            kind: None,
+            channel: self.channel.to_string(),
+            recovered: false,
+            position: crate::encode::wire_position(&self.position),
+            cursor: None,
+        }
     }
 }
 

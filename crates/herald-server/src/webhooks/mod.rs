@@ -11,10 +11,9 @@
 //!   longer than `disable_after`. Redirects are not followed; targets are checked
 //!   ([`target`]) at registration and at every delivery.
 //!
-//! [`api`] is the management API under `/api/webhooks`; [`signature`] the Standard Webhooks
-//! signing.
+//! [`rules`] checks what an endpoint asks for; [`signature`] is the Standard Webhooks signing;
+//! the management API under `/api/webhooks` is [`crate::api::webhooks`].
 
-pub mod api;
 pub mod rules;
 pub mod signature;
 pub mod target;
@@ -34,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Settings, WebhookSettings};
+use herald_wire::webhook::{ChannelEventData, PresenceEventData};
 use rules::event_bit;
 use target::{GuardedResolver, TargetPolicy};
 
@@ -80,7 +80,7 @@ pub fn unix_millis() -> u64 {
 /// `{"type","timestamp","data"}`, the body of every call.
 fn envelope(event_type: &str, at_ms: u64, data: &str) -> String {
     let timestamp = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(at_ms));
-    format!("{{\"type\":\"{event_type}\",\"timestamp\":\"{timestamp}\",\"data\":{data}}}")
+    herald_wire::webhook::envelope(event_type, &timestamp.to_string(), data)
 }
 
 /// The webhooks of one server: endpoints, the outbox and the lanes delivering it.
@@ -371,7 +371,7 @@ impl Webhooks {
                 published.time_ms,
             );
             let body =
-                envelope("publication", published.time_ms, &crate::wire::EncodedPublication::of(&publication).json);
+                envelope("publication", published.time_ms, &crate::encode::EncodedPublication::of(&publication).json);
             let key = format!("pub:{}:{}:{}", published.channel, published.position.epoch, published.position.offset);
             for endpoint in endpoints {
                 deliveries.push(NewDelivery {
@@ -430,17 +430,19 @@ impl Webhooks {
         if endpoints.is_empty() {
             return Vec::new();
         }
-        let channel = serde_json::Value::from(event.channel().as_str());
+        let channel = event.channel().to_string();
         let data = match event {
-            ChannelEvent::Occupied(_) | ChannelEvent::Vacated(_) => serde_json::json!({ "channel": channel }),
-            ChannelEvent::Presence(presence) => {
-                let mut data = crate::presence::entry_json(&presence.entry);
-                data["channel"] = channel;
-                data
+            ChannelEvent::Occupied(_) | ChannelEvent::Vacated(_) => {
+                serde_json::to_string(&ChannelEventData { channel })
             }
-        };
+            ChannelEvent::Presence(presence) => serde_json::to_string(&PresenceEventData {
+                channel,
+                entry: crate::encode::presence_entry(&presence.entry),
+            }),
+        }
+        .unwrap_or_default();
         let now = unix_millis();
-        let body = envelope(event.kind(), now, &data.to_string());
+        let body = envelope(event.kind(), now, &data);
         let key = format!("evt:{now}:{}", self.event_keys.fetch_add(1, Ordering::Relaxed));
         endpoints
             .into_iter()

@@ -1,7 +1,7 @@
 //! What an endpoint may ask for: its channel patterns, event types and description, checked
 //! the same way for endpoints from the configuration and from the API.
 
-use crate::wire::ErrorBody;
+use herald_wire::ErrorBody;
 
 /// The event types an endpoint may ask for.
 pub const EVENT_TYPES: [&str; 5] =

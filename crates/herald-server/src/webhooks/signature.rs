@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::wire::ErrorBody;
+use herald_wire::ErrorBody;
 
 const PREFIX: &str = "whsec_";
 /// Secret sizes the spec allows, in bytes.

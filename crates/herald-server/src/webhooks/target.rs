@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use crate::wire::ErrorBody;
+use herald_wire::ErrorBody;
 
 /// Which addresses webhooks may reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

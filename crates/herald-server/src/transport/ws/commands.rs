@@ -1,18 +1,16 @@
 //! The client commands of the JSON protocol: parsing, and what each does to the session.
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
-use herald_core::{ChannelName, HistoryQuery, Position, PublishRequest};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use herald_core::{ChannelName, HistoryQuery, PublishRequest};
+use herald_wire::ErrorBody;
+use herald_wire::command::{Command, Op, decode};
+use herald_wire::publication::check_idempotency_key;
+use herald_wire::reply::{self, Connected, Subscribed};
 
 use super::connection::Connection;
+use super::frames::text_frame;
+use crate::encode::{self, hub_position, wire_position};
 use crate::presence::ClientId;
-use crate::wire::{
-    ErrorBody, WirePosition, idempotency_key, json_payload, present_raw_value, publications_array, published_json,
-    text_frame,
-};
 
 /// Publications per `history` reply at most.
 const MAX_HISTORY_LIMIT: usize = 100;
@@ -25,7 +23,7 @@ impl Connection {
             Err((id, error)) => return vec![error_reply(id, error)],
         };
         let outcome = match op {
-            Op::Ping => Ok(vec![result_reply(id, "{}".to_string())]),
+            Op::Ping => Ok(vec![result_reply(id, reply::EMPTY)]),
             Op::Connect => self.connect(id, &command, false),
             Op::Refresh => self.connect(id, &command, true),
             Op::Subscribe => self.subscribe(id, &command).await,
@@ -42,7 +40,7 @@ impl Connection {
     /// subscription, may take back the client id of an earlier connection (so a quick
     /// reconnect does not leave and join presence again). The reply says who and which client
     /// this is.
-    fn connect(&mut self, id: u64, command: &CommandFrame<'_>, refresh: bool) -> Result<Vec<Bytes>, ErrorBody> {
+    fn connect(&mut self, id: u64, command: &Command<'_>, refresh: bool) -> Result<Vec<Bytes>, ErrorBody> {
         if let Some(client) = command.client.as_deref() {
             let client = ClientId::parse(client)?;
             if refresh {
@@ -57,8 +55,12 @@ impl Connection {
             if refresh {
                 return Err(ErrorBody::new("missing_field", "missing field \"token\""));
             }
-            let result = serde_json::json!({ "client": self.client.to_string(), "user": self.identity.user() });
-            return Ok(vec![result_reply(id, result.to_string())]);
+            let result = Connected {
+                client: self.client.to_string(),
+                user: self.identity.user().map(str::to_string),
+                expires: None,
+            };
+            return Ok(vec![result_reply(id, &json(&result))]);
         };
         let Some(auth) = self.app.settings.auth.as_deref() else {
             return Err(ErrorBody::new("auth_not_configured", "this server has no [auth]: every client is anonymous"));
@@ -83,14 +85,13 @@ impl Connection {
             crate::auth::may_subscribe(&identity, self.app.hub.namespaces().options_for(channel), channel)
                 .map_err(|denied| ErrorBody::new(denied.code(), format!("{denied}; unsubscribe first")))?;
         }
-        let result =
-            serde_json::json!({ "client": self.client.to_string(), "user": claims.sub, "expires": claims.exp });
+        let result = Connected { client: self.client.to_string(), user: claims.sub.clone(), expires: claims.exp };
         self.set_identity(crate::auth::Identity::User(Box::new(claims)));
-        Ok(vec![result_reply(id, result.to_string())])
+        Ok(vec![result_reply(id, &json(&result))])
     }
 
-    async fn subscribe(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Bytes>, ErrorBody> {
-        let channel = command.channel()?;
+    async fn subscribe(&mut self, id: u64, command: &Command<'_>) -> Result<Vec<Bytes>, ErrorBody> {
+        let channel = channel_of(command)?;
         if self.positions.is_tracked(&channel) {
             return Err(ErrorBody::new("already_subscribed", format!("already subscribed to {channel}")));
         }
@@ -100,7 +101,7 @@ impl Connection {
         }
         crate::auth::may_subscribe(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
             .map_err(|denied| ErrorBody::new(denied.code(), denied.to_string()))?;
-        let since = command.since.as_ref().map(Position::from);
+        let since = command.since.as_ref().map(hub_position);
         let subscribed = self
             .app
             .hub
@@ -117,20 +118,18 @@ impl Connection {
             self.client = ClientId::random();
             self.app.hub.join_presence(&channel, crate::presence::entry(&self.identity, self.client)).await;
         }
-        let mut result = serde_json::json!({
-            "channel": channel.as_str(),
-            "position": WirePosition::from(&subscribed.position),
-        });
-        if let Some(recovered) = subscribed.recovered {
-            result["recovered"] = recovered.into();
-        }
-        let mut frames = vec![result_reply(id, result.to_string())];
+        let result = Subscribed {
+            channel: channel.to_string(),
+            position: wire_position(&subscribed.position),
+            recovered: subscribed.recovered,
+        };
+        let mut frames = vec![result_reply(id, &json(&result))];
         frames.extend(subscribed.missed.iter().filter_map(|publication| self.publication_frame(publication)));
         Ok(frames)
     }
 
-    async fn unsubscribe(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Bytes>, ErrorBody> {
-        let channel = command.channel()?;
+    async fn unsubscribe(&mut self, id: u64, command: &Command<'_>) -> Result<Vec<Bytes>, ErrorBody> {
+        let channel = channel_of(command)?;
         if self.positions.forget(&channel).is_none() {
             return Err(ErrorBody::new("not_subscribed", format!("not subscribed to {channel}")));
         }
@@ -139,12 +138,12 @@ impl Connection {
         if self.app.hub.leave_presence(&channel, &client, false) {
             self.app.hub.settle_presence(&channel, &client).await;
         }
-        Ok(vec![result_reply(id, "{}".to_string())])
+        Ok(vec![result_reply(id, reply::EMPTY)])
     }
 
     /// `presence {channel}`: who is there, for clients that may read the channel.
-    async fn presence(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Bytes>, ErrorBody> {
-        let channel = command.channel()?;
+    async fn presence(&mut self, id: u64, command: &Command<'_>) -> Result<Vec<Bytes>, ErrorBody> {
+        let channel = channel_of(command)?;
         crate::auth::may_subscribe(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
             .map_err(|denied| ErrorBody::new(denied.code(), denied.to_string()))?;
         let snapshot = self
@@ -154,11 +153,11 @@ impl Connection {
             .await
             .map_err(|error| ErrorBody::new("engine_unavailable", error.to_string()))?
             .ok_or_else(|| crate::presence::not_kept(&channel))?;
-        Ok(vec![result_reply(id, crate::presence::snapshot_json(&snapshot).to_string())])
+        Ok(vec![result_reply(id, &json(&encode::presence_list(&snapshot)))])
     }
 
-    async fn publish(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Bytes>, ErrorBody> {
-        let channel = command.channel()?;
+    async fn publish(&mut self, id: u64, command: &Command<'_>) -> Result<Vec<Bytes>, ErrorBody> {
+        let channel = channel_of(command)?;
         let data = command.data.ok_or_else(|| ErrorBody::new("missing_field", "missing field \"data\""))?;
         crate::auth::may_publish(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
             .map_err(|denied| ErrorBody::new(denied.code(), denied.to_string()))?;
@@ -174,16 +173,16 @@ impl Connection {
         }
         let request = PublishRequest {
             channel,
-            data: json_payload(data),
-            idempotency_key: idempotency_key(command.idempotency_key.clone())?,
+            data: encode::payload(data),
+            idempotency_key: check_idempotency_key(command.idempotency_key.clone())?,
         };
         let published = crate::publish::publish(&self.app, request).await.map_err(|error| error.body)?;
         crate::metrics::published(crate::metrics::PublishedVia::WebSocket);
-        Ok(vec![result_reply(id, published_json(&published).to_string())])
+        Ok(vec![result_reply(id, &json(&encode::published(&published)))])
     }
 
-    async fn history(&mut self, id: u64, command: &CommandFrame<'_>) -> Result<Vec<Bytes>, ErrorBody> {
-        let channel = command.channel()?;
+    async fn history(&mut self, id: u64, command: &Command<'_>) -> Result<Vec<Bytes>, ErrorBody> {
+        let channel = channel_of(command)?;
         // Reading history is reading the channel: the same rule as subscribing.
         crate::auth::may_subscribe(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
             .map_err(|denied| ErrorBody::new(denied.code(), denied.to_string()))?;
@@ -207,145 +206,31 @@ impl Connection {
                 format!("history of {channel} is now epoch {}; the position's epoch is gone", page.top.epoch),
             ));
         }
-        let position = serde_json::to_string(&WirePosition::from(&page.top)).unwrap_or_default();
-        let result = format!(
-            "{{\"channel\":{},\"publications\":{},\"position\":{position},\"oldest\":{}}}",
-            serde_json::Value::from(channel.as_str()),
-            publications_array(&page.publications),
+        let result = reply::history_page(
+            channel.as_str(),
+            &encode::publications_array(&page.publications),
+            &wire_position(&page.top),
             page.oldest,
         );
-        Ok(vec![result_reply(id, result)])
+        Ok(vec![result_reply(id, &result)])
     }
 }
 
 /// A reply's text frame.
-pub(super) fn result_reply(id: u64, result_json: String) -> Bytes {
-    text_frame(format!("{{\"id\":{id},\"result\":{result_json}}}")).1
+pub(super) fn result_reply(id: u64, result_json: &str) -> Bytes {
+    text_frame(reply::result(id, result_json)).1
 }
 
 pub(super) fn error_reply(id: Option<u64>, error: ErrorBody) -> Bytes {
-    let reply = match id {
-        Some(id) => serde_json::json!({ "id": id, "error": error }),
-        None => serde_json::json!({ "error": error }),
-    };
-    text_frame(reply.to_string()).1
+    text_frame(reply::error(id, &error)).1
 }
 
-/// The operations of the protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Ping,
-    Connect,
-    Refresh,
-    Subscribe,
-    Unsubscribe,
-    Publish,
-    History,
-    Presence,
+/// The JSON of a result.
+fn json(result: &impl serde::Serialize) -> String {
+    serde_json::to_string(result).unwrap_or_else(|_| reply::EMPTY.to_string())
 }
 
-/// Decodes a client text frame: its id, its op and its fields, or the error reply's id (when
-/// one could be read) and error. Pure, and never panics, whatever the input (fuzzed).
-pub fn decode(text: &str) -> Result<(u64, Op, CommandFrame<'_>), (Option<u64>, ErrorBody)> {
-    let command = serde_json::from_str::<CommandFrame<'_>>(text).map_err(|error| {
-        let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|frame| frame.id);
-        (id, ErrorBody::new("bad_request", format!("invalid command: {error}")))
-    })?;
-    let Some(id) = command.id else {
-        return Err((None, ErrorBody::new("missing_id", "every command needs a numeric \"id\"")));
-    };
-    let op = match command.op.as_deref() {
-        None => return Err((Some(id), ErrorBody::new("missing_field", "missing field \"op\""))),
-        Some("ping") => Op::Ping,
-        Some("connect") => Op::Connect,
-        Some("refresh") => Op::Refresh,
-        Some("subscribe") => Op::Subscribe,
-        Some("unsubscribe") => Op::Unsubscribe,
-        Some("publish") => Op::Publish,
-        Some("history") => Op::History,
-        Some("presence") => Op::Presence,
-        Some(other) => return Err((Some(id), ErrorBody::new("unknown_op", format!("unknown op {other:?}")))),
-    };
-    if matches!(op, Op::Subscribe | Op::Unsubscribe | Op::Publish | Op::History | Op::Presence) {
-        command.channel().map_err(|error| (Some(id), error))?;
-    }
-    Ok((id, op, command))
-}
-
-/// A client command: `{"id":N,"op":"...", ...}`. Fields are checked per op, so an error can
-/// say exactly what is missing.
-#[derive(Deserialize)]
-pub struct CommandFrame<'a> {
-    id: Option<u64>,
-    #[serde(borrow)]
-    op: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    channel: Option<Cow<'a, str>>,
-    since: Option<WirePosition>,
-    #[serde(borrow, default, deserialize_with = "present_raw_value")]
-    data: Option<&'a RawValue>,
-    idempotency_key: Option<String>,
-    limit: Option<usize>,
-    reverse: Option<bool>,
-    token: Option<String>,
-    client: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct IdOnly {
-    id: Option<u64>,
-}
-
-impl CommandFrame<'_> {
-    pub fn channel(&self) -> Result<ChannelName, ErrorBody> {
-        let name =
-            self.channel.as_deref().ok_or_else(|| ErrorBody::new("missing_field", "missing field \"channel\""))?;
-        ChannelName::new(name).map_err(|error| ErrorBody::new("invalid_channel", error.to_string()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Property: no input panics the decoder, and every error has a code and a message.
-    #[test]
-    fn no_input_panics_the_decoder() {
-        let valid = [
-            r#"{"id":1,"op":"subscribe","channel":"a:b","since":{"epoch":"x","offset":3}}"#,
-            r#"{"id":2,"op":"publish","channel":"a","data":{"k":[1,2,{"z":null}]},"idempotency_key":"k"}"#,
-            r#"{"id":3,"op":"history","channel":"a","limit":5,"reverse":true}"#,
-            r#"{"id":4,"op":"connect","token":"a.b.c"}"#,
-        ];
-        let mut rng = fastrand::Rng::with_seed(7);
-        for round in 0..100_000 {
-            let text: String = if round % 3 == 0 {
-                (0..rng.usize(..64)).map(|_| rng.char(..)).collect()
-            } else {
-                let mut chars: Vec<char> = valid[rng.usize(..valid.len())].chars().collect();
-                for _ in 0..rng.usize(1..8) {
-                    let at = rng.usize(..chars.len());
-                    match rng.u8(..3) {
-                        0 => {
-                            chars.remove(at);
-                        }
-                        1 => chars.insert(at, rng.char(..)),
-                        _ => chars[at] = ['{', '}', '"', ':', ',', '[', ']', '\\', '0', '-'][rng.usize(..10)],
-                    }
-                    if chars.is_empty() {
-                        break;
-                    }
-                }
-                chars.into_iter().collect()
-            };
-            if let Err((_, error)) = decode(&text) {
-                assert!(!error.code.is_empty() && !error.message.is_empty(), "{text:?}");
-            }
-        }
-        assert_eq!(decode(valid[0]).map(|(id, op, _)| (id, op)).ok(), Some((1, Op::Subscribe)));
-        assert_eq!(
-            decode(r#"{"id":9,"op":"subscribe","channel":"a b"}"#).err().map(|(id, e)| (id, e.code)),
-            Some((Some(9), "invalid_channel"))
-        );
-    }
+/// The channel a command names, checked.
+fn channel_of(command: &Command<'_>) -> Result<ChannelName, ErrorBody> {
+    ChannelName::new(command.channel()?).map_err(|error| ErrorBody::new("invalid_channel", error.to_string()))
 }

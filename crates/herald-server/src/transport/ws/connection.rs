@@ -6,10 +6,10 @@ use bytes::Bytes;
 use herald_core::{PositionTracker, Publication, SubscriberHandle};
 
 use crate::auth::Identity;
+use crate::encode::EncodedPublication;
 use crate::presence::ClientId;
 use crate::state::AppState;
 use crate::transport::limits::TokenBucket;
-use crate::wire::EncodedPublication;
 
 pub(super) struct Connection {
     pub(super) app: AppState,

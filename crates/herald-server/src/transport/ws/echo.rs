@@ -5,12 +5,12 @@ use std::collections::VecDeque;
 
 use tokio::time::timeout;
 
-use super::close_code;
 use super::frames::{self, Incoming, MessageReader, ReadError};
 use super::handshake::Socket;
 use super::session::{CLOSE_WAIT, Ending, close_and_linger, goodbye_after_error, write_frames};
 use crate::state::AppState;
 use crate::transport::limits::ConnectionPermit;
+use herald_wire::close_code;
 
 /// Echoes until the peer or the server closes; `_permit` is the connection's admission.
 pub async fn run(app: AppState, mut socket: Socket, _permit: ConnectionPermit) {

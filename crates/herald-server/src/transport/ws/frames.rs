@@ -11,6 +11,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use tokio::io::AsyncRead;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
@@ -307,6 +308,15 @@ fn push_header(frame: &mut Vec<u8>, opcode: u8, length: usize) {
             frame.extend_from_slice(&(length as u64).to_be_bytes());
         }
     }
+}
+
+/// `json` as an unmasked, final WebSocket text frame (header + payload), and the JSON itself as
+/// a view into the same allocation: a server's frame is the same bytes for every connection.
+pub fn text_frame(json: String) -> (Utf8Bytes, Bytes) {
+    let ws_frame = frame(OPCODE_TEXT, json.as_bytes());
+    let header_len = ws_frame.len() - json.len();
+    let json = Utf8Bytes::try_from(ws_frame.slice(header_len..)).unwrap_or_else(|_| Utf8Bytes::from(json));
+    (json, ws_frame)
 }
 
 #[cfg(test)]

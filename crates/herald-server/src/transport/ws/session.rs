@@ -17,16 +17,18 @@ use herald_core::{ChannelName, Inbox, PositionTracker, Push};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 
-use super::close_code;
 use super::commands::error_reply;
 use super::connection::Connection;
 use super::frames::{self, Incoming, MessageReader, ReadError};
 use super::watched::WatchedIo;
 use crate::auth::Identity;
-use crate::presence::{ClientId, EncodedPresence};
+use crate::encode::{EncodedPresence, EncodedPublication, wire_position};
+use crate::presence::ClientId;
 use crate::state::AppState;
 use crate::transport::limits::ConnectionPermit;
-use crate::wire::{EncodedPublication, ErrorBody, WirePosition, text_frame};
+use herald_wire::ErrorBody;
+use herald_wire::close_code;
+use herald_wire::push::{Disconnect, DisconnectPush};
 
 /// A ping with no payload: FIN + opcode 9, length 0.
 const PING_FRAME: [u8; 2] = [0x89, 0x00];
@@ -338,18 +340,16 @@ where
             return;
         };
         if ending != Ending::NoPong {
-            let positions: serde_json::Map<String, serde_json::Value> = self
+            let positions = self
                 .connection
                 .positions
                 .iter()
-                .map(|(channel, position)| {
-                    (channel.to_string(), serde_json::to_value(WirePosition::from(position)).unwrap_or_default())
-                })
+                .map(|(channel, position)| (channel.to_string(), wire_position(position)))
                 .collect();
-            let push = serde_json::json!({
-                "disconnect": { "code": code, "reason": reason, "reconnect": reconnect, "positions": positions }
-            });
-            self.pending.push_back(text_frame(push.to_string()).1);
+            let push =
+                DisconnectPush { disconnect: Disconnect { code, reason: reason.to_string(), reconnect, positions } };
+            let json = serde_json::to_string(&push).unwrap_or_default();
+            self.pending.push_back(frames::text_frame(json).1);
         }
         if !matches!(timeout(CLOSE_WAIT, write_frames(&mut self.socket, &mut self.pending)).await, Ok(Ok(()))) {
             // The push is cut short: a close frame now would land inside it.

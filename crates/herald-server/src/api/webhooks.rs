@@ -10,16 +10,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use herald_storage::outbox::{DeliveryRecord, DeliveryState, EndpointRecord};
+use herald_wire::webhook::{
+    CreateEndpoint, Delivery, DeliveryLog, Endpoint, EndpointList, Replay, Replayed, UpdateEndpoint,
+};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
-use super::rules::{check_description, check_events, check_patterns};
-use super::{EndpointState, signature, unix_millis};
-use crate::api::{ApiCaller, JsonBody};
+use super::caller::{ApiCaller, JsonBody};
 use crate::config::KeyScope;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::wire::ErrorBody;
+use crate::webhooks::rules::{check_description, check_events, check_patterns};
+use crate::webhooks::{EndpointState, signature, unix_millis};
+use herald_wire::ErrorBody;
 
 /// Deliveries per log page at most.
 const MAX_LOG_PAGE: usize = 1000;
@@ -69,57 +71,44 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// An endpoint as the API shows it; the secret only where asked (create, show, rotation).
-fn endpoint_json(endpoint: &EndpointRecord, with_secret: bool) -> Value {
-    let mut json = json!({
-        "id": endpoint.id,
-        "url": endpoint.url,
-        "channels": endpoint.channels,
-        "events": endpoint.events,
-        "description": endpoint.description,
-        "paused": endpoint.paused,
-        "active": endpoint.is_active(),
-        "disabled_reason": endpoint.disabled_reason,
-        "failing_since": endpoint.failing_since,
-        "created_at": endpoint.created_at,
-        "from_config": endpoint.from_config,
-    });
-    if with_secret {
-        json["secret"] = endpoint.secret.clone().into();
-        if let Some(until) = endpoint.previous_secret_until.filter(|until| *until > unix_millis()) {
-            json["previous_secret_valid_until"] = until.into();
-        }
+fn endpoint_view(endpoint: &EndpointRecord, with_secret: bool) -> Endpoint {
+    Endpoint {
+        id: endpoint.id.clone(),
+        url: endpoint.url.clone(),
+        channels: endpoint.channels.clone(),
+        events: endpoint.events.clone(),
+        description: endpoint.description.clone(),
+        paused: endpoint.paused,
+        active: endpoint.is_active(),
+        disabled_reason: endpoint.disabled_reason.clone(),
+        failing_since: endpoint.failing_since,
+        created_at: endpoint.created_at,
+        from_config: endpoint.from_config,
+        secret: with_secret.then(|| endpoint.secret.clone()),
+        previous_secret_valid_until: endpoint
+            .previous_secret_until
+            .filter(|until| with_secret && *until > unix_millis()),
     }
-    json
 }
 
-fn delivery_json(delivery: &DeliveryRecord) -> Value {
-    json!({
-        "id": format!("msg_{}", delivery.id),
-        "type": delivery.event_type,
-        "channel": delivery.channel,
-        "state": delivery.state.as_str(),
-        "attempts": delivery.attempts,
-        "created_at": delivery.created_at,
-        "next_attempt_at": (delivery.state == DeliveryState::Pending).then_some(delivery.next_attempt_at),
-        "last_status": delivery.last_status,
-        "last_error": delivery.last_error,
-        "last_latency_ms": delivery.last_latency_ms,
-        "finished_at": delivery.finished_at,
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    url: String,
-    channels: Vec<String>,
-    events: Vec<String>,
-    secret: Option<String>,
-    description: Option<String>,
+fn delivery_view(delivery: &DeliveryRecord) -> Delivery {
+    Delivery {
+        id: format!("msg_{}", delivery.id),
+        event_type: delivery.event_type.clone(),
+        channel: delivery.channel.clone(),
+        state: delivery.state.as_str().to_string(),
+        attempts: delivery.attempts,
+        created_at: delivery.created_at,
+        next_attempt_at: (delivery.state == DeliveryState::Pending).then_some(delivery.next_attempt_at),
+        last_status: delivery.last_status,
+        last_error: delivery.last_error.clone(),
+        last_latency_ms: delivery.last_latency_ms,
+        finished_at: delivery.finished_at,
+    }
 }
 
 async fn create(_admin: WebhookAdmin, State(app): State<AppState>, body: JsonBody) -> Result<Response, ApiError> {
-    let body: CreateBody = body.parse()?;
+    let body: CreateEndpoint = body.parse()?;
     let url = app.webhooks.policy().check_url(&body.url).await.map_err(bad_request)?;
     check_patterns(&body.channels).map_err(bad_request)?;
     check_events(&body.events).map_err(bad_request)?;
@@ -141,37 +130,21 @@ async fn create(_admin: WebhookAdmin, State(app): State<AppState>, body: JsonBod
         from_config: false,
     };
     app.webhooks.create_endpoint(record.clone()).await.map_err(store_error)?;
-    Ok((StatusCode::CREATED, Json(endpoint_json(&record, true))).into_response())
+    Ok((StatusCode::CREATED, Json(endpoint_view(&record, true))).into_response())
 }
 
-async fn list(_admin: WebhookAdmin, State(app): State<AppState>) -> Json<Value> {
-    let endpoints: Vec<Value> =
-        app.webhooks.endpoints().iter().map(|endpoint| endpoint_json(endpoint, false)).collect();
-    Json(json!({ "webhooks": endpoints }))
+async fn list(_admin: WebhookAdmin, State(app): State<AppState>) -> Json<EndpointList> {
+    let webhooks = app.webhooks.endpoints().iter().map(|endpoint| endpoint_view(endpoint, false)).collect();
+    Json(EndpointList { webhooks })
 }
 
 async fn show(
     _admin: WebhookAdmin,
     State(app): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Endpoint>, ApiError> {
     let endpoint = app.webhooks.endpoint(&id).ok_or_else(|| not_found(&id))?;
-    Ok(Json(endpoint_json(&endpoint, true)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateBody {
-    url: Option<String>,
-    channels: Option<Vec<String>>,
-    events: Option<Vec<String>>,
-    description: Option<String>,
-    /// `false` also re-enables an endpoint Herald disabled.
-    paused: Option<bool>,
-    /// A new secret; the old one keeps signing for the rotation grace period.
-    secret: Option<String>,
-    /// Generate the new secret.
-    rotate_secret: Option<bool>,
+    Ok(Json(endpoint_view(&endpoint, true)))
 }
 
 async fn update(
@@ -179,8 +152,8 @@ async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
-    let body: UpdateBody = body.parse()?;
+) -> Result<Json<Endpoint>, ApiError> {
+    let body: UpdateEndpoint = body.parse()?;
     let current = app.webhooks.endpoint(&id).ok_or_else(|| not_found(&id))?;
     let rotating = body.secret.is_some() || body.rotate_secret == Some(true);
     let configured_only = body.url.is_some()
@@ -239,7 +212,7 @@ async fn update(
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found(&id))?;
-    Ok(Json(endpoint_json(&changed, rotating)))
+    Ok(Json(endpoint_view(&changed, rotating)))
 }
 
 async fn remove(
@@ -275,7 +248,7 @@ async fn deliveries(
     State(app): State<AppState>,
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveryLog>, ApiError> {
     let Query(query) = query.map_err(|rejection| ApiError::bad_request("bad_request", rejection.body_text()))?;
     app.webhooks.endpoint(&id).ok_or_else(|| not_found(&id))?;
     let state = match query.state.as_deref() {
@@ -299,16 +272,8 @@ async fn deliveries(
     };
     let page = app.webhooks.outbox().deliveries(&id, state, before, limit).await.map_err(store_error)?;
     let next = (page.len() == limit).then(|| page.last().map(|last| format!("msg_{}", last.id))).flatten();
-    let deliveries: Vec<Value> = page.iter().map(delivery_json).collect();
-    Ok(Json(json!({ "deliveries": deliveries, "next_before": next })))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ReplayBody {
-    /// Milliseconds since the Unix epoch: re-send everything created since then, not only the
-    /// dead deliveries.
-    since: Option<u64>,
+    let deliveries = page.iter().map(delivery_view).collect();
+    Ok(Json(DeliveryLog { deliveries, next_before: next }))
 }
 
 async fn replay(
@@ -316,12 +281,12 @@ async fn replay(
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Replayed>, ApiError> {
     app.webhooks.endpoint(&id).ok_or_else(|| not_found(&id))?;
-    let body: ReplayBody = if body.is_empty() { ReplayBody::default() } else { body.parse()? };
+    let body: Replay = if body.is_empty() { Replay::default() } else { body.parse()? };
     if body.since.is_some_and(|since| since > i64::MAX as u64) {
         return Err(ApiError::bad_request("invalid_since", "since is milliseconds since the Unix epoch"));
     }
     let requeued = app.webhooks.replay(&id, body.since).await.map_err(store_error)?;
-    Ok(Json(json!({ "requeued": requeued })))
+    Ok(Json(Replayed { requeued: requeued as u64 }))
 }

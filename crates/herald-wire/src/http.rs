@@ -1,0 +1,146 @@
+//! The JSON pieces of the HTTP transports (SSE, NDJSON, polling) beside the publications they
+//! carry, and the server API's request and answer bodies.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::ErrorBody;
+use crate::position::Position;
+use crate::publication::{Published, present_raw_value};
+
+/// A channel whose position could not be recovered: `{"channel","recovered":false,"position"}`
+/// (an SSE event of type `recovery`, an entry of a poll answer's `recovery`); as an NDJSON line
+/// it also has `"type":"recovery"` and the `cursor` after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unrecovered {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub channel: String,
+    pub recovered: bool,
+    pub position: Position,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// The first NDJSON line: the cursor of the starting point.
+pub fn ndjson_open(cursor: &str) -> String {
+    format!("{{\"type\":\"open\",\"cursor\":{}}}\n", crate::json_string(cursor))
+}
+
+/// An NDJSON heartbeat line.
+pub const NDJSON_HEARTBEAT: &[u8] = b"{\"type\":\"heartbeat\"}\n";
+
+/// Why a stream ends and where to resume: `{"code","reason","reconnect","cursor"}` (with
+/// `"type":"disconnect"` on NDJSON; SSE says it in the event type).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamDisconnect {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub code: u16,
+    pub reason: String,
+    pub reconnect: bool,
+    pub cursor: String,
+}
+
+/// A poll's answer: `{"messages":[..],"cursor":"..","events":[..]?,"recovery":[..]?}`, the
+/// messages and events being encoded already.
+pub fn poll_answer(messages_json: &str, cursor: &str, events_json: Option<&str>, recovery: &[Unrecovered]) -> String {
+    let mut body = format!("{{\"messages\":{messages_json},\"cursor\":{}", crate::json_string(cursor));
+    if let Some(events) = events_json {
+        body.push_str(",\"events\":");
+        body.push_str(events);
+    }
+    if !recovery.is_empty() {
+        body.push_str(",\"recovery\":");
+        body.push_str(&serde_json::to_string(recovery).unwrap_or_else(|_| "[]".to_string()));
+    }
+    body.push('}');
+    body
+}
+
+/// `POST /api/publish`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody<'a> {
+    pub channel: String,
+    #[serde(borrow, default, deserialize_with = "present_raw_value")]
+    pub data: Option<&'a RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// `POST /api/broadcast`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastBody<'a> {
+    pub channels: Vec<String>,
+    #[serde(borrow, default, deserialize_with = "present_raw_value")]
+    pub data: Option<&'a RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to a broadcast: one outcome per channel, in request order.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BroadcastResults {
+    pub results: Vec<BroadcastOutcome>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BroadcastOutcome {
+    Published(Published),
+    Failed { channel: String, error: ErrorBody },
+}
+
+/// `GET /api/channels`: channels with subscribers on the node answering.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChannelList {
+    pub channels: Vec<ChannelSummary>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChannelSummary {
+    pub channel: String,
+    pub subscribers: usize,
+    /// Present clients (cluster-wide), where the namespace keeps presence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<usize>,
+}
+
+/// `{"status":..}`: `GET /healthz` and `GET /readyz` when all is well.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_answer_is_valid_json_with_what_it_has() {
+        let recovery = [Unrecovered {
+            kind: None,
+            channel: "a".into(),
+            recovered: false,
+            position: Position { epoch: "e".into(), offset: 3 },
+            cursor: None,
+        }];
+        let value: serde_json::Value = serde_json::from_str(&poll_answer("[]", "c1", Some("[{}]"), &recovery)).unwrap();
+        assert_eq!(value["cursor"], "c1");
+        assert_eq!(value["events"][0], serde_json::json!({}));
+        assert_eq!(value["recovery"][0]["position"]["offset"], 3);
+        let bare: serde_json::Value = serde_json::from_str(&poll_answer("[1]", "c2", None, &[])).unwrap();
+        assert_eq!(bare, serde_json::json!({ "messages": [1], "cursor": "c2" }));
+    }
+
+    #[test]
+    fn broadcast_outcomes_read_back_either_way() {
+        let text = r#"{"results":[{"channel":"a","offset":1,"epoch":"e"},{"channel":"b","error":{"code":"x","message":"y"}}]}"#;
+        let results: BroadcastResults = serde_json::from_str(text).unwrap();
+        assert!(matches!(&results.results[0], BroadcastOutcome::Published(p) if p.offset == 1));
+        assert!(matches!(&results.results[1], BroadcastOutcome::Failed { error, .. } if error.code == "x"));
+        assert_eq!(serde_json::to_string(&results).unwrap(), text);
+    }
+}

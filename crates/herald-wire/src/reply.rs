@@ -1,0 +1,98 @@
+//! Replies to commands: `{"id":N,"result":{..}}` or `{"id":N,"error":{"code","message"}}`, and
+//! the results they carry.
+//!
+//! Results are written as text around parts already encoded (publications are encoded once
+//! per publication), so the builders take JSON text where a part may be pre-encoded.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorBody;
+use crate::position::Position;
+
+/// `{"id":N,"result":RESULT}`, `result_json` being the result's JSON text.
+pub fn result(id: u64, result_json: &str) -> String {
+    format!("{{\"id\":{id},\"result\":{result_json}}}")
+}
+
+/// `{"id":N,"error":{..}}`, or `{"error":{..}}` when the command's id could not be read.
+pub fn error(id: Option<u64>, error: &ErrorBody) -> String {
+    let body = serde_json::to_string(error).unwrap_or_else(|_| "{}".to_string());
+    match id {
+        Some(id) => format!("{{\"id\":{id},\"error\":{body}}}"),
+        None => format!("{{\"error\":{body}}}"),
+    }
+}
+
+/// The empty result: `{}` (ping, unsubscribe).
+pub const EMPTY: &str = "{}";
+
+/// A reply as a client reads it: exactly one of `result` and `error` is present.
+#[derive(Debug, Deserialize)]
+pub struct Reply<'a> {
+    pub id: Option<u64>,
+    #[serde(borrow)]
+    pub result: Option<&'a serde_json::value::RawValue>,
+    pub error: Option<ErrorBody>,
+}
+
+/// The result of `connect` and `refresh`: who the connection is, and until when its token
+/// holds (`expires`, Unix seconds, present when a token was given).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connected {
+    pub client: String,
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+}
+
+/// The result of `subscribe`: the channel's position now, and, when `since` was given, whether
+/// everything after it was recovered (`false`: reload your state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    pub channel: String,
+    pub position: Position,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// A page of history, the result of `history` and the body of
+/// `GET /api/channels/{channel}/history`: `{"channel","publications":[..],"position","oldest"}`,
+/// `publications_json` being an array of encoded publications.
+pub fn history_page(channel: &str, publications_json: &str, position: &Position, oldest: u64) -> String {
+    format!(
+        "{{\"channel\":{},\"publications\":{publications_json},\"position\":{},\"oldest\":{oldest}}}",
+        crate::json_string(channel),
+        serde_json::to_string(position).unwrap_or_default(),
+    )
+}
+
+/// The positions a client reached, per channel (in a disconnect push).
+pub type Positions = BTreeMap<String, Position>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_carry_the_id_and_read_back() {
+        assert_eq!(result(3, EMPTY), r#"{"id":3,"result":{}}"#);
+        let text = error(Some(4), &ErrorBody::new("not_subscribed", "not subscribed to a"));
+        assert_eq!(text, r#"{"id":4,"error":{"code":"not_subscribed","message":"not subscribed to a"}}"#);
+        let reply: Reply<'_> = serde_json::from_str(&text).unwrap();
+        assert_eq!((reply.id, reply.result.is_none()), (Some(4), true));
+        assert_eq!(reply.error.unwrap().code, "not_subscribed");
+        assert_eq!(error(None, &ErrorBody::new("missing_id", "m")), r#"{"error":{"code":"missing_id","message":"m"}}"#);
+    }
+
+    #[test]
+    fn a_history_page_is_valid_json() {
+        let position = Position { epoch: "e".into(), offset: 2 };
+        let page = history_page("a\"b", "[1,2]", &position, 1);
+        let value: serde_json::Value = serde_json::from_str(&page).unwrap();
+        assert_eq!(value["channel"], "a\"b");
+        assert_eq!(value["position"]["offset"], 2);
+        assert_eq!(value["oldest"], 1);
+    }
+}
