@@ -2,6 +2,7 @@
 //! (tokio-tungstenite, reqwest, Python `websockets`), never by the server's own types.
 
 mod api;
+mod architecture;
 mod auth;
 mod bad_input;
 mod binary;

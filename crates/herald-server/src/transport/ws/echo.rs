@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use tokio::time::timeout;
 
 use super::frames::{self, Incoming, MessageReader, ReadError};
-use super::handshake::Socket;
 use super::session::{CLOSE_WAIT, Ending, close_and_linger, goodbye_after_error, write_frames};
+use super::watched::Socket;
 use crate::state::AppState;
 use crate::transport::limits::ConnectionPermit;
 use herald_wire::close_code;

@@ -11,14 +11,11 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::session;
-use super::watched::WatchedIo;
+use super::watched::{Socket, WatchedIo};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 use crate::transport::origin::check_origin;
-
-/// The socket type of every Herald WebSocket.
-pub type Socket = WatchedIo<TokioIo<hyper::upgrade::Upgraded>>;
 
 pub async fn upgrade(
     State(app): State<AppState>,

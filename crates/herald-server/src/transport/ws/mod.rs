@@ -23,5 +23,5 @@ mod handshake;
 mod session;
 mod watched;
 
-pub use handshake::{Socket, echo, upgrade};
-pub use watched::WatchedIo;
+pub use handshake::{echo, upgrade};
+pub use watched::{Socket, WatchedIo};

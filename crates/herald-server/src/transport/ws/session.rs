@@ -77,7 +77,7 @@ where
     }
 }
 
-pub(in crate::transport::ws) struct Session<T> {
+pub(super) struct Session<T> {
     /// Who the client is and what it follows: what its commands act on.
     connection: Connection,
     inbox: Inbox,

@@ -10,6 +10,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// The socket type of every Herald WebSocket: hyper's upgraded connection, watched.
+pub type Socket = WatchedIo<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
 /// Whether the read side may have input, and the task to wake when it does.
 #[derive(Default)]
 struct ReadWatch {
