@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_core::{Epoch, PresenceEntry, PresenceEvent, PresenceSnapshot, Publication};
+use herald_core::{Epoch, PositionTracker, PresenceEntry, PresenceEvent, PresenceSnapshot, Publication};
 use herald_wire::presence::Change;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -31,6 +31,13 @@ impl EncodedPublication {
             Self { json, ws_frame }
         })
     }
+}
+
+/// The shared encoding of `publication` if it is the next one for a subscription whose
+/// positions are `positions` (which then move to it); `None` for one it has seen or does not
+/// follow. Every transport delivers through this.
+pub fn if_next(positions: &mut PositionTracker, publication: &Publication) -> Option<EncodedPublication> {
+    positions.advance(publication).then(|| EncodedPublication::of(publication))
 }
 
 fn fields(publication: &Publication) -> herald_wire::publication::PublicationFields<'_> {

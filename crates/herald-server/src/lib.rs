@@ -10,6 +10,7 @@ pub mod cursor;
 pub mod encode;
 pub mod error;
 pub mod front;
+pub mod http_client;
 pub mod jwks;
 pub mod metrics;
 pub mod ops;

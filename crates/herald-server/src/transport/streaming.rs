@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, timeout};
 
 use crate::encode::EncodedPresence;
-use crate::encode::EncodedPublication;
+use crate::encode::{EncodedPublication, if_next};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::transport::handoff::Handoff;
@@ -267,8 +267,8 @@ impl OpenStream {
             format.unrecovered(&mut chunk, &notice, &subscription.cursor());
         }
         for publication in std::mem::take(&mut self.opening.missed) {
-            if subscription.positions.advance(&publication) {
-                format.publication(&mut chunk, &EncodedPublication::of(&publication), &subscription.cursor());
+            if let Some(encoded) = if_next(&mut subscription.positions, &publication) {
+                format.publication(&mut chunk, &encoded, &subscription.cursor());
             }
         }
         if !deliver(sink, chunk.freeze(), &app).await {
@@ -296,8 +296,7 @@ impl OpenStream {
                         for push in batch.drain(..) {
                             match push {
                                 Push::Publication(publication) => {
-                                    if subscription.positions.advance(&publication) {
-                                        let encoded = EncodedPublication::of(&publication);
+                                    if let Some(encoded) = if_next(&mut subscription.positions, &publication) {
                                         format.publication(&mut chunk, &encoded, &subscription.cursor());
                                     }
                                 }

@@ -121,13 +121,9 @@ impl Webhooks {
             allow_private: settings.webhooks.allow_private_targets,
             allow_loopback: settings.api_dev_mode(),
         };
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config())
+        let client = crate::http_client::builder(concat!("Herald-Webhooks/", env!("CARGO_PKG_VERSION")))
             .dns_resolver(Arc::new(GuardedResolver(policy)))
             .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent(concat!("Herald-Webhooks/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.webhooks.timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
@@ -495,16 +491,6 @@ impl EndpointState for EndpointRecord {
 }
 
 /// rustls with the ring provider and Mozilla's roots, as the rest of Herald uses.
-fn tls_config() -> tokio_rustls::rustls::ClientConfig {
-    use tokio_rustls::rustls;
-    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-}
-
 /// Counts channel events and hands those some endpoint wants to the outbox writer.
 pub struct ChannelEventRouter(pub Arc<Webhooks>);
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use herald_core::{PositionTracker, Publication, SubscriberHandle};
 
 use crate::auth::Identity;
-use crate::encode::EncodedPublication;
+use crate::encode;
 use crate::presence::ClientId;
 use crate::state::AppState;
 use crate::transport::limits::TokenBucket;
@@ -35,6 +35,6 @@ impl Connection {
 
     /// The (shared) frame of a publication this connection has not seen yet, moving its position.
     pub(super) fn publication_frame(&mut self, publication: &Publication) -> Option<Bytes> {
-        self.positions.advance(publication).then(|| EncodedPublication::of(publication).ws_frame)
+        encode::if_next(&mut self.positions, publication).map(|encoded| encoded.ws_frame)
     }
 }

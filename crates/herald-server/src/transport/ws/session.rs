@@ -22,7 +22,7 @@ use super::connection::Connection;
 use super::frames::{self, Incoming, MessageReader, ReadError};
 use super::watched::WatchedIo;
 use crate::auth::Identity;
-use crate::encode::{EncodedPresence, EncodedPublication, wire_position};
+use crate::encode::{EncodedPresence, wire_position};
 use crate::presence::ClientId;
 use crate::state::AppState;
 use crate::transport::limits::ConnectionPermit;
@@ -283,8 +283,8 @@ where
     fn queue_push(&mut self, push: Push) {
         match push {
             Push::Publication(publication) => {
-                if self.connection.positions.advance(&publication) {
-                    self.pending.push_back(EncodedPublication::of(&publication).ws_frame);
+                if let Some(frame) = self.connection.publication_frame(&publication) {
+                    self.pending.push_back(frame);
                 }
             }
             Push::Presence(event) => self.pending.push_back(EncodedPresence::of(&event).ws_frame),
