@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv, stream};
@@ -27,7 +27,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_core::{
     ChannelEvent, ChannelName, EngineError, Epoch, FanOut, HistoryPage, HistoryQuery, Namespaces, Position,
-    PresenceChange, PresenceEntry, PresenceEvent, Publication, PublishError, PublishRequest, Published,
+    PresenceChange, PresenceEntry, PresenceEvent, Publication, PublishError, PublishRequest, Published, unix_millis,
 };
 use tokio::sync::watch;
 
@@ -76,10 +76,6 @@ pub enum NatsStartError {
 
 fn unavailable(error: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(format!("nats: {error}"))
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// Subjects name channels in hex: a channel name may hold dots, even several in a row or one

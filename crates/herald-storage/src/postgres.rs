@@ -12,13 +12,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use herald_core::{
     ChannelName, EngineError, Epoch, FanOut, HistoryPage, HistoryQuery, Namespaces, Position, Publication,
-    PublishRequest, Published, Storage,
+    PublishRequest, Published, Storage, unix_millis,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
 
 use crate::StorageOpenError;
-use crate::shared::{Append, Appended, GROUP, Outcomes, QUEUE, complete, fail, storage_error, unix_millis};
+use crate::shared::{Append, Appended, GROUP, Outcomes, QUEUE, complete, fail, storage_error};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS channels (

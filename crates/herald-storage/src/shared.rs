@@ -1,7 +1,6 @@
 //! What both storages share: the append queue's shape and limits, and small helpers.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use herald_core::{EngineError, FanOut, Publication, PublishError, PublishRequest, Published};
 use tokio::sync::oneshot;
@@ -23,10 +22,6 @@ pub struct Append {
 /// What one request did inside the transaction: its outcome, and the publication to deliver
 /// after commit (none for an idempotent repeat).
 pub type Appended = (Published, Option<Arc<Publication>>);
-
-pub fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
 
 pub fn storage_error(error: impl std::fmt::Display) -> EngineError {
     EngineError::Failed(format!("storage: {error}"))

@@ -15,13 +15,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use herald_core::{
     ChannelName, EngineError, Epoch, FanOut, HistoryPage, HistoryQuery, Namespaces, Position, Publication,
-    PublishError, PublishRequest, Published, Storage,
+    PublishError, PublishRequest, Published, Storage, unix_millis,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StorageOpenError;
-use crate::shared::{Append, Appended, GROUP, QUEUE, complete, fail, storage_error, unix_millis};
+use crate::shared::{Append, Appended, GROUP, QUEUE, complete, fail, storage_error};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS channels (
