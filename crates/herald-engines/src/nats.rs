@@ -32,8 +32,8 @@ use herald_core::{
 use tokio::sync::watch;
 
 use crate::shared::{
-    PerChannel, decode_entry, encode_entry, parse_publication, publication_message, publish_each, subscribe_each,
-    unsubscribe_each,
+    PerChannel, decode_entry, encode_entry, fnv1a, parse_publication, publication_message, publish_each,
+    subscribe_each, unsubscribe_each,
 };
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -55,10 +55,6 @@ struct Tail {
     position: Position,
     time: u64,
     sequence: u64,
-}
-
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 const EPOCH_HEADER: &str = "Herald-Epoch";

@@ -35,7 +35,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{Script, Value};
 
 use crate::shared::{
-    PerChannel, decode_entry, encode_entry, parse_publication, publish_each, subscribe_each, unsubscribe_each,
+    PerChannel, decode_entry, encode_entry, fnv1a, parse_publication, publish_each, subscribe_each, unsubscribe_each,
 };
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -145,10 +145,6 @@ fn jump_hash(mut key: u64, buckets: usize) -> usize {
         next = ((bucket + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
     }
     bucket.max(0) as usize
-}
-
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn millis(duration: Duration) -> u64 {
