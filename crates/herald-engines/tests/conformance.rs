@@ -12,6 +12,8 @@ use herald_core::{
     PresenceChange, PresenceEntry, PresenceEvent, Publication, PublishRequest,
 };
 use herald_engines::{NatsEngine, RedisEngine};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// What an engine handed to its node.
 #[derive(Default)]
@@ -92,22 +94,32 @@ async fn memory() -> Option<Node> {
 }
 
 async fn redis() -> Option<Node> {
+    redis_on(TaskTracker::new(), CancellationToken::new()).await
+}
+
+/// A Redis node whose tasks run on `tasks` and end on `shutdown`.
+async fn redis_on(tasks: TaskTracker, shutdown: CancellationToken) -> Option<Node> {
     let Ok(url) = std::env::var("HERALD_TEST_REDIS_URL") else {
         eprintln!("skipped: HERALD_TEST_REDIS_URL is unset (.ci/run sets it)");
         return None;
     };
-    let engine = RedisEngine::start(&[url], namespaces()).await.expect("redis engine starts");
+    let engine = RedisEngine::start(&[url], namespaces(), tasks, shutdown).await.expect("redis engine starts");
     let node = Node::new(engine);
     wait_until("redis ready", || node.engine.is_ready()).await;
     Some(node)
 }
 
 async fn nats() -> Option<Node> {
+    nats_on(TaskTracker::new(), CancellationToken::new()).await
+}
+
+/// A NATS node whose tasks run on `tasks` and end on `shutdown`.
+async fn nats_on(tasks: TaskTracker, shutdown: CancellationToken) -> Option<Node> {
     let Ok(url) = std::env::var("HERALD_TEST_NATS_URL") else {
         eprintln!("skipped: HERALD_TEST_NATS_URL is unset (.ci/run sets it)");
         return None;
     };
-    let engine = NatsEngine::start(&url, namespaces()).await.expect("nats engine starts");
+    let engine = NatsEngine::start(&url, namespaces(), tasks, shutdown).await.expect("nats engine starts");
     let node = Node::new(engine);
     wait_until("nats ready", || node.engine.is_ready()).await;
     Some(node)
@@ -284,4 +296,32 @@ async fn two_nodes(first: Node, second: Node) {
         "reported once, by the first"
     );
     assert!(first.recorder.reports.lock().unwrap().contains(&("presence.join", a.to_string())));
+}
+
+/// Every task an engine starts runs on the tracker it was given and ends on the token, while
+/// the engine itself is still there: server shutdown waits for them, and need not wait long.
+async fn tasks_end_at_shutdown(node: Node, tasks: TaskTracker, shutdown: CancellationToken) {
+    let a = channel("a");
+    node.engine.subscribe(std::slice::from_ref(&a)).await.unwrap();
+    node.engine.publish(vec![request(&a, "1", None)]).await.remove(0).unwrap();
+    wait_until("the delivery", || node.recorder.offsets(&a) == [1]).await;
+    assert!(!tasks.is_empty(), "the engine's tasks are tracked");
+    shutdown.cancel();
+    tasks.close();
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.expect("the engine's tasks end at shutdown");
+    drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_engine_s_tasks_end_at_shutdown() {
+    let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let Some(node) = redis_on(tasks.clone(), shutdown.clone()).await else { return };
+    tasks_end_at_shutdown(node, tasks, shutdown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_engine_s_tasks_end_at_shutdown() {
+    let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let Some(node) = nats_on(tasks.clone(), shutdown.clone()).await else { return };
+    tasks_end_at_shutdown(node, tasks, shutdown).await;
 }

@@ -38,6 +38,7 @@ use crate::shared::{
     PerChannel, decode_entry, encode_entry, fnv1a, parse_publication, publish_each, subscribe_each, unsubscribe_each,
 };
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 /// How long a node's interest in a channel lasts unless refreshed (by its sweep).
 const NODE_LEASE: Duration = Duration::from_secs(30);
@@ -99,7 +100,7 @@ pub struct RedisEngine {
     /// This node, in the channels' node sets.
     node: String,
     fan_out: Arc<OnceLock<Weak<dyn FanOut>>>,
-    /// Stops the Pub/Sub tasks when the engine goes.
+    /// Stops the Pub/Sub tasks when the engine goes (or, as a child of it, at shutdown).
     _stop: DropGuard,
     stop: CancellationToken,
 }
@@ -153,12 +154,18 @@ fn millis(duration: Duration) -> u64 {
 
 impl RedisEngine {
     /// Connects to the shards (lazily: a node starts while Redis is away, and is not ready
-    /// until it is there) and starts their Pub/Sub tasks.
-    pub async fn start(urls: &[String], namespaces: Arc<Namespaces>) -> Result<Arc<Self>, RedisStartError> {
+    /// until it is there) and starts their Pub/Sub tasks, on `tasks`; they end on `shutdown`
+    /// (or when the engine is dropped).
+    pub async fn start(
+        urls: &[String],
+        namespaces: Arc<Namespaces>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, RedisStartError> {
         if urls.is_empty() {
             return Err(RedisStartError::NoUrl);
         }
-        let stop = CancellationToken::new();
+        let stop = shutdown.child_token();
         let mut shards = Vec::new();
         for url in urls {
             let client = redis::Client::open(url.as_str())
@@ -200,7 +207,7 @@ impl RedisEngine {
                 fan_out: fan_out.clone(),
                 stop: stop.clone(),
             };
-            tokio::spawn(reader.run());
+            tasks.spawn(reader.run());
         }
         Ok(Arc::new(Self { shards, namespaces, scripts, node, fan_out, _stop: stop.clone().drop_guard(), stop }))
     }
