@@ -1,6 +1,7 @@
 //! Herald's core: the concepts every transport and engine share, and the hub that joins them.
 //!
 //! - [`channel`]: channel names and their namespaces;
+//! - [`clock`]: the wall clock in Unix milliseconds, as publications and leases are stamped;
 //! - [`namespace`]: per-namespace options (history size and TTL, client publish, ...);
 //! - [`position`]: epochs and positions;
 //! - [`tracker`]: the positions one subscription has reached, which pass each publication once;
@@ -19,6 +20,7 @@
 //! tokio's synchronisation primitives, so it can be tested without any IO.
 
 pub mod channel;
+pub mod clock;
 pub mod durable;
 pub mod engine;
 pub mod hub;
@@ -32,6 +34,7 @@ pub mod publication;
 pub mod tracker;
 
 pub use channel::{ChannelName, InvalidChannelName};
+pub use clock::unix_millis;
 pub use durable::{DurableEngine, Storage};
 pub use engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishError, PublishRequest, Published};
 pub use hub::{Hub, HubError, Subscribed, SubscriberHandle};

@@ -4,12 +4,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::channel::ChannelName;
+use crate::clock::unix_millis;
 use crate::engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishError, PublishRequest, Published};
 use crate::namespace::{NamespaceOptions, Namespaces};
 use crate::position::{Epoch, Position};
@@ -216,10 +217,6 @@ impl MemoryEngine {
         fan_out.deliver_presence(event.clone());
         fan_out.report(ChannelEvent::Presence(event));
     }
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 #[async_trait]

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv, stream};
@@ -27,15 +27,16 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_core::{
     ChannelEvent, ChannelName, EngineError, Epoch, FanOut, HistoryPage, HistoryQuery, Namespaces, Position,
-    PresenceChange, PresenceEntry, PresenceEvent, Publication, PublishError, PublishRequest, Published,
+    PresenceChange, PresenceEntry, PresenceEvent, Publication, PublishError, PublishRequest, Published, unix_millis,
 };
 use tokio::sync::watch;
 
 use crate::shared::{
-    PerChannel, decode_entry, encode_entry, parse_publication, publication_message, publish_each, subscribe_each,
-    unsubscribe_each,
+    PerChannel, decode_entry, encode_entry, fnv1a, parse_publication, publication_message, publish_each,
+    subscribe_each, unsubscribe_each,
 };
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 const STREAM: &str = "HERALD";
 const PRESENCE_BUCKET: &str = "herald-presence";
@@ -57,10 +58,6 @@ struct Tail {
     sequence: u64,
 }
 
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
-}
-
 const EPOCH_HEADER: &str = "Herald-Epoch";
 const OFFSET_HEADER: &str = "Herald-Offset";
 const TIME_HEADER: &str = "Herald-Time";
@@ -76,10 +73,6 @@ pub enum NatsStartError {
 
 fn unavailable(error: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(format!("nats: {error}"))
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// Subjects name channels in hex: a channel name may hold dots, even several in a row or one
@@ -127,12 +120,23 @@ pub struct NatsEngine {
     connected: Arc<AtomicBool>,
     /// Bumped at each reconnect: channel tasks then catch up on what they missed.
     reconnects: watch::Receiver<u64>,
+    /// Where the engine's tasks run (so shutdown waits for them).
+    tasks: TaskTracker,
+    /// Stops them: cancelled at shutdown (a child of its token) or when the engine goes.
     stop: CancellationToken,
     _stop: DropGuard,
 }
 
 impl NatsEngine {
-    pub async fn start(url: &str, namespaces: Arc<Namespaces>) -> Result<Arc<Self>, NatsStartError> {
+    /// Connects and sets up the streams and buckets. The engine's tasks (the streams' check
+    /// after a reconnect, one delivery task per channel with subscribers) run on `tasks` and
+    /// end on `shutdown` (or when the engine is dropped).
+    pub async fn start(
+        url: &str,
+        namespaces: Arc<Namespaces>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, NatsStartError> {
         let connected = Arc::new(AtomicBool::new(false));
         let (bump, reconnects) = watch::channel(0u64);
         let events = connected.clone();
@@ -202,12 +206,12 @@ impl NatsEngine {
         let nodes = bucket(NODES_BUCKET).await?;
         // A NATS server that comes back without its store (a new machine, a wiped volume) gets
         // the streams again; channels then start new epochs, and their subscribers are reset.
-        let stop = CancellationToken::new();
+        let stop = shutdown.child_token();
         {
             let (context, history, mut reconnects) =
                 (context.clone(), stream.cached_info().config.clone(), reconnects.clone());
             let stop = stop.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 while tokio::select! {
                     changed = reconnects.changed() => changed.is_ok(),
                     () = stop.cancelled() => false,
@@ -234,6 +238,7 @@ impl NatsEngine {
             tails: (0..APPEND_LOCKS).map(|_| tokio::sync::Mutex::new(HashMap::new())).collect(),
             connected,
             reconnects,
+            tasks,
             _stop: stop.clone().drop_guard(),
             stop,
         }))
@@ -607,7 +612,7 @@ impl PerChannel for NatsEngine {
             reconnects: self.reconnects.clone(),
             last: Some(top),
         };
-        tokio::spawn(delivery.run(subscriber, task.clone()));
+        self.tasks.spawn(delivery.run(subscriber, task.clone()));
         {
             let mut interest = self.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             match interest.get_mut(channel) {

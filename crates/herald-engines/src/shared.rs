@@ -1,6 +1,7 @@
 //! What the engines share: the messages they send between nodes (a publication as
 //! `P <offset> <epoch> <time> <data>`, a join or leave as `J <entry JSON>` / `L <entry JSON>`),
-//! presence entries as JSON, and the batch operations made of per-channel ones.
+//! presence entries as JSON, the batch operations made of per-channel ones, and the hash that
+//! spreads channels (over shards, or locks).
 
 use std::sync::Arc;
 
@@ -54,6 +55,11 @@ pub async fn unsubscribe_each(engine: &impl PerChannel, channels: &[ChannelName]
     result
 }
 
+/// FNV-1a, 64 bits: a channel name's stable hash (the same on every node and every run).
+pub fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// `{"client","user","info","since"}`: a presence entry as the brokers keep it.
 pub fn encode_entry(entry: &PresenceEntry) -> String {
     let info = entry
@@ -96,6 +102,13 @@ pub fn parse_publication(channel: &ChannelName, bytes: &[u8]) -> Option<Arc<Publ
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fnv1a_matches_the_reference_values() {
+        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a("foobar"), 0x8594_4171_f739_67e8);
+    }
 
     #[test]
     fn publication_messages_round_trip() {

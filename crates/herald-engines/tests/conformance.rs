@@ -12,6 +12,8 @@ use herald_core::{
     PresenceChange, PresenceEntry, PresenceEvent, Publication, PublishRequest,
 };
 use herald_engines::{NatsEngine, RedisEngine};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// What an engine handed to its node.
 #[derive(Default)]
@@ -92,22 +94,32 @@ async fn memory() -> Option<Node> {
 }
 
 async fn redis() -> Option<Node> {
+    redis_on(TaskTracker::new(), CancellationToken::new()).await
+}
+
+/// A Redis node whose tasks run on `tasks` and end on `shutdown`.
+async fn redis_on(tasks: TaskTracker, shutdown: CancellationToken) -> Option<Node> {
     let Ok(url) = std::env::var("HERALD_TEST_REDIS_URL") else {
         eprintln!("skipped: HERALD_TEST_REDIS_URL is unset (.ci/run sets it)");
         return None;
     };
-    let engine = RedisEngine::start(&[url], namespaces()).await.expect("redis engine starts");
+    let engine = RedisEngine::start(&[url], namespaces(), tasks, shutdown).await.expect("redis engine starts");
     let node = Node::new(engine);
     wait_until("redis ready", || node.engine.is_ready()).await;
     Some(node)
 }
 
 async fn nats() -> Option<Node> {
+    nats_on(TaskTracker::new(), CancellationToken::new()).await
+}
+
+/// A NATS node whose tasks run on `tasks` and end on `shutdown`.
+async fn nats_on(tasks: TaskTracker, shutdown: CancellationToken) -> Option<Node> {
     let Ok(url) = std::env::var("HERALD_TEST_NATS_URL") else {
         eprintln!("skipped: HERALD_TEST_NATS_URL is unset (.ci/run sets it)");
         return None;
     };
-    let engine = NatsEngine::start(&url, namespaces()).await.expect("nats engine starts");
+    let engine = NatsEngine::start(&url, namespaces(), tasks, shutdown).await.expect("nats engine starts");
     let node = Node::new(engine);
     wait_until("nats ready", || node.engine.is_ready()).await;
     Some(node)
@@ -164,6 +176,61 @@ async fn subscribed_nodes_get_every_publication_in_order(node: Node) {
     assert!(node.recorder.reports.lock().unwrap().contains(&("channel.occupied", a.to_string())));
     node.engine.unsubscribe(std::slice::from_ref(&a)).await.unwrap();
     assert!(node.recorder.reports.lock().unwrap().contains(&("channel.vacated", a.to_string())));
+}
+
+/// Subscribes and unsubscribes of one channel racing each other (their engine calls queued
+/// in any order) leave the node subscribed exactly while it has interest.
+async fn racing_subscribes_and_unsubscribes_leave_the_interest_in_force(node: Node) {
+    let a = channel("a");
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let (engine, a) = (node.engine.clone(), a.clone());
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    engine.subscribe(std::slice::from_ref(&a)).await.unwrap();
+                    engine.unsubscribe(std::slice::from_ref(&a)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for racer in racers {
+        racer.await.unwrap();
+    }
+    node.engine.subscribe(std::slice::from_ref(&a)).await.unwrap();
+    for n in 0..3 {
+        node.engine.publish(vec![request(&a, &n.to_string(), None)]).await.remove(0).unwrap();
+    }
+    wait_until("3 deliveries", || node.recorder.offsets(&a).len() == 3).await;
+    assert_eq!(node.recorder.offsets(&a), [1, 2, 3]);
+}
+
+/// Publishers of one channel at once on one node get contiguous offsets, each once; other
+/// channels publish beside them.
+async fn concurrent_publishers_get_contiguous_offsets(node: Node) {
+    let (a, others) = (channel("a"), (0..4).map(|n| channel(&format!("other{n}"))).collect::<Vec<_>>());
+    let mut publishers = Vec::new();
+    for n in 0..8 {
+        let (engine, target) = (node.engine.clone(), if n % 2 == 0 { a.clone() } else { others[n / 2].clone() });
+        publishers.push(tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for m in 0..10 {
+                let published = engine.publish(vec![request(&target, &m.to_string(), None)]).await.remove(0).unwrap();
+                offsets.push(published.position.offset);
+            }
+            (target, offsets)
+        }));
+    }
+    let mut on_a = Vec::new();
+    for publisher in publishers {
+        let (target, offsets) = publisher.await.unwrap();
+        if target == a {
+            on_a.extend(offsets);
+        } else {
+            assert_eq!(offsets, (1..=10).collect::<Vec<_>>());
+        }
+    }
+    on_a.sort_unstable();
+    assert_eq!(on_a, (1..=40).collect::<Vec<_>>());
 }
 
 async fn presence_joins_leaves_and_expires(node: Node) {
@@ -248,6 +315,8 @@ suite!(
     offsets_are_contiguous_and_history_keeps_the_newest,
     idempotency_keys_publish_once,
     subscribed_nodes_get_every_publication_in_order,
+    racing_subscribes_and_unsubscribes_leave_the_interest_in_force,
+    concurrent_publishers_get_contiguous_offsets,
     presence_joins_leaves_and_expires,
 );
 
@@ -263,6 +332,42 @@ async fn two_redis_nodes_share_publications_presence_and_positions() {
 async fn two_nats_nodes_share_publications_presence_and_positions() {
     let (Some(first), Some(second)) = (nats().await, nats().await) else { return };
     two_nodes(first, second).await;
+}
+
+/// Two nodes publishing to one channel at once: every offset is handed out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_redis_nodes_publishing_at_once_keep_offsets_contiguous() {
+    let (Some(first), Some(second)) = (redis().await, redis().await) else { return };
+    two_nodes_publishing_at_once(first, second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nats_nodes_publishing_at_once_keep_offsets_contiguous() {
+    let (Some(first), Some(second)) = (nats().await, nats().await) else { return };
+    two_nodes_publishing_at_once(first, second).await;
+}
+
+async fn two_nodes_publishing_at_once(first: Node, second: Node) {
+    let a = channel("a");
+    let publishers: Vec<_> = [&first, &second, &first, &second]
+        .into_iter()
+        .map(|node| {
+            let (engine, a) = (node.engine.clone(), a.clone());
+            tokio::spawn(async move {
+                let mut offsets = Vec::new();
+                for n in 0..10 {
+                    offsets.push(engine.publish(vec![request(&a, &n.to_string(), None)]).await.remove(0).unwrap());
+                }
+                offsets
+            })
+        })
+        .collect();
+    let mut offsets = Vec::new();
+    for publisher in publishers {
+        offsets.extend(publisher.await.unwrap().into_iter().map(|published| published.position.offset));
+    }
+    offsets.sort_unstable();
+    assert_eq!(offsets, (1..=40).collect::<Vec<_>>());
 }
 
 async fn two_nodes(first: Node, second: Node) {
@@ -284,4 +389,32 @@ async fn two_nodes(first: Node, second: Node) {
         "reported once, by the first"
     );
     assert!(first.recorder.reports.lock().unwrap().contains(&("presence.join", a.to_string())));
+}
+
+/// Every task an engine starts runs on the tracker it was given and ends on the token, while
+/// the engine itself is still there: server shutdown waits for them, and need not wait long.
+async fn tasks_end_at_shutdown(node: Node, tasks: TaskTracker, shutdown: CancellationToken) {
+    let a = channel("a");
+    node.engine.subscribe(std::slice::from_ref(&a)).await.unwrap();
+    node.engine.publish(vec![request(&a, "1", None)]).await.remove(0).unwrap();
+    wait_until("the delivery", || node.recorder.offsets(&a) == [1]).await;
+    assert!(!tasks.is_empty(), "the engine's tasks are tracked");
+    shutdown.cancel();
+    tasks.close();
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.expect("the engine's tasks end at shutdown");
+    drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_engine_s_tasks_end_at_shutdown() {
+    let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let Some(node) = redis_on(tasks.clone(), shutdown.clone()).await else { return };
+    tasks_end_at_shutdown(node, tasks, shutdown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_engine_s_tasks_end_at_shutdown() {
+    let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let Some(node) = nats_on(tasks.clone(), shutdown.clone()).await else { return };
+    tasks_end_at_shutdown(node, tasks, shutdown).await;
 }

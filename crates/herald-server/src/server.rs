@@ -141,9 +141,9 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     if let Some(auth) = &settings.auth {
         auth.refresh_remote_keys().await.map_err(StartError::Jwks)?;
     }
-    let hub = wiring::hub(&settings).await?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let hub = wiring::hub(&settings, &tasks, &shutdown).await?;
     // Pending webhook deliveries resume now, whatever happens to the rest of the start.
     let webhooks = Webhooks::start(&settings, tasks.clone(), shutdown.clone()).await?;
     hub.set_event_sink(Arc::new(ChannelEventRouter(webhooks.clone())));

@@ -11,14 +11,13 @@
 //! reads and the rare endpoint changes use a second connection (WAL).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StorageOpenError;
-use crate::shared::{GROUP, QUEUE};
+use crate::shared::{GROUP, QUEUE, ReadConnection};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -220,7 +219,7 @@ enum Write {
 /// The outbox in an SQLite file of its own (its writes never wait on publication appends).
 pub struct SqliteOutbox {
     writes: mpsc::Sender<Write>,
-    reader: Arc<Mutex<Connection>>,
+    reader: ReadConnection,
 }
 
 impl SqliteOutbox {
@@ -246,7 +245,7 @@ impl SqliteOutbox {
             .name("herald-outbox".into())
             .spawn(move || write_loop(writer, queue))
             .map_err(StorageOpenError::Thread)?;
-        Ok(Self { writes, reader: Arc::new(Mutex::new(reader)) })
+        Ok(Self { writes, reader: ReadConnection::new(reader) })
     }
 
     /// Stores new deliveries (skipping events an endpoint already has); returns the ids of those
@@ -275,17 +274,12 @@ impl SqliteOutbox {
         answer.await.map_err(|_| outbox_error("writer stopped"))?
     }
 
+    /// Runs `f` on the second connection, off the async threads.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, OutboxError> {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let connection = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&connection).map_err(outbox_error)
-        })
-        .await
-        .map_err(outbox_error)?
+        self.reader.run(f).await.map_err(outbox_error)
     }
 
     /// The next pending delivery of a lane.

@@ -4,6 +4,10 @@
 //! commit). Offsets are assigned by `UPDATE … SET top = top + 1 … RETURNING`, whose row lock
 //! serializes appends to a channel even across several nodes on one database; new publications
 //! reach the fan-out only after commit, in offset order. Reads go through a second connection.
+//!
+//! The writer and the connections' IO tasks run on the caller's `TaskTracker` and end on its
+//! `CancellationToken`: the writer then takes no new appends, commits those already queued and
+//! ends, and its connection with it; the reading connection closes at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +16,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use herald_core::{
     ChannelName, EngineError, Epoch, FanOut, HistoryPage, HistoryQuery, Namespaces, Position, Publication,
-    PublishRequest, Published, Storage,
+    PublishRequest, Published, Storage, unix_millis,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::StorageOpenError;
-use crate::shared::{Append, Appended, GROUP, Outcomes, QUEUE, complete, fail, storage_error, unix_millis};
+use crate::shared::{Append, Appended, GROUP, Outcomes, QUEUE, complete, fail, storage_error};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS channels (
@@ -70,49 +76,83 @@ pub struct PostgresStorage {
     reader: std::sync::RwLock<Arc<Client>>,
     target: Target,
     namespaces: Arc<Namespaces>,
+    /// Ends the reading connection's IO task (shutdown).
+    stop: CancellationToken,
 }
 
-/// Where to connect (again, after the database restarted or dropped us).
+/// Where to connect (again, after the database restarted or dropped us), and where the
+/// connections' IO tasks run.
 #[derive(Clone)]
 struct Target {
     url: String,
     schema: Option<String>,
+    tasks: TaskTracker,
 }
 
 impl Target {
-    async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
-        connect(&self.url, self.schema.as_deref()).await
+    async fn connect(&self, stop: &CancellationToken) -> Result<Client, tokio_postgres::Error> {
+        connect(&self.url, self.schema.as_deref(), &self.tasks, stop).await
     }
 }
 
-async fn connect(url: &str, schema: Option<&str>) -> Result<Client, tokio_postgres::Error> {
+/// Connects; the connection's IO task (on `tasks`) ends when the client is dropped or `stop`
+/// is cancelled.
+async fn connect(
+    url: &str,
+    schema: Option<&str>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<Client, tokio_postgres::Error> {
     let mut config: tokio_postgres::Config = url.parse()?;
     if let Some(schema) = schema {
         config.options(format!("-c search_path={schema}"));
     }
     config.application_name(format!("herald:{}", schema.unwrap_or("public")));
     let (client, connection) = config.connect(NoTls).await?;
-    // The connection's IO task ends when the client is dropped.
-    tokio::spawn(connection);
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = connection => {}
+            () = stop.cancelled() => {}
+        }
+    });
     Ok(client)
 }
 
 impl PostgresStorage {
     /// Connects (twice: writer and reader), creates the tables if needed, starts the writer.
     /// `schema` (created if missing) lets several deployments or tests share one database.
-    pub async fn open(url: &str, schema: Option<&str>, namespaces: Arc<Namespaces>) -> Result<Self, StorageOpenError> {
+    /// The writer and the connections run on `tasks` and stop on `shutdown` (see the module
+    /// docs).
+    pub async fn open(
+        url: &str,
+        schema: Option<&str>,
+        namespaces: Arc<Namespaces>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StorageOpenError> {
         let failed = |error: tokio_postgres::Error| StorageOpenError::Postgres(error.to_string());
+        let target = Target { url: url.to_string(), schema: schema.map(str::to_string), tasks: tasks.clone() };
         if let Some(schema) = schema {
-            let setup = connect(url, None).await.map_err(failed)?;
+            let setup = connect(url, None, &tasks, &shutdown).await.map_err(failed)?;
             setup.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).await.map_err(failed)?;
         }
-        let writer = connect(url, schema).await.map_err(failed)?;
+        // The writer's connections live as long as the writer, which commits what is queued
+        // when shutdown comes before it ends.
+        let writer_done = CancellationToken::new();
+        let writer = target.connect(&writer_done).await.map_err(failed)?;
         writer.batch_execute(SCHEMA).await.map_err(failed)?;
-        let reader = connect(url, schema).await.map_err(failed)?;
+        let reader = target.connect(&shutdown).await.map_err(failed)?;
         let (appends, queue) = mpsc::channel(QUEUE);
-        let target = Target { url: url.to_string(), schema: schema.map(str::to_string) };
-        tokio::spawn(Writer { client: writer, target: target.clone(), namespaces: namespaces.clone() }.run(queue));
-        Ok(Self { appends, reader: std::sync::RwLock::new(Arc::new(reader)), target, namespaces })
+        let writer = Writer {
+            client: writer,
+            target: target.clone(),
+            namespaces: namespaces.clone(),
+            stop: shutdown.clone(),
+            done: writer_done,
+        };
+        tasks.spawn(writer.run(queue));
+        Ok(Self { appends, reader: std::sync::RwLock::new(Arc::new(reader)), target, namespaces, stop: shutdown })
     }
 
     /// The reading connection, connected again first if the database dropped it.
@@ -122,7 +162,10 @@ impl PostgresStorage {
             return Ok(current);
         }
         let fresh = Arc::new(
-            self.target.connect().await.map_err(|error| EngineError::Unavailable(format!("database: {error}")))?,
+            self.target
+                .connect(&self.stop)
+                .await
+                .map_err(|error| EngineError::Unavailable(format!("database: {error}")))?,
         );
         *self.reader.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh.clone();
         Ok(fresh)
@@ -246,11 +289,28 @@ struct Writer {
     client: Client,
     target: Target,
     namespaces: Arc<Namespaces>,
+    /// Shutdown: take no new appends, commit those queued, end.
+    stop: CancellationToken,
+    /// Cancelled when the writer ends: its connections' IO tasks end then.
+    done: CancellationToken,
 }
 
 impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<Append>) {
-        while let Some(first) = queue.recv().await {
+        let _done = self.done.clone().drop_guard();
+        let mut closed = false;
+        loop {
+            let first = tokio::select! {
+                biased;
+                first = queue.recv() => first,
+                () = self.stop.cancelled(), if !closed => {
+                    // Publishers from now on are told the writer stopped; the queue drains.
+                    queue.close();
+                    closed = true;
+                    continue;
+                }
+            };
+            let Some(first) = first else { return };
             let mut group = vec![first];
             while group.iter().map(|append| append.batch.len()).sum::<usize>() < GROUP {
                 match queue.try_recv() {
@@ -266,7 +326,7 @@ impl Writer {
         // The database restarted or dropped us: connect again, or fail this group plainly (the
         // publishers get an error, nothing is acknowledged) and try again with the next one.
         if self.client.is_closed() {
-            match self.target.connect().await {
+            match self.target.connect(&self.done).await {
                 Ok(client) => self.client = client,
                 Err(error) => return fail(group, EngineError::Unavailable(format!("database: {error}"))),
             }
@@ -371,7 +431,8 @@ mod tests {
     #[async_trait]
     impl crate::conformance::Backend for PostgresSchema {
         async fn open(&self, namespaces: Arc<Namespaces>) -> Arc<dyn Storage> {
-            Arc::new(PostgresStorage::open(&self.url, Some(&self.schema), namespaces).await.unwrap())
+            let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+            Arc::new(PostgresStorage::open(&self.url, Some(&self.schema), namespaces, tasks, shutdown).await.unwrap())
         }
     }
 
@@ -382,7 +443,8 @@ mod tests {
             let _ = std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
                 runtime.block_on(async {
-                    let client = connect(&url, None).await.ok()?;
+                    let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+                    let client = connect(&url, None, &tasks, &stop).await.ok()?;
                     client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await.ok()
                 })
             })
@@ -406,7 +468,8 @@ mod tests {
         };
         assert_eq!(storage.append(vec![request()], None).await.remove(0).unwrap().position.offset, 1);
         // What a database restart does to Herald's connections.
-        let admin = connect(&backend.url, None).await.unwrap();
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        let admin = connect(&backend.url, None, &tasks, &stop).await.unwrap();
         admin
             .execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
@@ -430,10 +493,35 @@ mod tests {
         assert_eq!(page.publications.len(), 2, "reads work again");
     }
 
+    /// The writer and the connections run on the tracker given and end on the token, while the
+    /// storage is still there; appends after that are refused, not left waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn its_tasks_end_at_shutdown() {
+        let Some(backend) = PostgresSchema::from_env() else { return };
+        let options = herald_core::NamespaceOptions { durable: true, ..Default::default() };
+        let namespaces = Arc::new(Namespaces::new(options, std::collections::HashMap::new()));
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let storage =
+            PostgresStorage::open(&backend.url, Some(&backend.schema), namespaces, tasks.clone(), shutdown.clone())
+                .await
+                .unwrap();
+        let channel = ChannelName::new("a").unwrap();
+        let request =
+            || PublishRequest { channel: channel.clone(), data: Bytes::from_static(b"1"), idempotency_key: None };
+        assert!(storage.append(vec![request()], None).await.remove(0).is_ok());
+        assert!(storage.history(&channel, HistoryQuery::after(0)).await.is_ok());
+        assert!(!tasks.is_empty(), "the storage's tasks are tracked");
+        shutdown.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.expect("the storage's tasks end at shutdown");
+        assert!(storage.append(vec![request()], None).await.remove(0).is_err(), "the writer has stopped");
+    }
+
     #[tokio::test]
     async fn an_unreachable_database_is_a_clear_error() {
         let namespaces = Arc::new(Namespaces::default());
-        let error = PostgresStorage::open("postgres://nobody@127.0.0.1:1/none", None, namespaces)
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let error = PostgresStorage::open("postgres://nobody@127.0.0.1:1/none", None, namespaces, tasks, shutdown)
             .await
             .err()
             .expect("refused")

@@ -1,9 +1,10 @@
-//! What both storages share: the append queue's shape and limits, and small helpers.
+//! What the storages share: the append queue's shape and limits, the SQLite reading
+//! connection (history storage and outbox), and small helpers.
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
 
 use herald_core::{EngineError, FanOut, Publication, PublishError, PublishRequest, Published};
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 /// Appends waiting at most before the writer takes them (bounded: publishers wait beyond it).
@@ -23,10 +24,6 @@ pub struct Append {
 /// What one request did inside the transaction: its outcome, and the publication to deliver
 /// after commit (none for an idempotent repeat).
 pub type Appended = (Published, Option<Arc<Publication>>);
-
-pub fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
 
 pub fn storage_error(error: impl std::fmt::Display) -> EngineError {
     EngineError::Failed(format!("storage: {error}"))
@@ -51,5 +48,40 @@ pub fn complete(group: Vec<Append>, outcomes: Vec<Vec<Appended>>) {
 pub fn fail(group: Vec<Append>, error: EngineError) {
     for Append { batch, reply, .. } in group {
         let _ = reply.send(batch.iter().map(|_| Err(error.clone())).collect());
+    }
+}
+
+/// An SQLite connection used beside the writer (WAL lets it read while the writer commits),
+/// off the async threads: each call runs in tokio's blocking pool, one at a time.
+#[derive(Clone)]
+pub struct ReadConnection(Arc<Mutex<Connection>>);
+
+/// Why a call on the [`ReadConnection`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// The blocking task panicked (or the runtime is shutting down).
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl ReadConnection {
+    pub fn new(connection: Connection) -> Self {
+        Self(Arc::new(Mutex::new(connection)))
+    }
+
+    /// Runs `call` on the connection in the blocking pool, and waits for it.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, ReadError> {
+        let connection = self.0.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            call(&connection)
+        })
+        .await?;
+        Ok(outcome?)
     }
 }

@@ -8,20 +8,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_core::{
     ChannelName, EngineError, Epoch, FanOut, HistoryPage, HistoryQuery, Namespaces, Position, Publication,
-    PublishError, PublishRequest, Published, Storage,
+    PublishError, PublishRequest, Published, Storage, unix_millis,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StorageOpenError;
-use crate::shared::{Append, Appended, GROUP, QUEUE, complete, fail, storage_error, unix_millis};
+use crate::shared::{Append, Appended, GROUP, QUEUE, ReadConnection, complete, fail, storage_error};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS channels (
@@ -63,7 +63,7 @@ enum Job {
 /// Durable history in an SQLite file.
 pub struct SqliteStorage {
     jobs: mpsc::Sender<Job>,
-    reader: Arc<Mutex<Connection>>,
+    reader: ReadConnection,
     namespaces: Arc<Namespaces>,
     /// Held while open: two processes appending to one file would hand out the same offsets.
     _lock: std::fs::File,
@@ -111,7 +111,7 @@ impl SqliteStorage {
                 Writer { connection: writer, namespaces: writer_namespaces, tops: HashMap::new() }.run(queue)
             })
             .map_err(StorageOpenError::Thread)?;
-        Ok(Self { jobs, reader: Arc::new(Mutex::new(reader)), namespaces, _lock: lock })
+        Ok(Self { jobs, reader: ReadConnection::new(reader), namespaces, _lock: lock })
     }
 
     async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, EngineError> {
@@ -125,14 +125,7 @@ impl SqliteStorage {
         &self,
         read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, EngineError> {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let connection = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            read(&connection)
-        })
-        .await
-        .map_err(storage_error)?
-        .map_err(storage_error)
+        self.reader.run(read).await.map_err(storage_error)
     }
 }
 

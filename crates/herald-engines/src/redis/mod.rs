@@ -8,6 +8,11 @@
 //! - **Fan-out**: one Pub/Sub connection per shard, subscribed to the channels this node has
 //!   subscribers on. Its task delivers each channel in offset order: Pub/Sub is at most once,
 //!   so a gap (or a reconnect) is closed from history before anything newer is delivered.
+//!   Subscribing and unsubscribing are requests to the shard's sink task, the one owner of the
+//!   connection's sink (a bounded queue, each answered through a oneshot): no lock is held
+//!   across a round trip to Redis. Asked about a channel, that task makes the subscription
+//!   match the channel's interest as it is then, so an unsubscribe never overtakes the
+//!   subscribe it undoes, nor a subscribe the unsubscribe before it.
 //! - **Presence**: a hash of entries and a sorted set of leases per channel; joins, leaves and
 //!   expiries are scripts that also publish the event on the channel's Pub/Sub channel.
 //! - **Channel lifecycle**: a sorted set of the nodes interested in a channel, with leases.
@@ -19,7 +24,7 @@
 
 mod scripts;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -31,13 +36,15 @@ use herald_core::{
     ChannelEvent, ChannelName, EngineError, Epoch, FanOut, HistoryPage, HistoryQuery, Namespaces, Position,
     PresenceChange, PresenceEntry, PresenceEvent, Publication, PublishError, PublishRequest, Published,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::{Script, Value};
 
 use crate::shared::{
-    PerChannel, decode_entry, encode_entry, parse_publication, publish_each, subscribe_each, unsubscribe_each,
+    PerChannel, decode_entry, encode_entry, fnv1a, parse_publication, publish_each, subscribe_each, unsubscribe_each,
 };
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 /// How long a node's interest in a channel lasts unless refreshed (by its sweep).
 const NODE_LEASE: Duration = Duration::from_secs(30);
@@ -47,6 +54,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// The set of channels with presence, per shard (for expiring leases).
 const PRESENCE_INDEX: &str = "herald:presence-channels";
+/// Requests waiting for a shard's sink task at most (those who ask wait beyond).
+const SINK_QUEUE: usize = 1024;
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +75,25 @@ struct Shard {
     url: String,
     client: redis::Client,
     commands: ConnectionManager,
-    /// Subscribes and unsubscribes while connected.
-    sink: tokio::sync::Mutex<Option<PubSubSink>>,
+    /// To the shard's [`SinkTask`], which alone subscribes and unsubscribes.
+    sink: mpsc::Sender<SinkRequest>,
     /// Channels this node has subscribers on, with the last position delivered.
     interest: Mutex<HashMap<ChannelName, Interest>>,
     ready: AtomicBool,
+}
+
+impl Shard {
+    fn lock_interest(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelName, Interest>> {
+        self.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Has the sink task make the channel's Pub/Sub subscription match its interest, and waits.
+    async fn sync_subscription(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        let (done, answer) = oneshot::channel();
+        let request = SinkRequest::Sync { channel: channel.clone(), done };
+        self.sink.send(request).await.map_err(|_| unavailable("the engine has stopped"))?;
+        answer.await.map_err(|_| unavailable("the engine has stopped"))?
+    }
 }
 
 #[derive(Default)]
@@ -99,7 +122,7 @@ pub struct RedisEngine {
     /// This node, in the channels' node sets.
     node: String,
     fan_out: Arc<OnceLock<Weak<dyn FanOut>>>,
-    /// Stops the Pub/Sub tasks when the engine goes.
+    /// Stops the Pub/Sub tasks when the engine goes (or, as a child of it, at shutdown).
     _stop: DropGuard,
     stop: CancellationToken,
 }
@@ -147,22 +170,24 @@ fn jump_hash(mut key: u64, buckets: usize) -> usize {
     bucket.max(0) as usize
 }
 
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
-}
-
 fn millis(duration: Duration) -> u64 {
     duration.as_millis().clamp(1, u128::from(u64::MAX)) as u64
 }
 
 impl RedisEngine {
     /// Connects to the shards (lazily: a node starts while Redis is away, and is not ready
-    /// until it is there) and starts their Pub/Sub tasks.
-    pub async fn start(urls: &[String], namespaces: Arc<Namespaces>) -> Result<Arc<Self>, RedisStartError> {
+    /// until it is there) and starts their Pub/Sub tasks, on `tasks`; they end on `shutdown`
+    /// (or when the engine is dropped).
+    pub async fn start(
+        urls: &[String],
+        namespaces: Arc<Namespaces>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, RedisStartError> {
         if urls.is_empty() {
             return Err(RedisStartError::NoUrl);
         }
-        let stop = CancellationToken::new();
+        let stop = shutdown.child_token();
         let mut shards = Vec::new();
         for url in urls {
             let client = redis::Client::open(url.as_str())
@@ -174,14 +199,24 @@ impl RedisEngine {
                 .set_max_delay(Duration::from_secs(2));
             let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
                 .map_err(|error| RedisStartError::Url { url: url.clone(), error: error.to_string() })?;
-            shards.push(Arc::new(Shard {
+            let (sink, requests) = mpsc::channel(SINK_QUEUE);
+            let shard = Arc::new(Shard {
                 url: url.clone(),
                 client,
                 commands,
-                sink: tokio::sync::Mutex::new(None),
+                sink,
                 interest: Mutex::new(HashMap::new()),
                 ready: AtomicBool::new(false),
-            }));
+            });
+            let sink_task = SinkTask {
+                shard: Arc::downgrade(&shard),
+                requests,
+                stop: stop.clone(),
+                sink: None,
+                subscribed: HashSet::new(),
+            };
+            tasks.spawn(sink_task.run());
+            shards.push(shard);
         }
         let scripts = Arc::new(Scripts {
             publish: Script::new(&scripts::publish()),
@@ -204,7 +239,7 @@ impl RedisEngine {
                 fan_out: fan_out.clone(),
                 stop: stop.clone(),
             };
-            tokio::spawn(reader.run());
+            tasks.spawn(reader.run());
         }
         Ok(Arc::new(Self { shards, namespaces, scripts, node, fan_out, _stop: stop.clone().drop_guard(), stop }))
     }
@@ -275,7 +310,7 @@ impl PerChannel for RedisEngine {
     async fn subscribe_one(&self, channel: &ChannelName) -> Result<(), EngineError> {
         let shard = self.shard(channel);
         let first = {
-            let mut interest = shard.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut interest = shard.lock_interest();
             let entry = interest.entry(channel.clone()).or_default();
             entry.count += 1;
             entry.count == 1
@@ -283,16 +318,7 @@ impl PerChannel for RedisEngine {
         if !first {
             return Ok(());
         }
-        let subscribed = async {
-            let mut sink = shard.sink.lock().await;
-            let sink = sink.as_mut().ok_or_else(|| unavailable("not connected"))?;
-            tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(events_channel(channel)))
-                .await
-                .map_err(|_| unavailable("subscribe timed out"))?
-                .map_err(unavailable)
-        }
-        .await;
-        if let Err(error) = subscribed {
+        if let Err(error) = shard.sync_subscription(channel).await {
             self.forget_interest(shard, channel);
             return Err(error);
         }
@@ -308,7 +334,7 @@ impl PerChannel for RedisEngine {
         );
         match top.await {
             Ok(page) => {
-                let mut interest = shard.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut interest = shard.lock_interest();
                 if let Some(entry) = interest.get_mut(channel)
                     && entry.last.is_none()
                 {
@@ -344,10 +370,8 @@ impl PerChannel for RedisEngine {
         if !self.forget_interest(shard, channel) {
             return Ok(());
         }
-        if let Some(sink) = shard.sink.lock().await.as_mut() {
-            // Failing costs only traffic; a reconnect subscribes to what has interest only.
-            let _ = tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(events_channel(channel))).await;
-        }
+        // Failing costs only traffic; a reconnect subscribes to what has interest only.
+        let _ = shard.sync_subscription(channel).await;
         let keys = keys(channel);
         let mut commands = shard.commands.clone();
         let vacated: u8 = self
@@ -494,7 +518,7 @@ impl herald_core::Engine for RedisEngine {
 impl RedisEngine {
     /// Drops one unit of interest; returns whether it was the last.
     fn forget_interest(&self, shard: &Shard, channel: &ChannelName) -> bool {
-        let mut interest = shard.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut interest = shard.lock_interest();
         let Some(entry) = interest.get_mut(channel) else { return false };
         entry.count = entry.count.saturating_sub(1);
         if entry.count == 0 {
@@ -529,8 +553,7 @@ impl RedisEngine {
                 self.report_presence(&channel, PresenceChange::Leave, &entry);
             }
         }
-        let interested: Vec<ChannelName> =
-            shard.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).keys().cloned().collect();
+        let interested: Vec<ChannelName> = shard.lock_interest().keys().cloned().collect();
         for channel in interested {
             let keys = keys(&channel);
             let _: Value = self
@@ -608,8 +631,108 @@ fn parse_history(channel: &ChannelName, reply: &[Value]) -> Option<HistoryPage> 
     Some(HistoryPage { publications, top, oldest })
 }
 
-/// A shard's Pub/Sub side: connects (again, with backoff), subscribes to the channels with
-/// interest, and delivers what arrives, in offset order per channel, closing gaps from history.
+/// What a shard's [`SinkTask`] is asked.
+enum SinkRequest {
+    /// A new connection's sink: subscribe every channel with interest on it (before anything
+    /// queued after this request).
+    Attach { sink: PubSubSink, done: oneshot::Sender<Result<(), EngineError>> },
+    /// The connection is gone: subscribing fails until the next one.
+    Detach,
+    /// Make the channel's subscription match its interest: subscribed while the channel has
+    /// some, unsubscribed once it has none.
+    Sync { channel: ChannelName, done: oneshot::Sender<Result<(), EngineError>> },
+}
+
+/// The one owner of a shard's Pub/Sub sink. Requests arrive over a bounded queue and are
+/// handled one at a time, each answered through its oneshot, so no lock is held across the
+/// round trips. A `Sync` does what the channel's interest asks for when it is handled, not
+/// what it was when asked: requests for one channel may be queued in any order by concurrent
+/// callers, and the last one handled still leaves the subscription matching the interest.
+struct SinkTask {
+    shard: Weak<Shard>,
+    requests: mpsc::Receiver<SinkRequest>,
+    stop: CancellationToken,
+    /// The current connection's sink, if connected.
+    sink: Option<PubSubSink>,
+    /// What that connection is subscribed to.
+    subscribed: HashSet<ChannelName>,
+}
+
+impl SinkTask {
+    async fn run(mut self) {
+        let stop = self.stop.clone();
+        loop {
+            let request = tokio::select! {
+                request = self.requests.recv() => request,
+                () = stop.cancelled() => return,
+            };
+            let (Some(request), Some(shard)) = (request, self.shard.upgrade()) else { return };
+            tokio::select! {
+                () = self.handle(&shard, request) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn handle(&mut self, shard: &Shard, request: SinkRequest) {
+        match request {
+            SinkRequest::Attach { sink, done } => {
+                self.sink = Some(sink);
+                self.subscribed.clear();
+                let channels: Vec<ChannelName> = shard.lock_interest().keys().cloned().collect();
+                let mut result = Ok(());
+                for channel in &channels {
+                    result = self.subscribe(channel).await;
+                    if result.is_err() {
+                        self.sink = None;
+                        self.subscribed.clear();
+                        break;
+                    }
+                }
+                let _ = done.send(result);
+            }
+            SinkRequest::Detach => {
+                self.sink = None;
+                self.subscribed.clear();
+            }
+            SinkRequest::Sync { channel, done } => {
+                let wanted = shard.lock_interest().contains_key(&channel);
+                let result = match (wanted, self.subscribed.contains(&channel)) {
+                    (true, false) => self.subscribe(&channel).await,
+                    (false, true) => {
+                        self.unsubscribe(&channel).await;
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                };
+                let _ = done.send(result);
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, channel: &ChannelName) -> Result<(), EngineError> {
+        let sink = self.sink.as_mut().ok_or_else(|| unavailable("not connected"))?;
+        tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(events_channel(channel)))
+            .await
+            .map_err(|_| unavailable("subscribe timed out"))?
+            .map_err(unavailable)?;
+        self.subscribed.insert(channel.clone());
+        Ok(())
+    }
+
+    /// Failing costs only traffic (what arrives for a channel without interest is dropped); a
+    /// reconnect subscribes to what has interest only.
+    async fn unsubscribe(&mut self, channel: &ChannelName) {
+        self.subscribed.remove(channel);
+        if let Some(sink) = self.sink.as_mut() {
+            let _ = tokio::time::timeout(RESPONSE_TIMEOUT, sink.unsubscribe(events_channel(channel))).await;
+        }
+    }
+}
+
+/// A shard's Pub/Sub side: connects (again, with backoff), has the sink task subscribe to the
+/// channels with interest, and delivers what arrives, in offset order per channel, closing
+/// gaps from history.
 struct Delivery {
     shard: Weak<Shard>,
     scripts: Arc<Scripts>,
@@ -623,12 +746,16 @@ impl Delivery {
         let mut backoff = Duration::from_millis(100);
         loop {
             let Some(shard) = self.shard.upgrade() else { return };
-            match self.connect(&shard).await {
-                Ok(stream) => {
+            let connected = tokio::select! {
+                connected = self.connect(&shard) => connected,
+                () = self.stop.cancelled() => return,
+            };
+            match connected {
+                Ok((sink, stream)) => {
                     backoff = Duration::from_millis(100);
                     tracing::info!(url = %shard.url, "redis pub/sub connected");
                     drop(shard);
-                    if self.deliver(stream).await {
+                    if self.deliver(sink, stream).await {
                         return;
                     }
                     tracing::warn!("redis pub/sub connection lost; reconnecting");
@@ -641,7 +768,10 @@ impl Delivery {
             }
             if let Some(shard) = self.shard.upgrade() {
                 shard.ready.store(false, Ordering::Relaxed);
-                *shard.sink.lock().await = None;
+                tokio::select! {
+                    _ = shard.sink.send(SinkRequest::Detach) => {}
+                    () = self.stop.cancelled() => return,
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff + Duration::from_millis(fastrand::u64(..100))) => {}
@@ -651,49 +781,41 @@ impl Delivery {
         }
     }
 
-    /// Connects, subscribes to every channel with interest, and catches up on what they missed
-    /// while away.
-    async fn connect(&self, shard: &Arc<Shard>) -> Result<redis::aio::PubSubStream, EngineError> {
+    /// Connects, has the sink task subscribe to every channel with interest, and catches up on
+    /// what they missed while away. Returns the connection's sink too (for pings).
+    async fn connect(&self, shard: &Arc<Shard>) -> Result<(PubSubSink, PubSubStream), EngineError> {
         let pubsub = tokio::time::timeout(RESPONSE_TIMEOUT, shard.client.get_async_pubsub())
             .await
             .map_err(|_| unavailable("connect timed out"))?
             .map_err(unavailable)?;
-        let (mut sink, stream) = pubsub.split();
-        // The sink first, so a channel gaining interest from now on subscribes itself.
-        *shard.sink.lock().await = Some(sink.clone());
-        let channels: Vec<ChannelName> =
-            shard.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).keys().cloned().collect();
-        for channel in &channels {
-            sink.subscribe(events_channel(channel)).await.map_err(unavailable)?;
-        }
+        let (sink, stream) = pubsub.split();
+        // A channel gaining interest from now on is subscribed after these (its request comes
+        // later in the sink task's queue).
+        let (done, answer) = oneshot::channel();
+        let attach = SinkRequest::Attach { sink: sink.clone(), done };
+        shard.sink.send(attach).await.map_err(|_| unavailable("the engine has stopped"))?;
+        answer.await.map_err(|_| unavailable("the engine has stopped"))??;
         // Whatever was published while this node was away.
+        let channels: Vec<ChannelName> = shard.lock_interest().keys().cloned().collect();
         for channel in &channels {
-            let last = shard
-                .interest
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .get(channel)
-                .and_then(|interest| interest.last.clone());
+            let last = shard.lock_interest().get(channel).and_then(|interest| interest.last.clone());
             if let Some(last) = last {
                 self.catch_up(shard, channel, &last, None).await?;
             }
         }
         shard.ready.store(true, Ordering::Relaxed);
-        Ok(stream)
+        Ok((sink, stream))
     }
 
     /// Delivers until the connection ends (`false`) or the engine stops (`true`). A connection
     /// that stops answering pings counts as ended (a half-open one would otherwise go quiet).
-    async fn deliver(&self, mut stream: redis::aio::PubSubStream) -> bool {
+    async fn deliver(&self, mut sink: PubSubSink, mut stream: PubSubStream) -> bool {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
         loop {
             let message = tokio::select! {
                 message = stream.next() => message,
                 () = self.stop.cancelled() => return true,
                 _ = ping.tick() => {
-                    let Some(shard) = self.shard.upgrade() else { return true };
-                    let mut sink = shard.sink.lock().await;
-                    let Some(sink) = sink.as_mut() else { return false };
                     let answered = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<Value>()).await;
                     if !matches!(answered, Ok(Ok(_))) {
                         return false;
@@ -721,12 +843,7 @@ impl Delivery {
         match kind {
             b"P " => {
                 let Some(publication) = parse_publication(channel, rest) else { return Ok(()) };
-                let last = shard
-                    .interest
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .get(channel)
-                    .map(|interest| interest.last.clone());
+                let last = shard.lock_interest().get(channel).map(|interest| interest.last.clone());
                 let Some(last) = last else { return Ok(()) }; // no interest (any more)
                 match last {
                     Some(last) if last.epoch == publication.position.epoch => {
@@ -786,7 +903,7 @@ impl Delivery {
 }
 
 fn set_last(shard: &Shard, channel: &ChannelName, position: &Position) {
-    if let Some(interest) = shard.interest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_mut(channel) {
+    if let Some(interest) = shard.lock_interest().get_mut(channel) {
         interest.last = Some(position.clone());
     }
 }

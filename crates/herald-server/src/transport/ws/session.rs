@@ -502,7 +502,8 @@ mod tests {
         let settings = Arc::new(Settings::from_toml("", &overrides).unwrap());
         let (shutdown, tasks) = (tokio_util::sync::CancellationToken::new(), tokio_util::task::TaskTracker::new());
         let webhooks = crate::webhooks::Webhooks::start(&settings, tasks.clone(), shutdown.clone()).await.unwrap();
-        let app = AppState::new(crate::wiring::hub(&settings).await.unwrap(), webhooks, settings, shutdown, tasks);
+        let hub = crate::wiring::hub(&settings, &tasks, &shutdown).await.unwrap();
+        let app = AppState::new(hub, webhooks, settings, shutdown, tasks);
         let (io, _peer) = tokio::io::duplex(64);
         let socket = WatchedIo::new(io);
         let permit = app.connections.admit([127, 0, 0, 1].into(), ConnectionKind::WebSocket).unwrap();
