@@ -64,11 +64,7 @@ pub fn entry(identity: &Identity, client: ClientId) -> PresenceEntry {
             (claims.sub.clone().unwrap_or_default(), claims.info.as_ref().map(|info| Bytes::from(info.to_string())))
         }
     };
-    PresenceEntry { client: client.to_string(), user, info, since_ms: unix_millis() }
-}
-
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+    PresenceEntry { client: client.to_string(), user, info, since_ms: herald_core::unix_millis() }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use crate::config::Settings;
 use crate::front::{self, FrontTimeouts, Rewind};
 use crate::router;
 use crate::state::AppState;
-use crate::webhooks::{ChannelEventRouter, Webhooks};
+use crate::webhooks::Webhooks;
 use crate::wiring;
 
 /// How often the hub's periodic work runs (presence grace and leases, idle channels).
@@ -43,6 +43,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Storage(#[from] herald_storage::StorageOpenError),
+    #[error(transparent)]
+    Wiring(#[from] wiring::WiringError),
     #[error("cannot load the [auth] JWKS: {0}")]
     Jwks(String),
 }
@@ -143,10 +145,22 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     }
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let hub = wiring::hub(&settings, &tasks, &shutdown).await?;
-    // Pending webhook deliveries resume now, whatever happens to the rest of the start.
-    let webhooks = Webhooks::start(&settings, tasks.clone(), shutdown.clone()).await?;
-    hub.set_event_sink(Arc::new(ChannelEventRouter(webhooks.clone())));
+    let adapters = async {
+        let hub = wiring::hub(&settings, &tasks, &shutdown).await?;
+        // Pending webhook deliveries resume now, whatever happens to the rest of the start.
+        let outbox = wiring::outbox(&settings).await?;
+        let webhooks = Webhooks::start(outbox, &settings, tasks.clone(), shutdown.clone()).await?;
+        Ok::<_, StartError>((hub, webhooks))
+    };
+    let (hub, webhooks) = match adapters.await {
+        Ok(adapters) => adapters,
+        Err(error) => {
+            // What did start (an engine's tasks) stops.
+            shutdown.cancel();
+            return Err(error);
+        }
+    };
+    hub.set_event_sink(webhooks.event_sink());
     let addr = settings.listen;
     let listener = match TcpListener::bind(addr).await {
         Ok(listener) => listener,

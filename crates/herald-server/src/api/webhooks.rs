@@ -20,7 +20,10 @@ use crate::config::KeyScope;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::webhooks::rules::{check_description, check_events, check_patterns};
-use crate::webhooks::{EndpointState, signature, unix_millis};
+use herald_core::unix_millis;
+
+use crate::webhooks::EndpointState;
+use crate::webhooks::signature;
 use herald_wire::ErrorBody;
 
 /// Deliveries per log page at most.

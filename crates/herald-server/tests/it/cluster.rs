@@ -69,6 +69,24 @@ async fn read_offsets(client: &mut WsClient, count: usize) -> Vec<u64> {
     offsets
 }
 
+/// A node on a cluster engine keeps history in the engine: it opens no storage of its own (only
+/// the per-node webhook outbox).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_a_cluster_engine_opens_no_history_storage() {
+    let engines: Vec<String> =
+        redis_url().map(|url| redis_engine(&url)).into_iter().chain(nats_url().map(|url| nats_engine(&url))).collect();
+    for engine in engines {
+        let server = node(&engine).await;
+        wait_ready(&server).await;
+        let files: Vec<String> = std::fs::read_dir(server.data_dir())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!files.iter().any(|file| file.starts_with("herald.db")), "{engine}: {files:?}");
+        assert!(files.iter().any(|file| file == "webhooks.db"), "{engine}: {files:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_on_redis_are_one_server() {
     let Some(url) = redis_url() else { return };

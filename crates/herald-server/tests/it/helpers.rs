@@ -69,6 +69,11 @@ impl TestServer {
         Self { addr: running.local_addr(), running: Some(running), _data_dir: data_dir, http: http_client() }
     }
 
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data_dir.path()
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }

@@ -501,7 +501,9 @@ mod tests {
         let overrides = Overrides { data_dir: Some(data_dir.path().to_path_buf()), ..Default::default() };
         let settings = Arc::new(Settings::from_toml("", &overrides).unwrap());
         let (shutdown, tasks) = (tokio_util::sync::CancellationToken::new(), tokio_util::task::TaskTracker::new());
-        let webhooks = crate::webhooks::Webhooks::start(&settings, tasks.clone(), shutdown.clone()).await.unwrap();
+        let outbox = crate::wiring::outbox(&settings).await.unwrap();
+        let webhooks =
+            crate::webhooks::Webhooks::start(outbox, &settings, tasks.clone(), shutdown.clone()).await.unwrap();
         let hub = crate::wiring::hub(&settings, &tasks, &shutdown).await.unwrap();
         let app = AppState::new(hub, webhooks, settings, shutdown, tasks);
         let (io, _peer) = tokio::io::duplex(64);
