@@ -5,8 +5,11 @@
 //!   (`herald.history.<channel>`). Each message carries its channel's epoch, offset and time in
 //!   headers. A publish reads the subject's last message and appends with
 //!   `Nats-Expected-Last-Subject-Sequence` set to it, retrying on conflict: offsets stay
-//!   contiguous whoever publishes. The stream keeps `max history_size` messages per subject and
-//!   never ages out the last one, so a channel's offsets and epoch live as long as the stream.
+//!   contiguous whoever publishes. On a node, appends to a channel take turns under that
+//!   channel's own append lock (there while someone holds or waits for it), which is released
+//!   for the back-off after a conflict: other channels never wait on it. The stream keeps
+//!   `max history_size` messages per subject and never ages out the last one, so a channel's
+//!   offsets and epoch live as long as the stream.
 //!   Idempotency keys are JetStream message ids (the stream's duplicate window).
 //! - **Fan-out**: core NATS subjects (`herald.events.<channel>`), one subscription per channel
 //!   with local subscribers; its task delivers in offset order, closing gaps (and what a
@@ -32,8 +35,8 @@ use herald_core::{
 use tokio::sync::watch;
 
 use crate::shared::{
-    PerChannel, decode_entry, encode_entry, fnv1a, parse_publication, publication_message, publish_each,
-    subscribe_each, unsubscribe_each,
+    PerChannel, decode_entry, encode_entry, parse_publication, publication_message, publish_each, subscribe_each,
+    unsubscribe_each,
 };
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
@@ -45,10 +48,8 @@ const NODES_BUCKET: &str = "herald-nodes";
 const NODE_LEASE: Duration = Duration::from_secs(30);
 /// Attempts at appending when other nodes keep taking the next offset first.
 const APPEND_ATTEMPTS: usize = 100;
-/// Locks serializing this node's appends per channel (channels hash onto them).
-const APPEND_LOCKS: usize = 256;
-/// Tails remembered per lock at most (forgotten all at once beyond).
-const TAILS_PER_LOCK: usize = 1024;
+/// Channel tails remembered at most (forgotten all at once beyond).
+const TAILS: usize = 256 * 1024;
 
 /// The last message of a channel as this node last appended or read it.
 #[derive(Clone)]
@@ -56,6 +57,70 @@ struct Tail {
     position: Position,
     time: u64,
     sequence: u64,
+}
+
+/// This node's append locks: one per channel, in the map only while some publish holds or
+/// waits for it (so never more than the publishes in flight).
+#[derive(Default)]
+struct AppendLocks(Mutex<HashMap<ChannelName, Arc<tokio::sync::Mutex<()>>>>);
+
+impl AppendLocks {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelName, Arc<tokio::sync::Mutex<()>>>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A claim on the channel's lock, which keeps the lock in the map while it lives.
+    fn claim<'a>(&'a self, channel: &'a ChannelName) -> AppendClaim<'a> {
+        let mut map = self.map();
+        let lock = match map.get(channel) {
+            Some(lock) => lock.clone(),
+            None => map.entry(channel.clone()).or_default().clone(),
+        };
+        AppendClaim { locks: self, channel, lock }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map().len()
+    }
+}
+
+struct AppendClaim<'a> {
+    locks: &'a AppendLocks,
+    channel: &'a ChannelName,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl AppendClaim<'_> {
+    /// Takes the channel's lock: one append at a time per channel on this node.
+    async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+}
+
+impl Drop for AppendClaim<'_> {
+    fn drop(&mut self) {
+        let mut map = self.locks.map();
+        // Claims are made and dropped under the map's lock: the map's reference and this one
+        // alone mean no one else holds or waits for the lock.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(self.channel);
+        }
+    }
+}
+
+/// How one append attempt went.
+enum Attempt {
+    Appended {
+        position: Position,
+        time_ms: u64,
+    },
+    /// An idempotent repeat of the message at this stream sequence.
+    Duplicate {
+        sequence: u64,
+    },
+    /// Another node appended first.
+    Conflict,
 }
 
 const EPOCH_HEADER: &str = "Herald-Epoch";
@@ -116,7 +181,9 @@ pub struct NatsEngine {
     node: String,
     fan_out: Arc<OnceLock<Weak<dyn FanOut>>>,
     interest: Mutex<HashMap<ChannelName, Interest>>,
-    tails: Box<[tokio::sync::Mutex<HashMap<ChannelName, Tail>>]>,
+    append_locks: AppendLocks,
+    /// Each channel's tail as this node last saw it (read and written under its append lock).
+    tails: Mutex<HashMap<ChannelName, Tail>>,
     connected: Arc<AtomicBool>,
     /// Bumped at each reconnect: channel tasks then catch up on what they missed.
     reconnects: watch::Receiver<u64>,
@@ -235,7 +302,8 @@ impl NatsEngine {
             node: format!("node-{:016x}", fastrand::u64(..)),
             fan_out: Arc::new(OnceLock::new()),
             interest: Mutex::new(HashMap::new()),
-            tails: (0..APPEND_LOCKS).map(|_| tokio::sync::Mutex::new(HashMap::new())).collect(),
+            append_locks: AppendLocks::default(),
+            tails: Mutex::new(HashMap::new()),
             connected,
             reconnects,
             tasks,
@@ -250,6 +318,110 @@ impl NatsEngine {
 
     fn announces(&self, channel: &ChannelName) -> bool {
         self.namespaces.options_for(channel).join_leave
+    }
+
+    fn lock_tails(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelName, Tail>> {
+        self.tails.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends a publication; returns its position, time and whether it was a repeat. One
+    /// append at a time per channel on this node, from the tail it remembers: other nodes'
+    /// appends are the only conflicts left, and a known tail saves a read. After a conflict the
+    /// channel's lock is released for the back-off and taken again.
+    async fn append(&self, request: &PublishRequest) -> Result<(Position, u64, bool), EngineError> {
+        let subject = history_subject(&request.channel);
+        let claim = self.append_locks.claim(&request.channel);
+        for _ in 0..APPEND_ATTEMPTS {
+            let turn = claim.lock().await;
+            match self.try_append(request, &subject).await? {
+                Attempt::Appended { position, time_ms } => return Ok((position, time_ms, false)),
+                Attempt::Duplicate { sequence } => {
+                    drop(turn);
+                    let original = self.stream.get_raw_message(sequence).await.map_err(unavailable)?;
+                    let (position, time_ms) =
+                        position_of(&original).ok_or_else(|| unavailable("a message without position"))?;
+                    return Ok((position, time_ms, true));
+                }
+                Attempt::Conflict => {
+                    drop(turn);
+                    tokio::time::sleep(Duration::from_micros(fastrand::u64(50..500))).await;
+                }
+            }
+        }
+        Err(unavailable("too many concurrent publishers on one channel; try again"))
+    }
+
+    /// One attempt at appending, under the channel's append lock.
+    async fn try_append(&self, request: &PublishRequest, subject: &str) -> Result<Attempt, EngineError> {
+        let channel = &request.channel;
+        let known = self.lock_tails().get(channel).cloned();
+        let tail = match known {
+            Some(tail) => tail,
+            None => match last_message(&self.stream, subject).await? {
+                Some(message) => {
+                    let (position, time) =
+                        position_of(&message).ok_or_else(|| unavailable("a message without position"))?;
+                    Tail { position, time, sequence: message.sequence }
+                }
+                None => Tail { position: Position { epoch: Epoch::random(), offset: 0 }, time: 0, sequence: 0 },
+            },
+        };
+        let time_ms = unix_millis().max(tail.time);
+        let position = Position { epoch: tail.position.epoch.clone(), offset: tail.position.offset + 1 };
+        let mut headers = HeaderMap::new();
+        headers.insert(EPOCH_HEADER, position.epoch.as_str());
+        headers.insert(OFFSET_HEADER, position.offset.to_string().as_str());
+        headers.insert(TIME_HEADER, time_ms.to_string().as_str());
+        headers.insert("Nats-Expected-Last-Subject-Sequence", tail.sequence.to_string().as_str());
+        if let Some(key) = &request.idempotency_key {
+            headers.insert("Nats-Msg-Id", format!("{channel}|{key}").as_str());
+        }
+        let sent = self.context.publish_with_headers(subject.to_string(), headers, request.data.clone()).await;
+        let ack = match sent {
+            Ok(pending) => pending.await,
+            Err(error) => {
+                self.lock_tails().remove(channel);
+                return Err(unavailable(error));
+            }
+        };
+        if let Err(error) = &ack
+            && error.kind() == jetstream::context::PublishErrorKind::TimedOut
+        {
+            self.lock_tails().remove(channel);
+            return Err(unavailable(format!(
+                "{error}: the publish may still be stored; publish again with the same idempotency key"
+            )));
+        }
+        match ack {
+            Ok(ack) if ack.duplicate => Ok(Attempt::Duplicate { sequence: ack.sequence }),
+            Ok(ack) => {
+                {
+                    let mut tails = self.lock_tails();
+                    if tails.len() >= TAILS && !tails.contains_key(channel) {
+                        tails.clear();
+                    }
+                    tails.insert(
+                        channel.clone(),
+                        Tail { position: position.clone(), time: time_ms, sequence: ack.sequence },
+                    );
+                }
+                // Announced before the next append of this node: its own publications reach
+                // the other nodes in order. (Fan-out is at most once: a node that misses one
+                // closes the gap from history.)
+                let message = publication_message(&position, time_ms, &request.data);
+                let _ = self.client.publish(events_subject(channel), message).await;
+                Ok(Attempt::Appended { position, time_ms })
+            }
+            Err(error) if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                // Another node appended: read the tail again.
+                self.lock_tails().remove(channel);
+                Ok(Attempt::Conflict)
+            }
+            Err(error) => {
+                self.lock_tails().remove(channel);
+                Err(unavailable(error))
+            }
+        }
     }
 
     /// Adds (or removes) this node in the channel's node set; returns whether the set went from
@@ -507,82 +679,8 @@ impl PerChannel for NatsEngine {
         if !self.connected.load(Ordering::Relaxed) {
             return Err(unavailable("not connected"));
         }
-        let subject = history_subject(&request.channel);
-        // One append at a time per channel on this node, from the tail it remembers: other
-        // nodes' appends are the only conflicts left, and a known tail saves a read.
-        let shard = fnv1a(request.channel.as_str()) as usize % APPEND_LOCKS;
-        let mut tails = self.tails[shard].lock().await;
-        for _ in 0..APPEND_ATTEMPTS {
-            let tail = match tails.get(&request.channel) {
-                Some(tail) => tail.clone(),
-                None => match last_message(&self.stream, &subject).await? {
-                    Some(message) => {
-                        let (position, time) =
-                            position_of(&message).ok_or_else(|| unavailable("a message without position"))?;
-                        Tail { position, time, sequence: message.sequence }
-                    }
-                    None => Tail { position: Position { epoch: Epoch::random(), offset: 0 }, time: 0, sequence: 0 },
-                },
-            };
-            let time_ms = unix_millis().max(tail.time);
-            let position = Position { epoch: tail.position.epoch.clone(), offset: tail.position.offset + 1 };
-            let mut headers = HeaderMap::new();
-            headers.insert(EPOCH_HEADER, position.epoch.as_str());
-            headers.insert(OFFSET_HEADER, position.offset.to_string().as_str());
-            headers.insert(TIME_HEADER, time_ms.to_string().as_str());
-            headers.insert("Nats-Expected-Last-Subject-Sequence", tail.sequence.to_string().as_str());
-            if let Some(key) = &request.idempotency_key {
-                headers.insert("Nats-Msg-Id", format!("{}|{key}", request.channel).as_str());
-            }
-            let sent = self.context.publish_with_headers(subject.clone(), headers, request.data.clone()).await;
-            let ack = match sent {
-                Ok(pending) => pending.await,
-                Err(error) => {
-                    tails.remove(&request.channel);
-                    return Err(unavailable(error));
-                }
-            };
-            if let Err(error) = &ack
-                && error.kind() == jetstream::context::PublishErrorKind::TimedOut
-            {
-                tails.remove(&request.channel);
-                return Err(unavailable(format!(
-                    "{error}: the publish may still be stored; publish again with the same idempotency key"
-                )));
-            }
-            match ack {
-                Ok(ack) if ack.duplicate => {
-                    let original = self.stream.get_raw_message(ack.sequence).await.map_err(unavailable)?;
-                    let (position, time_ms) =
-                        position_of(&original).ok_or_else(|| unavailable("a message without position"))?;
-                    return Ok(Published { channel: request.channel, position, time_ms, duplicate: true });
-                }
-                Ok(ack) => {
-                    if tails.len() >= TAILS_PER_LOCK {
-                        tails.clear();
-                    }
-                    let tail = Tail { position: position.clone(), time: time_ms, sequence: ack.sequence };
-                    tails.insert(request.channel.clone(), tail);
-                    // Announced before the next append of this node: its own publications reach
-                    // the other nodes in order. (Fan-out is at most once: a node that misses
-                    // one closes the gap from history.)
-                    let message = publication_message(&position, time_ms, &request.data);
-                    let _ = self.client.publish(events_subject(&request.channel), message).await;
-                    drop(tails);
-                    return Ok(Published { channel: request.channel, position, time_ms, duplicate: false });
-                }
-                Err(error) if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                    // Another node appended: read the tail again.
-                    tails.remove(&request.channel);
-                    tokio::time::sleep(Duration::from_micros(fastrand::u64(50..500))).await;
-                }
-                Err(error) => {
-                    tails.remove(&request.channel);
-                    return Err(unavailable(error));
-                }
-            }
-        }
-        Err(unavailable("too many concurrent publishers on one channel; try again"))
+        let (position, time_ms, duplicate) = self.append(&request).await?;
+        Ok(Published { channel: request.channel, position, time_ms, duplicate })
     }
 
     async fn subscribe_one(&self, channel: &ChannelName) -> Result<(), EngineError> {
@@ -891,5 +989,28 @@ mod tests {
         assert!(key.bytes().all(|byte| byte.is_ascii_hexdigit()));
         assert_eq!(channel_from_key(&key), Some(channel));
         assert_eq!(channel_from_key("zz"), None);
+    }
+
+    #[tokio::test]
+    async fn append_locks_are_per_channel_and_go_when_unused() {
+        let locks = AppendLocks::default();
+        let (a, b) = (ChannelName::new("a").unwrap(), ChannelName::new("b").unwrap());
+        let first = locks.claim(&a);
+        let turn = first.lock().await;
+        // Another channel's lock is free meanwhile, and gone once unclaimed.
+        let other = locks.claim(&b);
+        drop(other.lock().await);
+        assert_eq!(locks.len(), 2);
+        drop(other);
+        assert_eq!(locks.len(), 1);
+        // The same channel's lock is taken: a second publish waits for its turn.
+        let second = locks.claim(&a);
+        assert!(tokio::time::timeout(Duration::from_millis(20), second.lock()).await.is_err());
+        drop(turn);
+        drop(second.lock().await);
+        drop(first);
+        assert_eq!(locks.len(), 1, "kept while someone claims it");
+        drop(second);
+        assert_eq!(locks.len(), 0, "nothing left behind");
     }
 }

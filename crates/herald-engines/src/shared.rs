@@ -1,7 +1,7 @@
 //! What the engines share: the messages they send between nodes (a publication as
 //! `P <offset> <epoch> <time> <data>`, a join or leave as `J <entry JSON>` / `L <entry JSON>`),
 //! presence entries as JSON, the batch operations made of per-channel ones, and the hash that
-//! spreads channels (over shards, or locks).
+//! spreads channels over shards.
 
 use std::sync::Arc;
 
