@@ -387,180 +387,36 @@ impl Settings {
     }
 
     pub fn from_raw(raw: RawConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let webhooks = webhook_settings(&raw)?;
-        let listen_text = overrides.listen.clone().or(raw.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen_text = overrides.listen.clone().or(raw.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_text
             .parse()
             .map_err(|_| invalid("listen", format!("{listen_text:?} is not an address like 127.0.0.1:8750")))?;
-        let data_dir = overrides.data_dir.clone().or(raw.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-
-        let engine = match raw.engine.as_deref().unwrap_or("memory") {
-            "memory" => EngineKind::Memory,
-            "redis" => {
-                let urls = raw.redis.as_ref().map(|redis| redis.urls.clone()).unwrap_or_default();
-                if urls.is_empty() {
-                    return Err(invalid("redis.urls", "engine = \"redis\" needs [redis] urls = [\"redis://…\"]"));
-                }
-                for (index, url) in urls.iter().enumerate() {
-                    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
-                        return Err(invalid(format!("redis.urls[{index}]"), format!("{url:?} is not a redis:// URL")));
-                    }
-                }
-                EngineKind::Redis { urls }
-            }
-            "nats" => {
-                let url = raw
-                    .nats
-                    .as_ref()
-                    .and_then(|nats| nats.url.clone())
-                    .ok_or_else(|| invalid("nats.url", "engine = \"nats\" needs [nats] url = \"nats://…\""))?;
-                if !(url.starts_with("nats://") || url.starts_with("tls://")) {
-                    return Err(invalid("nats.url", format!("{url:?} is not a nats:// URL")));
-                }
-                EngineKind::Nats { url }
-            }
-            other => return Err(invalid("engine", format!("{other:?} is not one of \"memory\", \"redis\", \"nats\""))),
-        };
-        let raw_tls = raw.tls.clone().unwrap_or_default();
-        let tls = match (overrides.tls_cert.clone().or(raw_tls.cert), overrides.tls_key.clone().or(raw_tls.key)) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => Some(std::sync::Arc::new(tls_config(&cert, &key)?)),
-            (Some(_), None) => return Err(invalid("tls.key", "a certificate needs its key (--tls-key)")),
-            (None, Some(_)) => return Err(invalid("tls.cert", "a key needs its certificate (--tls-cert)")),
-        };
         let auth = match &raw.auth {
             None => None,
             Some(raw_auth) => Some(std::sync::Arc::new(authenticator(raw_auth)?)),
         };
-        let raw_storage = raw.storage.clone().unwrap_or_default();
-        let storage = match raw_storage.kind.as_deref().unwrap_or("sqlite") {
-            "sqlite" => StorageKind::Sqlite,
-            "postgres" => {
-                let url = raw_storage
-                    .url
-                    .filter(|url| url.starts_with("postgres://") || url.starts_with("postgresql://"))
-                    .ok_or_else(|| invalid("storage.url", "kind = \"postgres\" needs url = \"postgres://…\""))?;
-                if let Some(schema) = &raw_storage.schema
-                    && (schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-                {
-                    return Err(invalid("storage.schema", "a schema name is letters, digits and _"));
-                }
-                StorageKind::Postgres { url, schema: raw_storage.schema }
-            }
-            other => return Err(invalid("storage.kind", format!("{other:?} is not one of \"sqlite\", \"postgres\""))),
-        };
-        if let Some(origins) = &raw.allowed_origins {
-            for (index, origin) in origins.iter().enumerate() {
-                if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
-                    return Err(invalid(
-                        format!("allowed_origins[{index}]"),
-                        format!("{origin:?} is not an origin like https://app.example (scheme and host, no path)"),
-                    ));
-                }
-            }
-        }
-        for (list, keys) in [
-            ("keys", &raw.api.keys),
-            ("read_only_keys", &raw.api.read_only_keys),
-            ("publish_only_keys", &raw.api.publish_only_keys),
-        ] {
-            for (index, key) in keys.iter().enumerate() {
-                if key.len() < 16 {
-                    return Err(invalid(format!("api.{list}[{index}]"), "an API key must be at least 16 characters"));
-                }
-            }
-        }
-
-        let mut default_namespace = NamespaceOptions { anonymous: auth.is_none(), ..NamespaceOptions::default() };
-        let mut named = HashMap::new();
-        for (name, raw_namespace) in &raw.namespaces {
-            let key = format!("namespaces.{name}");
-            if name != "default"
-                && (name.is_empty() || name.contains(':') || herald_core::ChannelName::new(name).is_err())
-            {
-                return Err(invalid(key, "a namespace name is a channel-name prefix without ':'"));
-            }
-            let options = namespace_options(&key, raw_namespace, auth.is_some())?;
-            if name == "default" {
-                default_namespace = options;
-            } else {
-                named.insert(name.clone(), options);
-            }
-        }
-
-        let websocket = WebSocketSettings {
-            ping_interval: duration("websocket.ping_interval", raw.websocket.ping_interval.as_deref(), "25s")?,
-            pong_timeout: duration("websocket.pong_timeout", raw.websocket.pong_timeout.as_deref(), "10s")?,
-            write_timeout: duration("websocket.write_timeout", raw.websocket.write_timeout.as_deref(), "10s")?,
-            outbox_capacity: non_zero("websocket.outbox_capacity", raw.websocket.outbox_capacity.unwrap_or(1024))?,
-            echo_route: overrides.ws_echo_route || raw.websocket.echo_route.unwrap_or(false),
-        };
-        let limits = Limits {
-            max_message_size: non_zero("limits.max_message_size", raw.limits.max_message_size.unwrap_or(64 * 1024))?,
-            max_channels_per_connection: non_zero(
-                "limits.max_channels_per_connection",
-                raw.limits.max_channels_per_connection.unwrap_or(1024),
-            )?,
-            max_channels_per_request: non_zero(
-                "limits.max_channels_per_request",
-                raw.limits.max_channels_per_request.unwrap_or(64),
-            )?,
-            max_connections: optional_limit("limits.max_connections", raw.limits.max_connections)?,
-            max_connections_per_ip: optional_limit("limits.max_connections_per_ip", raw.limits.max_connections_per_ip)?,
-            max_pending_polls: optional_limit("limits.max_pending_polls", raw.limits.max_pending_polls)?,
-            client_publish_rate: optional_limit("limits.client_publish_rate", raw.limits.client_publish_rate)?,
-            api_publish_rate: optional_limit("limits.api_publish_rate", raw.limits.api_publish_rate)?,
-            header_timeout: duration("limits.header_timeout", raw.limits.header_timeout.as_deref(), "10s")?,
-        };
-        let streaming = StreamingSettings {
-            heartbeat_interval: duration(
-                "streaming.heartbeat_interval",
-                raw.streaming.heartbeat_interval.as_deref(),
-                "15s",
-            )?,
-            retry: duration("streaming.retry", raw.streaming.retry.as_deref(), "1s")?,
-        };
-        let poll = PollSettings {
-            default_timeout: duration("poll.default_timeout", raw.poll.default_timeout.as_deref(), "25s")?,
-            max_timeout: duration("poll.max_timeout", raw.poll.max_timeout.as_deref(), "60s")?,
-            max_messages: non_zero("poll.max_messages", raw.poll.max_messages.unwrap_or(100))?,
-        };
-        if poll.default_timeout > poll.max_timeout {
-            return Err(invalid("poll.default_timeout", "must not be longer than poll.max_timeout"));
-        }
-        let presence = herald_core::PresenceTiming {
-            grace: duration_or_zero("presence.grace_period", raw.presence.grace_period.as_deref(), "5s")?,
-            lease: duration("presence.lease", raw.presence.lease.as_deref(), "30s")?,
-        };
-        if presence.lease < Duration::from_secs(3) {
-            return Err(invalid("presence.lease", "must be at least 3s (it is refreshed every third of it)"));
-        }
-
+        check_origins(raw.allowed_origins.as_ref())?;
         Ok(Self {
             listen,
-            data_dir,
-            allowed_origins: raw.allowed_origins,
-            engine,
-            storage,
+            data_dir: overrides
+                .data_dir
+                .clone()
+                .or(raw.data_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            engine: engine_kind(&raw)?,
+            storage: storage_kind(raw.storage.clone())?,
+            tls: tls(raw.tls.clone(), overrides)?,
+            api_keys: api_keys(&raw.api)?,
+            namespaces: namespaces(&raw.namespaces, auth.is_some())?,
             auth,
-            api_keys: ApiKeys(
-                raw.api
-                    .keys
-                    .iter()
-                    .map(|key| (key.clone(), KeyScope::Full))
-                    .chain(raw.api.read_only_keys.iter().map(|key| (key.clone(), KeyScope::ReadOnly)))
-                    .chain(raw.api.publish_only_keys.iter().map(|key| (key.clone(), KeyScope::PublishOnly)))
-                    .collect(),
-            ),
-            namespaces: Namespaces::new(default_namespace, named),
-            websocket,
-            streaming,
-            poll,
-            presence,
-            webhooks,
-            limits,
+            websocket: websocket(&raw.websocket, overrides)?,
+            streaming: streaming(&raw.streaming)?,
+            poll: poll(&raw.poll)?,
+            presence: presence(&raw.presence)?,
+            webhooks: webhook_settings(&raw)?,
+            limits: limits(&raw.limits)?,
             shutdown_grace: duration("shutdown_grace", raw.shutdown_grace.as_deref(), "10s")?,
-            tls,
+            allowed_origins: raw.allowed_origins,
         })
     }
 
@@ -570,6 +426,199 @@ impl Settings {
     pub fn api_dev_mode(&self) -> bool {
         self.api_keys.is_empty() && self.auth.is_none() && self.listen.ip().is_loopback()
     }
+}
+
+/// `engine`, with `[redis]` or `[nats]`.
+fn engine_kind(raw: &RawConfig) -> Result<EngineKind, ConfigError> {
+    let engine = match raw.engine.as_deref().unwrap_or("memory") {
+        "memory" => EngineKind::Memory,
+        "redis" => {
+            let urls = raw.redis.as_ref().map(|redis| redis.urls.clone()).unwrap_or_default();
+            if urls.is_empty() {
+                return Err(invalid("redis.urls", "engine = \"redis\" needs [redis] urls = [\"redis://…\"]"));
+            }
+            for (index, url) in urls.iter().enumerate() {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                    return Err(invalid(format!("redis.urls[{index}]"), format!("{url:?} is not a redis:// URL")));
+                }
+            }
+            EngineKind::Redis { urls }
+        }
+        "nats" => {
+            let url = raw
+                .nats
+                .as_ref()
+                .and_then(|nats| nats.url.clone())
+                .ok_or_else(|| invalid("nats.url", "engine = \"nats\" needs [nats] url = \"nats://…\""))?;
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                return Err(invalid("nats.url", format!("{url:?} is not a nats:// URL")));
+            }
+            EngineKind::Nats { url }
+        }
+        other => return Err(invalid("engine", format!("{other:?} is not one of \"memory\", \"redis\", \"nats\""))),
+    };
+    Ok(engine)
+}
+
+/// `[tls]` (or `--tls-cert`/`--tls-key`): both or neither.
+fn tls(
+    raw: Option<RawTls>,
+    overrides: &Overrides,
+) -> Result<Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>, ConfigError> {
+    let raw_tls = raw.unwrap_or_default();
+    let tls = match (overrides.tls_cert.clone().or(raw_tls.cert), overrides.tls_key.clone().or(raw_tls.key)) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(std::sync::Arc::new(tls_config(&cert, &key)?)),
+        (Some(_), None) => return Err(invalid("tls.key", "a certificate needs its key (--tls-key)")),
+        (None, Some(_)) => return Err(invalid("tls.cert", "a key needs its certificate (--tls-cert)")),
+    };
+    Ok(tls)
+}
+
+/// `[storage]`: SQLite in the data directory, or PostgreSQL.
+fn storage_kind(raw: Option<RawStorage>) -> Result<StorageKind, ConfigError> {
+    let raw_storage = raw.unwrap_or_default();
+    let storage = match raw_storage.kind.as_deref().unwrap_or("sqlite") {
+        "sqlite" => StorageKind::Sqlite,
+        "postgres" => {
+            let url = raw_storage
+                .url
+                .filter(|url| url.starts_with("postgres://") || url.starts_with("postgresql://"))
+                .ok_or_else(|| invalid("storage.url", "kind = \"postgres\" needs url = \"postgres://…\""))?;
+            if let Some(schema) = &raw_storage.schema
+                && (schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            {
+                return Err(invalid("storage.schema", "a schema name is letters, digits and _"));
+            }
+            StorageKind::Postgres { url, schema: raw_storage.schema }
+        }
+        other => return Err(invalid("storage.kind", format!("{other:?} is not one of \"sqlite\", \"postgres\""))),
+    };
+    Ok(storage)
+}
+
+/// `allowed_origins`: each a scheme and host, no path.
+fn check_origins(origins: Option<&Vec<String>>) -> Result<(), ConfigError> {
+    if let Some(origins) = origins {
+        for (index, origin) in origins.iter().enumerate() {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
+                return Err(invalid(
+                    format!("allowed_origins[{index}]"),
+                    format!("{origin:?} is not an origin like https://app.example (scheme and host, no path)"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `[api]`: keys of at least 16 characters, each with its scope.
+fn api_keys(raw: &RawApi) -> Result<ApiKeys, ConfigError> {
+    for (list, keys) in
+        [("keys", &raw.keys), ("read_only_keys", &raw.read_only_keys), ("publish_only_keys", &raw.publish_only_keys)]
+    {
+        for (index, key) in keys.iter().enumerate() {
+            if key.len() < 16 {
+                return Err(invalid(format!("api.{list}[{index}]"), "an API key must be at least 16 characters"));
+            }
+        }
+    }
+    Ok(ApiKeys(
+        raw.keys
+            .iter()
+            .map(|key| (key.clone(), KeyScope::Full))
+            .chain(raw.read_only_keys.iter().map(|key| (key.clone(), KeyScope::ReadOnly)))
+            .chain(raw.publish_only_keys.iter().map(|key| (key.clone(), KeyScope::PublishOnly)))
+            .collect(),
+    ))
+}
+
+/// `[namespaces.*]`; without `[auth]` (`auth` false) namespaces allow anonymous clients.
+fn namespaces(raw: &HashMap<String, RawNamespace>, auth: bool) -> Result<Namespaces, ConfigError> {
+    let mut default_namespace = NamespaceOptions { anonymous: !auth, ..NamespaceOptions::default() };
+    let mut named = HashMap::new();
+    for (name, raw_namespace) in raw {
+        let key = format!("namespaces.{name}");
+        if name != "default" && (name.is_empty() || name.contains(':') || herald_core::ChannelName::new(name).is_err())
+        {
+            return Err(invalid(key, "a namespace name is a channel-name prefix without ':'"));
+        }
+        let options = namespace_options(&key, raw_namespace, auth)?;
+        if name == "default" {
+            default_namespace = options;
+        } else {
+            named.insert(name.clone(), options);
+        }
+    }
+    Ok(Namespaces::new(default_namespace, named))
+}
+
+/// `[websocket]`.
+fn websocket(raw: &RawWebSocket, overrides: &Overrides) -> Result<WebSocketSettings, ConfigError> {
+    let websocket = WebSocketSettings {
+        ping_interval: duration("websocket.ping_interval", raw.ping_interval.as_deref(), "25s")?,
+        pong_timeout: duration("websocket.pong_timeout", raw.pong_timeout.as_deref(), "10s")?,
+        write_timeout: duration("websocket.write_timeout", raw.write_timeout.as_deref(), "10s")?,
+        outbox_capacity: non_zero("websocket.outbox_capacity", raw.outbox_capacity.unwrap_or(1024))?,
+        echo_route: overrides.ws_echo_route || raw.echo_route.unwrap_or(false),
+    };
+    Ok(websocket)
+}
+
+/// `[limits]`.
+fn limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
+    let limits = Limits {
+        max_message_size: non_zero("limits.max_message_size", raw.max_message_size.unwrap_or(64 * 1024))?,
+        max_channels_per_connection: non_zero(
+            "limits.max_channels_per_connection",
+            raw.max_channels_per_connection.unwrap_or(1024),
+        )?,
+        max_channels_per_request: non_zero(
+            "limits.max_channels_per_request",
+            raw.max_channels_per_request.unwrap_or(64),
+        )?,
+        max_connections: optional_limit("limits.max_connections", raw.max_connections)?,
+        max_connections_per_ip: optional_limit("limits.max_connections_per_ip", raw.max_connections_per_ip)?,
+        max_pending_polls: optional_limit("limits.max_pending_polls", raw.max_pending_polls)?,
+        client_publish_rate: optional_limit("limits.client_publish_rate", raw.client_publish_rate)?,
+        api_publish_rate: optional_limit("limits.api_publish_rate", raw.api_publish_rate)?,
+        header_timeout: duration("limits.header_timeout", raw.header_timeout.as_deref(), "10s")?,
+    };
+    Ok(limits)
+}
+
+/// `[streaming]` (SSE and NDJSON).
+fn streaming(raw: &RawStreaming) -> Result<StreamingSettings, ConfigError> {
+    let streaming = StreamingSettings {
+        heartbeat_interval: duration("streaming.heartbeat_interval", raw.heartbeat_interval.as_deref(), "15s")?,
+        retry: duration("streaming.retry", raw.retry.as_deref(), "1s")?,
+    };
+    Ok(streaming)
+}
+
+/// `[poll]`.
+fn poll(raw: &RawPoll) -> Result<PollSettings, ConfigError> {
+    let poll = PollSettings {
+        default_timeout: duration("poll.default_timeout", raw.default_timeout.as_deref(), "25s")?,
+        max_timeout: duration("poll.max_timeout", raw.max_timeout.as_deref(), "60s")?,
+        max_messages: non_zero("poll.max_messages", raw.max_messages.unwrap_or(100))?,
+    };
+    if poll.default_timeout > poll.max_timeout {
+        return Err(invalid("poll.default_timeout", "must not be longer than poll.max_timeout"));
+    }
+    Ok(poll)
+}
+
+/// `[presence]`.
+fn presence(raw: &RawPresence) -> Result<herald_core::PresenceTiming, ConfigError> {
+    let presence = herald_core::PresenceTiming {
+        grace: duration_or_zero("presence.grace_period", raw.grace_period.as_deref(), "5s")?,
+        lease: duration("presence.lease", raw.lease.as_deref(), "30s")?,
+    };
+    if presence.lease < Duration::from_secs(3) {
+        return Err(invalid("presence.lease", "must be at least 3s (it is refreshed every third of it)"));
+    }
+    Ok(presence)
 }
 
 fn tls_config(cert: &Path, key: &Path) -> Result<tokio_rustls::rustls::ServerConfig, ConfigError> {
