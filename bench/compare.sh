@@ -4,6 +4,7 @@
 #   bench/compare.sh                   # every scenario, every server
 #   bench/compare.sh --quick           # short runs, smaller counts (a few minutes)
 #   SCENARIOS="2 3" SERVERS="herald nats" bench/compare.sh
+#   HERALD_BASELINE=path/to/older/herald bench/compare.sh   # adds that build as "herald-baseline"
 #
 # The server runs pinned to core 0 and the load generator to core 1 (`taskset`); each run
 # starts a fresh server so memory figures are its own. Peers are set up by this script: node
@@ -16,6 +17,14 @@ quick=false
 [ "${1:-}" = "--quick" ] && quick=true
 SCENARIOS=${SCENARIOS:-"1 1b 2 3 4 5 6 7"}
 SERVERS=${SERVERS:-"herald ws-broadcast socketio nats pushpin"}
+# Another build of Herald (say, before a change) runs beside this one, in the same scenarios.
+HERALD_BASELINE=${HERALD_BASELINE:-}
+baseline=""
+if [ -n "$HERALD_BASELINE" ]; then
+  [ -x "$HERALD_BASELINE" ] || { echo "HERALD_BASELINE=$HERALD_BASELINE is not an executable" >&2; exit 2; }
+  baseline=herald-baseline
+  SERVERS="$SERVERS herald-baseline"
+fi
 SERVER_CORE=${SERVER_CORE:-0}
 GENERATOR_CORE=${GENERATOR_CORE:-1}
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -53,11 +62,13 @@ wait_port() {
 # Starts server $1 pinned to the server core; sets PID, SUB_URL, PUB_URL.
 start_server() {
   case "$1" in
-    herald)
+    herald|herald-baseline)
       # Namespace "durable" keeps its history in the embedded SQLite storage.
       printf '[namespaces.durable]\ndurable = true\nhistory_size = 1000\n' > "$work/herald.toml"
       rm -rf "$work/data"
-      RUST_LOG=warn taskset -c "$SERVER_CORE" "$herald" serve --listen 127.0.0.1:8750 --data-dir "$work/data" \
+      local binary=$herald
+      [ "$1" = herald-baseline ] && binary=$HERALD_BASELINE
+      RUST_LOG=warn taskset -c "$SERVER_CORE" "$binary" serve --listen 127.0.0.1:8750 --data-dir "$work/data" \
         --config "$work/herald.toml" > "$work/herald.log" 2>&1 &
       PID=$!; SUB_URL=http://127.0.0.1:8750; PUB_URL=$SUB_URL; wait_port 8750 ;;
     ws-broadcast)
@@ -119,8 +130,11 @@ run() {
   case " $SERVERS " in *" $server "*) ;; *) return 0 ;; esac
   start_server "$server"
   echo "== $label: $server over $transport $*" >&2
-  taskset -c "$GENERATOR_CORE" "$generator" --target "$server" --transport "$transport" --url "$SUB_URL" \
-    --publish-url "$PUB_URL" --server-pid "$PID" ${EXTRA_PIDS:-} --label "$label" "$@" >> "$results" ||
+  # The baseline speaks Herald's protocol; its results are named apart.
+  local target=$server rename=s/^//
+  [ "$server" = herald-baseline ] && target=herald rename='s/"target":"herald"/"target":"herald-baseline"/'
+  taskset -c "$GENERATOR_CORE" "$generator" --target "$target" --transport "$transport" --url "$SUB_URL" \
+    --publish-url "$PUB_URL" --server-pid "$PID" ${EXTRA_PIDS:-} --label "$label" "$@" | sed "$rename" >> "$results" ||
     echo "   (run failed)" >&2
   stop_server
 }
@@ -131,7 +145,7 @@ seconds=10; idle=15000; fan=5000; light=1000; many=10000
 if $quick; then seconds=3; idle=2000; fan=1000; light=200; many=1000; fi
 
 if has 1; then
-  for server in herald ws-broadcast socketio nats; do
+  for server in herald $baseline ws-broadcast socketio nats; do
     run "1 idle" "$server" ws --subscribers $idle --rate 0
   done
   run "1 idle" herald sse --subscribers $idle --rate 0
@@ -143,18 +157,18 @@ if has 1b; then
 fi
 if has 2; then
   for rate in 10 40; do
-    for server in herald ws-broadcast socketio nats; do
+    for server in herald $baseline ws-broadcast socketio nats; do
       run "2 fan-out ×$rate" "$server" ws --subscribers $fan --rate $rate --seconds $seconds
     done
   done
 fi
 if has 3; then
-  for server in herald ws-broadcast socketio nats; do
+  for server in herald $baseline ws-broadcast socketio nats; do
     run "3 light" "$server" ws --subscribers $light --rate 10 --seconds $seconds
   done
 fi
 if has 4; then
-  for server in herald ws-broadcast socketio nats; do
+  for server in herald $baseline ws-broadcast socketio nats; do
     run "4 hot channel" "$server" ws --subscribers 100 --rate 1000 --seconds $seconds
   done
 fi

@@ -32,7 +32,7 @@ for label in sorted({r["label"] for r in rows if "server_cpu_us_per_delivery" in
     if not herald or herald.get("server_cpu_us_per_delivery") is None:
         continue
     parts = []
-    for peer in ("wsbroadcast", "socketio", "nats"):
+    for peer in ("herald-baseline", "wsbroadcast", "socketio", "nats"):
         other = find(label, peer)
         if other and other.get("server_cpu_us_per_delivery"):
             parts.append(f"{herald['server_cpu_us_per_delivery'] / other['server_cpu_us_per_delivery']:.2f}× {peer}")

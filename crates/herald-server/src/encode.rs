@@ -52,8 +52,15 @@ fn fields(publication: &Publication) -> herald_wire::publication::PublicationFie
 
 /// A JSON array of publications, each in its shared encoding.
 pub fn publications_array<'a>(publications: impl IntoIterator<Item = &'a Arc<Publication>>) -> String {
-    let encoded: Vec<EncodedPublication> = publications.into_iter().map(|p| EncodedPublication::of(p)).collect();
-    herald_wire::publication::array(encoded.iter().map(|encoded| encoded.json.as_str()))
+    let mut array = String::from("[");
+    for (index, publication) in publications.into_iter().enumerate() {
+        if index > 0 {
+            array.push(',');
+        }
+        array.push_str(&EncodedPublication::of(publication).json);
+    }
+    array.push(']');
+    array
 }
 
 /// Published JSON data as the hub keeps it: on one line (see

@@ -145,18 +145,24 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     }
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let adapters = async {
-        let hub = wiring::hub(&settings, &tasks, &shutdown).await?;
+    // The engine's and the storage's own tasks stop last, once every connection has finished:
+    // in-flight requests still read history and publish during the grace period.
+    let adapters = Adapters { tasks: TaskTracker::new(), stop: CancellationToken::new() };
+    let started = async {
+        let hub = wiring::hub(&settings, &adapters.tasks, &adapters.stop).await?;
         // Pending webhook deliveries resume now, whatever happens to the rest of the start.
         let outbox = wiring::outbox(&settings).await?;
         let webhooks = Webhooks::start(outbox, &settings, tasks.clone(), shutdown.clone()).await?;
         Ok::<_, StartError>((hub, webhooks))
     };
-    let (hub, webhooks) = match adapters.await {
-        Ok(adapters) => adapters,
+    let (hub, webhooks) = match started.await {
+        Ok(started) => started,
         Err(error) => {
-            // What did start (an engine's tasks) stops.
+            // What did start (an engine's tasks, pending webhooks) stops.
             shutdown.cancel();
+            tasks.close();
+            let _ = tokio::time::timeout(settings.shutdown_grace, tasks.wait()).await;
+            adapters.stop(settings.shutdown_grace).await;
             return Err(error);
         }
     };
@@ -166,15 +172,34 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
         Ok(listener) => listener,
         Err(source) => {
             shutdown.cancel();
+            tasks.close();
+            let _ = tokio::time::timeout(settings.shutdown_grace, tasks.wait()).await;
+            adapters.stop(settings.shutdown_grace).await;
             return Err(StartError::Bind { addr, source });
         }
     };
     let app = AppState::new(hub, webhooks, Arc::new(settings), shutdown, tasks);
-    start_on(listener, app).map_err(|source| StartError::Bind { addr, source })
+    start_on(listener, app, adapters).map_err(|source| StartError::Bind { addr, source })
+}
+
+/// The tasks of the engine and the storage, and what stops them.
+struct Adapters {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Adapters {
+    async fn stop(self, grace: Duration) {
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+            tracing::warn!(grace = ?grace, "the engine's or the storage's tasks did not stop within the grace period");
+        }
+    }
 }
 
 /// Serves `app` on an already bound listener.
-fn start_on(listener: TcpListener, app: AppState) -> std::io::Result<RunningServer> {
+fn start_on(listener: TcpListener, app: AppState, adapters: Adapters) -> std::io::Result<RunningServer> {
     let local_addr = listener.local_addr()?;
     let settings = &app.settings;
     let grace = settings.shutdown_grace;
@@ -257,6 +282,9 @@ fn start_on(listener: TcpListener, app: AppState) -> std::io::Result<RunningServ
         if drained.is_err() {
             tracing::warn!(grace = ?grace, "shutdown grace period over; closing the remaining connections");
         }
+        // Connections are done: now the engine's and the storage's tasks (the PostgreSQL writer
+        // commits what is queued).
+        adapters.stop(grace).await;
         Ok(())
     });
     Ok(RunningServer { local_addr, shutdown, done })

@@ -27,6 +27,16 @@ pub fn ndjson_open(cursor: &str) -> String {
     format!("{{\"type\":\"open\",\"cursor\":{}}}\n", crate::json_string(cursor))
 }
 
+/// An NDJSON publication line: the publication's shared JSON with `"cursor"` added before its
+/// closing brace, as the pieces to write one after the other (no copy of the JSON). A cursor is
+/// URL-safe, so it needs no escaping.
+pub fn ndjson_publication<'a>(publication_json: &'a str, cursor: &'a str) -> [&'a [u8]; 4] {
+    debug_assert!(publication_json.ends_with('}'));
+    debug_assert!(!cursor.contains(['"', '\\']));
+    let open = &publication_json.as_bytes()[..publication_json.len().saturating_sub(1)];
+    [open, b",\"cursor\":\"", cursor.as_bytes(), b"\"}\n"]
+}
+
 /// An NDJSON heartbeat line.
 pub const NDJSON_HEARTBEAT: &[u8] = b"{\"type\":\"heartbeat\"}\n";
 
@@ -133,6 +143,12 @@ mod tests {
         assert_eq!(value["recovery"][0]["position"]["offset"], 3);
         let bare: serde_json::Value = serde_json::from_str(&poll_answer("[1]", "c2", None, &[])).unwrap();
         assert_eq!(bare, serde_json::json!({ "messages": [1], "cursor": "c2" }));
+    }
+
+    #[test]
+    fn an_ndjson_publication_line_is_the_publication_with_its_cursor() {
+        let line: Vec<u8> = ndjson_publication(r#"{"channel":"a","offset":1}"#, "c1").concat();
+        assert_eq!(line, b"{\"channel\":\"a\",\"offset\":1,\"cursor\":\"c1\"}\n");
     }
 
     #[test]

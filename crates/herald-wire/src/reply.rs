@@ -38,13 +38,14 @@ pub struct Reply<'a> {
 }
 
 /// The result of `connect` and `refresh`: who the connection is, and until when its token
-/// holds (`expires`, Unix seconds, present when a token was given).
+/// holds: `expires` (Unix seconds) is there when a token was given (`Some`), `null` for a token
+/// without `exp` (`Some(None)`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connected {
     pub client: String,
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires: Option<u64>,
+    pub expires: Option<Option<u64>>,
 }
 
 /// The result of `subscribe`: the channel's position now, and, when `since` was given, whether
@@ -84,6 +85,16 @@ mod tests {
         assert_eq!((reply.id, reply.result.is_none()), (Some(4), true));
         assert_eq!(reply.error.unwrap().code, "not_subscribed");
         assert_eq!(error(None, &ErrorBody::new("missing_id", "m")), r#"{"error":{"code":"missing_id","message":"m"}}"#);
+    }
+
+    #[test]
+    fn expires_is_there_exactly_when_a_token_was_given() {
+        let anonymous = Connected { client: "c".into(), user: None, expires: None };
+        assert_eq!(serde_json::to_string(&anonymous).unwrap(), r#"{"client":"c","user":null}"#);
+        let without_exp = Connected { client: "c".into(), user: Some("u".into()), expires: Some(None) };
+        assert_eq!(serde_json::to_string(&without_exp).unwrap(), r#"{"client":"c","user":"u","expires":null}"#);
+        let with_exp = Connected { expires: Some(Some(7)), ..without_exp };
+        assert_eq!(serde_json::to_string(&with_exp).unwrap(), r#"{"client":"c","user":"u","expires":7}"#);
     }
 
     #[test]

@@ -320,6 +320,8 @@ impl PerChannel for RedisEngine {
         }
         if let Err(error) = shard.sync_subscription(channel).await {
             self.forget_interest(shard, channel);
+            // A reconnect in between may have subscribed it: match the interest again.
+            let _ = shard.sync_subscription(channel).await;
             return Err(error);
         }
         // Delivery starts after the channel's top as of now: what comes next is checked against

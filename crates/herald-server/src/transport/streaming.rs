@@ -79,11 +79,9 @@ impl StreamFormat {
                 out.put_slice(b"\n\n");
             }
             Self::Ndjson => {
-                // The shared JSON with the cursor spliced in before its closing brace.
-                out.put_slice(&json[..json.len() - 1]);
-                out.put_slice(b",\"cursor\":\"");
-                out.put_slice(cursor.as_bytes());
-                out.put_slice(b"\"}\n");
+                for part in herald_wire::http::ndjson_publication(&publication.json, cursor) {
+                    out.put_slice(part);
+                }
             }
         }
     }

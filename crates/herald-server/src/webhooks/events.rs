@@ -18,7 +18,7 @@ use super::lanes::Lanes;
 use super::registry::Registry;
 
 /// Channel events waiting to be written to the outbox, at most.
-pub const EVENT_QUEUE: usize = 65_536;
+const EVENT_QUEUE: usize = 65_536;
 /// Locks keeping each channel's publication events in offset order (channels hash onto them).
 const ORDER_LOCKS: usize = 256;
 

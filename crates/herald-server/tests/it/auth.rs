@@ -316,3 +316,23 @@ async fn no_side_door_history_connect_switch_missing_audience_or_dev_mode() {
         .unwrap();
     assert_eq!(response.status(), 415);
 }
+
+/// The `connect` result: `{client, user}` without a token; with one, `expires` too, `null` for a
+/// token without `exp` (docs/protocol.md).
+#[tokio::test]
+async fn connect_results_say_when_the_token_expires_even_when_it_never_does() {
+    let server = TestServer::with_config(&config()).await;
+    let mut client = server.client().await;
+    let reply = client.command(json!({"op": "connect"})).await;
+    let result = reply["result"].as_object().unwrap_or_else(|| panic!("{reply}"));
+    assert!(result.contains_key("client") && result["user"].is_null() && !result.contains_key("expires"), "{reply}");
+    let exp = now() + 600;
+    let mut with_exp = server.client().await;
+    let reply =
+        with_exp.command(json!({"op": "connect", "token": token_with(json!({"sub": "a", "exp": exp}), SECRET)})).await;
+    assert_eq!((&reply["result"]["user"], &reply["result"]["expires"]), (&json!("a"), &json!(exp)), "{reply}");
+    let mut forever = server.client().await;
+    let reply = forever.command(json!({"op": "connect", "token": token_with(json!({"sub": "b"}), SECRET)})).await;
+    let result = reply["result"].as_object().unwrap_or_else(|| panic!("{reply}"));
+    assert!(result.contains_key("expires") && result["expires"].is_null(), "{reply}");
+}

@@ -48,7 +48,7 @@ pub fn http_client() -> reqwest::Client {
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     running: Option<RunningServer>,
-    _data_dir: tempfile::TempDir,
+    data_dir: tempfile::TempDir,
     http: reqwest::Client,
 }
 
@@ -66,12 +66,12 @@ impl TestServer {
         };
         let settings = Settings::from_toml(toml, &overrides).expect("test config is valid");
         let running = server::start(settings).await.expect("server starts");
-        Self { addr: running.local_addr(), running: Some(running), _data_dir: data_dir, http: http_client() }
+        Self { addr: running.local_addr(), running: Some(running), data_dir, http: http_client() }
     }
 
     /// The server's data directory.
     pub fn data_dir(&self) -> &std::path::Path {
-        self._data_dir.path()
+        self.data_dir.path()
     }
 
     pub fn ws_url(&self) -> String {

@@ -85,7 +85,7 @@ impl Connection {
             crate::auth::may_subscribe(&identity, self.app.hub.namespaces().options_for(channel), channel)
                 .map_err(|denied| ErrorBody::new(denied.code(), format!("{denied}; unsubscribe first")))?;
         }
-        let result = Connected { client: self.client.to_string(), user: claims.sub.clone(), expires: claims.exp };
+        let result = Connected { client: self.client.to_string(), user: claims.sub.clone(), expires: Some(claims.exp) };
         self.set_identity(crate::auth::Identity::User(Box::new(claims)));
         Ok(vec![result_reply(id, &json(&result))])
     }
