@@ -324,7 +324,7 @@ pub struct WebSocketSettings {
 /// SSE and NDJSON streams.
 #[derive(Debug, Clone)]
 pub struct StreamingSettings {
-    /// A heartbeat (SSE comment, NDJSON heartbeat line) after this long without output.
+    /// How often a heartbeat (SSE comment, NDJSON heartbeat line) is sent.
     pub heartbeat_interval: Duration,
     /// The reconnect delay suggested to `EventSource` clients (`retry:`).
     pub retry: Duration,
@@ -724,13 +724,26 @@ pub struct WebhookSettings {
 }
 
 /// A `[[webhooks]]` entry, validated.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConfigEndpoint {
     pub url: String,
     pub channels: Vec<String>,
     pub events: Vec<String>,
     pub secret: String,
     pub description: Option<String>,
+}
+
+/// Without the secret: `check-config` prints the settings.
+impl std::fmt::Debug for ConfigEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigEndpoint")
+            .field("url", &self.url)
+            .field("channels", &self.channels)
+            .field("events", &self.events)
+            .field("secret", &"(set)")
+            .field("description", &self.description)
+            .finish()
+    }
 }
 
 fn webhook_settings(raw: &RawConfig) -> Result<WebhookSettings, ConfigError> {

@@ -33,7 +33,7 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Mint a client token (HS256) from the configured [auth] hmac_secret, for development.
     Token(TokenArgs),
-    /// Print fresh random secrets: an [auth] hmac_secret and an [api] key.
+    /// Print fresh random secrets: an [auth] hmac_secret, an [api] key and a webhook secret.
     Keygen,
 }
 
@@ -143,7 +143,10 @@ fn mint_token(args: TokenArgs) -> anyhow::Result<()> {
 fn keygen() -> anyhow::Result<()> {
     let hmac = herald_server::auth::random_secret(32).map_err(anyhow::Error::msg)?;
     let api_key = herald_server::auth::random_secret(24).map_err(anyhow::Error::msg)?;
-    println!("[auth]\nhmac_secret = \"{hmac}\"\n\n[api]\nkeys = [\"{api_key}\"]");
+    let webhook = herald_server::webhooks::signature::generate_secret();
+    println!(
+        "[auth]\nhmac_secret = \"{hmac}\"\n\n[api]\nkeys = [\"{api_key}\"]\n\n# a [[webhooks]] endpoint's secret:\n# secret = \"{webhook}\""
+    );
     Ok(())
 }
 

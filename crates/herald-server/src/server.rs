@@ -158,11 +158,7 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     let (hub, webhooks) = match started.await {
         Ok(started) => started,
         Err(error) => {
-            // What did start (an engine's tasks, pending webhooks) stops.
-            shutdown.cancel();
-            tasks.close();
-            let _ = tokio::time::timeout(settings.shutdown_grace, tasks.wait()).await;
-            adapters.stop(settings.shutdown_grace).await;
+            abandon(&shutdown, &tasks, adapters, settings.shutdown_grace).await;
             return Err(error);
         }
     };
@@ -171,15 +167,20 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     let listener = match TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(source) => {
-            shutdown.cancel();
-            tasks.close();
-            let _ = tokio::time::timeout(settings.shutdown_grace, tasks.wait()).await;
-            adapters.stop(settings.shutdown_grace).await;
+            abandon(&shutdown, &tasks, adapters, settings.shutdown_grace).await;
             return Err(StartError::Bind { addr, source });
         }
     };
     let app = AppState::new(hub, webhooks, Arc::new(settings), shutdown, tasks);
     start_on(listener, app, adapters).map_err(|source| StartError::Bind { addr, source })
+}
+
+/// A start that failed: what did start (pending webhooks, an engine's tasks) stops.
+async fn abandon(shutdown: &CancellationToken, tasks: &TaskTracker, adapters: Adapters, grace: Duration) {
+    shutdown.cancel();
+    tasks.close();
+    let _ = tokio::time::timeout(grace, tasks.wait()).await;
+    adapters.stop(grace).await;
 }
 
 /// The tasks of the engine and the storage, and what stops them.
