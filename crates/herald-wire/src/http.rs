@@ -22,10 +22,15 @@ pub struct Unrecovered {
     pub cursor: Option<String>,
 }
 
-/// The first NDJSON line: the cursor of the starting point.
-pub fn ndjson_open(cursor: &str) -> String {
-    format!("{{\"type\":\"open\",\"cursor\":{}}}\n", crate::json_string(cursor))
+/// `{"type":"open","cursor":".."}`: the cursor of a stream's starting point, its first NDJSON
+/// line and the data of its first SSE event (named `cursor`: `open` is the name EventSource
+/// gives its own connection event).
+pub fn stream_open(cursor: &str) -> String {
+    format!("{{\"type\":\"open\",\"cursor\":{}}}", crate::json_string(cursor))
 }
+
+/// The SSE event type of a stream's opening cursor.
+pub const SSE_CURSOR_EVENT: &str = "cursor";
 
 /// An NDJSON publication line: the publication's shared JSON with `"cursor"` added before its
 /// closing brace, as the pieces to write one after the other (no copy of the JSON). A cursor is

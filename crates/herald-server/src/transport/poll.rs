@@ -60,6 +60,8 @@ pub struct OpenPoll {
     live: bool,
     wait: Duration,
     max: usize,
+    /// When the client's token expires, if it does: a parked poll is answered then.
+    expiry: crate::transport::Expiry,
     _permit: Option<ConnectionPermit>,
 }
 
@@ -77,6 +79,7 @@ impl OpenPoll {
         let live = !wait.is_zero() && !app.shutdown.is_cancelled();
         let permit = if live { Some(app.connections.admit(peer.ip(), ConnectionKind::ParkedPoll)?) } else { None };
         let max = settings.max_messages.get();
+        let expiry = crate::transport::expiry(&query.identity);
         // Room for a full answer plus what arrives while it is taken, so a prefix is never lost.
         // Boxed: opening is done once, and its state need not stay in a parked poll's.
         let (mut subscription, inbox, opening) = Box::pin(HttpSubscription::open(app, &query, live, max + 16)).await?;
@@ -91,6 +94,7 @@ impl OpenPoll {
             live,
             wait,
             max,
+            expiry,
             _permit: permit,
         })
     }
@@ -115,6 +119,10 @@ impl OpenPoll {
                     biased;
                     () = app.shutdown.cancelled() => break,
                     () = tokio::time::sleep_until(deadline) => break,
+                    // As on WebSocket and SSE: an expired token receives nothing more.
+                    () = crate::transport::until_expiry(&mut self.expiry) => {
+                        return Err(crate::auth::TokenError::Expired.into());
+                    }
                     received = self.inbox.recv_many(&mut batch, max) => {
                         if received.is_err() {
                             // Lagged: answered from history below.

@@ -55,15 +55,19 @@ impl StreamFormat {
     }
 
     /// The first thing sent: the reconnect hint and the cursor of the starting point, so a
-    /// client that reconnects before any publication still resumes from here. (An SSE event
-    /// with an `id:` and no `data:` sets the browser's last event id without firing a message.)
+    /// client that reconnects before any publication still resumes from here. On SSE its `id:`
+    /// sets the browser's last event id, and as a named event (`cursor`, not a message) a page
+    /// can read it too, to resume a stream it opens anew.
     fn open(self, out: &mut BytesMut, cursor: &str, retry: Duration) {
         match self {
             Self::Sse => {
-                out.put_slice(format!("retry: {}\nid: {cursor}\n\n", retry.as_millis()).as_bytes());
+                let (event, data) = (herald_wire::http::SSE_CURSOR_EVENT, herald_wire::http::stream_open(cursor));
+                let opening = format!("retry: {}\nid: {cursor}\nevent: {event}\ndata: {data}\n\n", retry.as_millis());
+                out.put_slice(opening.as_bytes());
             }
             Self::Ndjson => {
-                out.put_slice(herald_wire::http::ndjson_open(cursor).as_bytes());
+                out.put_slice(herald_wire::http::stream_open(cursor).as_bytes());
+                out.put_slice(b"\n");
             }
         }
     }

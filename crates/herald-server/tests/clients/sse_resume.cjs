@@ -39,6 +39,12 @@ proxy.listen(0, '127.0.0.1', () => {
   const source = new EventSource(url);
   const seen = [];
   let opens = 0;
+  // The opening cursor, readable by the page (a named event: onmessage does not fire for it).
+  const openingCursors = [];
+  source.addEventListener('cursor', (event) => {
+    const { type, cursor } = JSON.parse(event.data);
+    if (type === 'open' && cursor === event.lastEventId) openingCursors.push(cursor);
+  });
   source.onopen = async () => {
     opens += 1;
     if (opens === 1) {
@@ -68,8 +74,9 @@ proxy.listen(0, '127.0.0.1', () => {
       };
       const everyOnce = JSON.stringify([...ns].sort((x, y) => x - y)) === JSON.stringify([1, 2, 3, 4, 5, 6]);
       const resumedWithId = requestHeads.length >= 2 && requestHeads[1].includes('last-event-id:');
-      const ok = everyOnce && inOrder('es:a') && inOrder('es:b') && opens === 2 && resumedWithId;
-      console.log(JSON.stringify({ ok, seen, opens, resumedWithId }));
+      const cursorsRead = openingCursors.length === 2;
+      const ok = everyOnce && inOrder('es:a') && inOrder('es:b') && opens === 2 && resumedWithId && cursorsRead;
+      console.log(JSON.stringify({ ok, seen, opens, resumedWithId, openingCursors }));
       process.exit(ok ? 0 : 1);
     }
   };

@@ -340,11 +340,11 @@ impl LineStream {
         }
     }
 
-    /// The next SSE event that carries data (skipping heartbeats and bare id events).
+    /// The next SSE event that carries data (skipping heartbeats and the opening cursor).
     pub async fn next_data_event(&mut self) -> Option<SseEvent> {
         loop {
             let event = self.next_event().await?;
-            if event.data.is_some() {
+            if event.data.is_some() && event.event.as_deref() != Some("cursor") {
                 return Some(event);
             }
         }

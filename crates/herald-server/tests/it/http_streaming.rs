@@ -19,7 +19,10 @@ async fn sse_delivers_publications_with_cursor_ids() {
     assert_eq!(headers["x-accel-buffering"], "no");
     let opening = stream.next_event().await.unwrap();
     assert_eq!(opening.retry, Some(1000));
-    assert!(opening.id.is_some() && opening.data.is_none(), "{opening:?}");
+    // A named event, so `onmessage` does not fire, whose data a page can read: the same cursor.
+    assert_eq!(opening.event.as_deref(), Some("cursor"), "{opening:?}");
+    let data: Value = serde_json::from_str(opening.data.as_deref().unwrap()).unwrap();
+    assert_eq!((data["type"].as_str(), data["cursor"].as_str()), (Some("open"), opening.id.as_deref()), "{opening:?}");
 
     server.publish("news", json!({"headline": "hi"})).await;
     server.publish("sport", json!(2)).await;
