@@ -17,9 +17,18 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// Starts the `herald` binary as a user runs it (`serve` on a free loopback port with this
 /// data directory and config file); returns the process and the address it printed.
 pub fn spawn_herald(data_dir: &std::path::Path, config: &std::path::Path) -> (std::process::Child, String) {
+    spawn_herald_on("127.0.0.1:0", data_dir, config)
+}
+
+/// [`spawn_herald`] on a given address (a restart on the same port, for clients that reconnect).
+pub fn spawn_herald_on(
+    listen: &str,
+    data_dir: &std::path::Path,
+    config: &std::path::Path,
+) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", listen, "--data-dir"])
         .arg(data_dir)
         .arg("--config")
         .arg(config)

@@ -18,6 +18,7 @@ mod poll;
 mod presence;
 mod python_client;
 mod readme;
+mod rust_client;
 mod shutdown;
 mod tls;
 mod webhooks;
