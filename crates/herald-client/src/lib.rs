@@ -27,6 +27,8 @@
 mod backoff;
 mod connection;
 
+pub use backoff::Backoff;
+
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;

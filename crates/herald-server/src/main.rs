@@ -9,14 +9,16 @@ use clap::{Args, Parser, Subcommand};
 use herald_server::config::{Overrides, Settings};
 use herald_server::server;
 
+mod cli;
+
 /// jemalloc: with many small, long-lived allocations per connection it keeps an idle WebSocket
 /// about 0.5 KiB smaller than the system allocator does (15,000 connections, BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Herald: a real-time messaging server. Backends publish to channels; Herald delivers each
-/// publication to every subscriber over WebSocket (and, as they land, SSE, NDJSON, polling and
-/// webhooks), with history so reconnecting clients miss nothing.
+/// publication to every subscriber over WebSocket, SSE, NDJSON streaming, polling and webhooks,
+/// with history so reconnecting clients miss nothing.
 #[derive(Parser)]
 #[command(name = "herald", version, propagate_version = true)]
 struct Cli {
@@ -33,6 +35,11 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Mint a client token (HS256) from the configured [auth] hmac_secret, for development.
     Token(TokenArgs),
+    /// Print every publication of CHANNELs as one NDJSON line each, resuming by itself from the
+    /// last cursor when the connection is lost.
+    Subscribe(SubscribeArgs),
+    /// Publish DATA (JSON) to CHANNEL through the server API, and print the reply.
+    Publish(PublishArgs),
     /// Print fresh random secrets: an [auth] hmac_secret, an [api] key and a webhook secret.
     Keygen,
 }
@@ -56,6 +63,35 @@ struct TokenArgs {
     info: Option<String>,
     #[command(flatten)]
     config: ConfigArgs,
+}
+
+#[derive(Args)]
+struct SubscribeArgs {
+    /// The channels, one or more.
+    #[arg(required = true, value_name = "CHANNEL")]
+    channels: Vec<String>,
+    /// Herald's URL.
+    #[arg(long, env = "HERALD_URL", default_value = cli::DEFAULT_URL)]
+    url: String,
+    /// A client token (JWT), when the server has [auth].
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Resume after this cursor (the `cursor` of a line printed earlier).
+    #[arg(long, value_name = "CURSOR")]
+    since: Option<String>,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    channel: String,
+    /// The data, as JSON (a string is quoted: '"hi"').
+    data: String,
+    /// Herald's URL.
+    #[arg(long, env = "HERALD_URL", default_value = cli::DEFAULT_URL)]
+    url: String,
+    /// A server API key (none needed in dev mode on loopback).
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -110,6 +146,12 @@ fn main() -> ExitCode {
         }
         Command::Token(args) => mint_token(args),
         Command::Keygen => keygen(),
+        Command::Subscribe(args) => runtime().and_then(|runtime| {
+            runtime.block_on(cli::subscribe(&args.url, &args.channels, args.token.as_deref(), args.since))
+        }),
+        Command::Publish(args) => runtime().and_then(|runtime| {
+            runtime.block_on(cli::publish(&args.url, &args.channel, &args.data, args.api_key.as_deref()))
+        }),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -138,6 +180,10 @@ fn mint_token(args: TokenArgs) -> anyhow::Result<()> {
     };
     println!("{}", auth.mint(claims).map_err(anyhow::Error::msg)?);
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("cannot start the async runtime")
 }
 
 fn keygen() -> anyhow::Result<()> {

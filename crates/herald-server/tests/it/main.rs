@@ -6,6 +6,7 @@ mod architecture;
 mod auth;
 mod bad_input;
 mod binary;
+mod cli;
 mod cluster;
 mod durable;
 mod helpers;

@@ -1,0 +1,172 @@
+//! `herald subscribe` and `herald publish`: Herald from a shell. Part of the binary only.
+//!
+//! `subscribe` reads the NDJSON stream (`GET /stream`), whose cursors resume a multi-channel
+//! subscription exactly: it prints each publication as one line (the publication with its
+//! `cursor`), and when the stream ends or the connection is lost it reconnects with backoff from
+//! the last cursor, so every publication is printed once and in order. `--since` takes a cursor
+//! printed earlier.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use herald_client::Backoff;
+use serde_json::Value;
+
+/// The Herald a command talks to when none is named.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8750";
+
+/// Why a request failed: Herald's own error, or no answer at all.
+enum Failure {
+    /// Herald answered with an error status: said, and final.
+    Refused(String),
+    /// No answer (refused connection, reset, a stream cut short): worth another try.
+    Lost(String),
+}
+
+pub async fn subscribe(
+    url: &str,
+    channels: &[String],
+    token: Option<&str>,
+    since: Option<String>,
+) -> anyhow::Result<()> {
+    if channels.is_empty() {
+        bail!("name at least one channel");
+    }
+    let client = http_client()?;
+    let base = url.trim_end_matches('/');
+    let mut cursor = since;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(20));
+    let mut connected_once = false;
+    loop {
+        let mut request = client.get(format!("{base}/stream?{}", stream_query(channels, cursor.as_deref())));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        match stream(request, &mut cursor, &mut connected_once, &mut backoff).await {
+            Failure::Refused(why) => bail!("{why}"),
+            Failure::Lost(why) if !connected_once => bail!("cannot reach Herald at {base}: {why}"),
+            Failure::Lost(why) => eprintln!("herald: connection lost ({why}); reconnecting"),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+fn stream_query(channels: &[String], cursor: Option<&str>) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for channel in channels {
+        query.append_pair("channel", channel);
+    }
+    if let Some(cursor) = cursor {
+        query.append_pair("since", cursor);
+    }
+    query.finish()
+}
+
+/// Reads one stream until it ends, printing publications and keeping the cursor; says how it
+/// ended.
+async fn stream(
+    request: reqwest::RequestBuilder,
+    cursor: &mut Option<String>,
+    connected_once: &mut bool,
+    backoff: &mut Backoff,
+) -> Failure {
+    let mut response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => return Failure::Lost(describe(&error)),
+    };
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        return Failure::Refused(herald_error(status, &body));
+    }
+    *connected_once = true;
+    backoff.reset();
+    let mut buffer = Vec::new();
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Failure::Lost("the stream ended".into()),
+            Err(error) => return Failure::Lost(describe(&error)),
+        };
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = buffer.iter().position(|&byte| byte == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let Ok(value) = serde_json::from_slice::<Value>(&line) else { continue };
+            if let Some(next) = value.get("cursor").and_then(Value::as_str) {
+                *cursor = Some(next.to_string());
+            }
+            match value.get("type").and_then(Value::as_str) {
+                // A publication: printed as it came, one line.
+                None => {
+                    let printed = stdout.write_all(&line).and_then(|()| stdout.flush());
+                    if printed.is_err() {
+                        // stdout is gone (a closed pipe): nothing left to do.
+                        std::process::exit(0);
+                    }
+                }
+                Some("recovery") => {
+                    let channel = value.get("channel").and_then(Value::as_str).unwrap_or_default();
+                    eprintln!("herald: {channel}: history no longer covers the gap (recovered: false); from now on");
+                }
+                Some("disconnect") => {
+                    let reason = value.get("reason").and_then(Value::as_str).unwrap_or_default();
+                    if value.get("reconnect").and_then(Value::as_bool) == Some(false) {
+                        return Failure::Refused(format!("Herald ended the stream: {reason}"));
+                    }
+                    return Failure::Lost(reason.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+pub async fn publish(url: &str, channel: &str, data: &str, api_key: Option<&str>) -> anyhow::Result<()> {
+    let data: Value = serde_json::from_str(data)
+        .with_context(|| format!("DATA must be JSON (a string is quoted: '\"hi\"'), not {data:?}"))?;
+    let base = url.trim_end_matches('/');
+    let mut request = http_client()?
+        .post(format!("{base}/api/publish"))
+        .json(&serde_json::json!({ "channel": channel, "data": data }));
+    if let Some(key) = api_key {
+        request = request.bearer_auth(key);
+    }
+    let response =
+        request.send().await.map_err(|error| anyhow::anyhow!("cannot reach Herald at {base}: {}", describe(&error)))?;
+    let status = response.status();
+    let body = response.text().await.context("reading Herald's answer")?;
+    if !status.is_success() {
+        bail!("{}", herald_error(status, &body));
+    }
+    println!("{}", body.trim_end());
+    Ok(())
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    herald_server::http_client::builder(concat!("herald-cli/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .context("cannot make an HTTP client")
+}
+
+/// Herald's `{"error":{"code","message"}}` as one line, or the status and body if it is not one.
+fn herald_error(status: reqwest::StatusCode, body: &str) -> String {
+    match serde_json::from_str::<herald_wire::error::ErrorResponse>(body) {
+        Ok(response) => format!("{} ({}): {}", response.error.code, status.as_u16(), response.error.message),
+        Err(_) => format!("Herald answered {status}: {}", body.trim()),
+    }
+}
+
+/// A transport error with its causes (the last names the real one: refused, reset, …).
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
