@@ -1,18 +1,27 @@
 //! The client's one task: it makes the connection (again after each loss, with backoff),
 //! resubscribes every subscription from the position it reached, sends commands and routes
 //! their replies, and passes each subscription its channel's publications once and in order.
+//!
+//! Frames are read with their `data` kept as the server sent it (raw JSON), so what an app gets
+//! is byte for byte what was published. A subscription whose app does not keep up is not waited
+//! for: it stops taking publications, and once it has room again it is subscribed anew from its
+//! position, so the server fills the gap from history and the other subscriptions never stall.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use herald_wire::presence::PresenceEntry;
 use herald_wire::publication::Publication;
 use herald_wire::reply::Subscribed;
 use herald_wire::{ErrorBody, Position};
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::backoff::Backoff;
@@ -20,27 +29,33 @@ use crate::{ClientError, Event, Options, State};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// How often subscriptions that fell behind are looked at.
+const LAG_CHECK: Duration = Duration::from_millis(100);
+
 /// What the API asks of the connection.
 pub(crate) enum Request {
     Subscribe {
         channel: String,
         since: Option<Position>,
         events: mpsc::Sender<Event>,
-        reply: oneshot::Sender<Result<(), ClientError>>,
+        /// Answered when the server has answered the first subscribe.
+        reply: oneshot::Sender<Result<u64, ClientError>>,
     },
+    /// The subscription of this generation ends (a newer one of the same channel stays).
     Unsubscribe {
         channel: String,
+        generation: u64,
     },
     /// A command (its `id` is set here) and where its result goes.
     Command {
-        command: Value,
-        reply: oneshot::Sender<Result<Value, ClientError>>,
+        command: serde_json::Value,
+        reply: oneshot::Sender<Result<Box<RawValue>, ClientError>>,
     },
     Close,
 }
 
-/// The WebSocket URL for a Herald URL: `http(s)://host[:port][/…]` → `ws(s)://host[:port]/ws`
-/// (a `ws(s)://` URL is taken as it is), with the token as `?token=`.
+/// The WebSocket URL for a Herald URL: `http://host[:port][/prefix]` → `ws://host[:port][/prefix]/ws`
+/// (a `ws://` URL is taken as it is), with the token as `?token=`.
 pub(crate) fn websocket_url(url: &str, token: Option<&str>) -> Result<String, ClientError> {
     let invalid = || ClientError::InvalidUrl(url.to_string());
     let (scheme, rest) = url.split_once("://").ok_or_else(invalid)?;
@@ -48,13 +63,13 @@ pub(crate) fn websocket_url(url: &str, token: Option<&str>) -> Result<String, Cl
     if host.is_empty() || host.contains(['?', '#', ' ']) {
         return Err(invalid());
     }
+    let path = path.trim_end_matches('/');
     let mut ws = match scheme {
-        "http" | "https" => {
-            let scheme = if scheme == "https" { "wss" } else { "ws" };
-            format!("{scheme}://{host}/ws")
-        }
-        "ws" | "wss" if path.is_empty() => format!("{scheme}://{host}/ws"),
-        "ws" | "wss" => format!("{scheme}://{host}/{path}"),
+        "http" if path.is_empty() => format!("ws://{host}/ws"),
+        "http" => format!("ws://{host}/{path}/ws"),
+        "ws" if path.is_empty() => format!("ws://{host}/ws"),
+        "ws" => format!("ws://{host}/{path}"),
+        "https" | "wss" => return Err(ClientError::TlsNotSupported(url.to_string())),
         _ => return Err(invalid()),
     };
     if let Some(token) = token {
@@ -74,22 +89,28 @@ pub(crate) fn websocket_url(url: &str, token: Option<&str>) -> Result<String, Cl
 
 /// One subscription as the connection keeps it.
 struct Subscription {
+    generation: u64,
     events: mpsc::Sender<Event>,
     /// The last publication passed on; `None` until the first subscribe's reply.
     position: Option<Position>,
     /// Where the app asked to start, until the first reply.
     since: Option<Position>,
+    /// The app's `subscribe`, answered with the first reply.
+    reply: Option<oneshot::Sender<Result<u64, ClientError>>>,
+    /// The app did not keep up: publications are not taken until it has room again.
+    lagging: bool,
+    /// A `Subscribed` the app had no room for, given to it before anything else once it has.
+    notice: Option<Event>,
 }
 
 /// A command sent and waiting for its reply.
 enum Pending {
-    /// A subscribe; `reply` is the app's, on the first subscribe only (not on resubscribes).
     Subscribe {
         channel: String,
+        generation: u64,
         since: Option<Position>,
-        reply: Option<oneshot::Sender<Result<(), ClientError>>>,
     },
-    Command(oneshot::Sender<Result<Value, ClientError>>),
+    Command(oneshot::Sender<Result<Box<RawValue>, ClientError>>),
     /// An unsubscribe: nobody waits for it.
     Ignored,
 }
@@ -102,6 +123,31 @@ enum Ending {
     Final,
 }
 
+/// Any frame from the server, with what tells its kind; its data stays raw.
+#[derive(Deserialize)]
+struct Frame<'a> {
+    id: Option<u64>,
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
+    error: Option<ErrorBody>,
+    disconnect: Option<DisconnectNotice>,
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
+    offset: Option<u64>,
+    join: Option<PresenceEntry>,
+    leave: Option<PresenceEntry>,
+}
+
+#[derive(Deserialize)]
+struct DisconnectNotice {
+    #[serde(default = "reconnect_by_default")]
+    reconnect: bool,
+}
+
+fn reconnect_by_default() -> bool {
+    true
+}
+
 pub(crate) struct Connection {
     url: String,
     options: Options,
@@ -109,6 +155,7 @@ pub(crate) struct Connection {
     state: watch::Sender<State>,
     subscriptions: BTreeMap<String, Subscription>,
     next_id: u64,
+    next_generation: u64,
 }
 
 impl Connection {
@@ -118,7 +165,7 @@ impl Connection {
         requests: mpsc::Receiver<Request>,
         state: watch::Sender<State>,
     ) -> Self {
-        Self { url, options, requests, state, subscriptions: BTreeMap::new(), next_id: 1 }
+        Self { url, options, requests, state, subscriptions: BTreeMap::new(), next_id: 1, next_generation: 1 }
     }
 
     /// Connects, serves, and reconnects until the client is closed; `first` learns how the first
@@ -128,8 +175,10 @@ impl Connection {
         let mut backoff = Backoff::new(self.options.min_reconnect_delay, self.options.max_reconnect_delay);
         loop {
             self.state.send_replace(State::Connecting);
-            match tokio_tungstenite::connect_async(self.url.as_str()).await {
-                Ok((socket, _)) => {
+            let attempt =
+                tokio::time::timeout(self.options.request_timeout, tokio_tungstenite::connect_async(&self.url));
+            let refusal = match attempt.await {
+                Ok(Ok((socket, _))) => {
                     backoff.reset();
                     self.state.send_replace(State::Connected);
                     if let Some(first) = first.take() {
@@ -137,25 +186,68 @@ impl Connection {
                     }
                     let ending = self.serve(socket).await;
                     self.state.send_replace(State::Disconnected);
-                    if matches!(ending, Ending::Final) {
-                        return;
+                    match ending {
+                        Ending::Final => return self.end(None),
+                        Ending::Lost => None,
                     }
                 }
-                Err(error) => {
-                    let reason = error.to_string();
-                    if let Some(first) = first.take() {
-                        self.state.send_replace(State::Disconnected);
-                        let _ = first.send(Err(ClientError::Connect { url: self.url.clone(), reason }));
-                        return;
-                    }
-                    tracing::debug!(url = %self.url, %reason, "cannot reconnect to Herald; retrying");
-                    self.state.send_replace(State::Disconnected);
+                Ok(Err(tungstenite::Error::Http(response))) if response.status().is_client_error() => {
+                    // Refused (an expired or invalid token, a foreign origin): trying again
+                    // would be refused again.
+                    let body = response.body().as_deref().unwrap_or_default();
+                    let error = serde_json::from_slice::<herald_wire::error::ErrorResponse>(body).map_or_else(
+                        |_| ErrorBody::new("refused", format!("Herald answered {}", response.status())),
+                        |response| response.error,
+                    );
+                    Some(error)
                 }
+                Ok(Err(error)) => self.lost(&mut first, error.to_string()),
+                Err(_) => self.lost(&mut first, format!("no answer within {:?}", self.options.request_timeout)),
+            };
+            if let Some(error) = refusal {
+                self.state.send_replace(State::Disconnected);
+                if let Some(first) = first.take() {
+                    let _ = first.send(Err(ClientError::Server(error)));
+                    return;
+                }
+                return self.end(Some(error));
+            }
+            if first.is_some() {
+                return; // the first attempt failed: `connect` has its error
             }
             if !self.wait(backoff.next_delay()).await {
-                return;
+                return self.end(None);
             }
         }
+    }
+
+    /// A failed attempt: the first one fails `connect`; later ones are retried.
+    fn lost(
+        &mut self,
+        first: &mut Option<oneshot::Sender<Result<(), ClientError>>>,
+        reason: String,
+    ) -> Option<ErrorBody> {
+        self.state.send_replace(State::Disconnected);
+        match first.take() {
+            Some(first) => {
+                let _ = first.send(Err(ClientError::Connect { url: self.url.clone(), reason }));
+            }
+            None => tracing::debug!(url = %self.url, %reason, "cannot reconnect to Herald; retrying"),
+        }
+        None
+    }
+
+    /// The end for good: every subscription is told why (if there is a reason) and ends.
+    fn end(&mut self, error: Option<ErrorBody>) {
+        for (_, subscription) in std::mem::take(&mut self.subscriptions) {
+            let error = error.clone().map(ClientError::Server).unwrap_or(ClientError::Closed);
+            if let Some(reply) = subscription.reply {
+                let _ = reply.send(Err(error));
+            } else if let ClientError::Server(error) = error {
+                let _ = subscription.events.try_send(Event::Error(error));
+            }
+        }
+        self.requests.close();
     }
 
     /// Waits before the next attempt, taking requests meanwhile; `false` once closed.
@@ -167,13 +259,12 @@ impl Connection {
                 () = &mut sleep => return true,
                 request = self.requests.recv() => match request {
                     None | Some(Request::Close) => return false,
+                    // Sent once connected, and answered then.
                     Some(Request::Subscribe { channel, since, events, reply }) => {
-                        // Sent once connected; the app hears of it then (`Event::Subscribed`).
-                        let taken = self.add_subscription(channel, since, events);
-                        let _ = reply.send(taken);
+                        self.add_subscription(channel, since, events, reply);
                     }
-                    Some(Request::Unsubscribe { channel }) => {
-                        self.subscriptions.remove(&channel);
+                    Some(Request::Unsubscribe { channel, generation }) => {
+                        self.remove(&channel, generation);
                     }
                     Some(Request::Command { reply, .. }) => {
                         let _ = reply.send(Err(ClientError::Disconnected));
@@ -183,20 +274,43 @@ impl Connection {
         }
     }
 
+    /// Registers a subscription; its generation, or `None` (the app told why) when the channel
+    /// already has a live one.
     fn add_subscription(
         &mut self,
         channel: String,
         since: Option<Position>,
         events: mpsc::Sender<Event>,
-    ) -> Result<(), ClientError> {
-        if self.subscriptions.contains_key(&channel) {
-            return Err(ClientError::Server(ErrorBody::new(
-                "already_subscribed",
-                format!("already subscribed to {channel}"),
-            )));
+        reply: oneshot::Sender<Result<u64, ClientError>>,
+    ) -> Option<u64> {
+        // One whose app has gone (a dropped stream, a `subscribe` that timed out) makes room.
+        if self.subscriptions.get(&channel).is_some_and(|existing| !existing.events.is_closed()) {
+            let error = ErrorBody::new("already_subscribed", format!("already subscribed to {channel}"));
+            let _ = reply.send(Err(ClientError::Server(error)));
+            return None;
         }
-        self.subscriptions.insert(channel, Subscription { events, position: None, since });
-        Ok(())
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let subscription = Subscription {
+            generation,
+            events,
+            position: None,
+            since,
+            reply: Some(reply),
+            lagging: false,
+            notice: None,
+        };
+        self.subscriptions.insert(channel, subscription);
+        Some(generation)
+    }
+
+    /// Forgets the subscription of `channel` if it is of `generation`; whether it was.
+    fn remove(&mut self, channel: &str, generation: u64) -> bool {
+        if self.subscriptions.get(channel).is_some_and(|subscription| subscription.generation == generation) {
+            self.subscriptions.remove(channel);
+            return true;
+        }
+        false
     }
 
     fn id(&mut self) -> u64 {
@@ -205,9 +319,9 @@ impl Connection {
         id
     }
 
-    fn subscribe_command(&mut self, channel: &str, since: Option<Position>) -> (u64, String) {
+    fn command(&mut self, op: herald_wire::Op, channel: &str, since: Option<Position>) -> (u64, String) {
         let id = self.id();
-        let mut command = herald_wire::Command::new(id, herald_wire::Op::Subscribe);
+        let mut command = herald_wire::Command::new(id, op);
         command.channel = Some(channel.into());
         command.since = since;
         (id, serde_json::to_string(&command).unwrap_or_default())
@@ -216,182 +330,240 @@ impl Connection {
     async fn serve(&mut self, socket: Socket) -> Ending {
         let (mut sink, mut stream) = socket.split();
         let mut pending: HashMap<u64, Pending> = HashMap::new();
-        // Every subscription again, from where it is.
-        let channels: Vec<(String, Option<Position>)> = self
+        let mut outgoing: Vec<String> = Vec::new();
+        // Every subscription again, from where it is; those whose app has gone are dropped.
+        self.subscriptions.retain(|_, subscription| !subscription.events.is_closed());
+        let again: Vec<(String, u64, Option<Position>)> = self
             .subscriptions
-            .iter()
+            .iter_mut()
             .map(|(channel, subscription)| {
-                (channel.clone(), subscription.position.clone().or(subscription.since.clone()))
+                subscription.lagging = false;
+                let since = subscription.position.clone().or(subscription.since.clone());
+                (channel.clone(), subscription.generation, since)
             })
             .collect();
-        for (channel, since) in channels {
-            let (id, text) = self.subscribe_command(&channel, since.clone());
-            pending.insert(id, Pending::Subscribe { channel, since, reply: None });
-            if sink.send(Message::text(text)).await.is_err() {
-                return Ending::Lost;
-            }
+        for (channel, generation, since) in again {
+            let (id, text) = self.command(herald_wire::Op::Subscribe, &channel, since.clone());
+            pending.insert(id, Pending::Subscribe { channel, generation, since });
+            outgoing.push(text);
         }
-        let ending = loop {
+        // Nothing heard for this long (the server pings every 25 s): the connection is gone.
+        let idle = tokio::time::sleep(self.options.idle_timeout);
+        tokio::pin!(idle);
+        let mut lag_check = tokio::time::interval(LAG_CHECK);
+        let ending = 'serve: loop {
+            for text in outgoing.drain(..) {
+                if sink.send(Message::text(text)).await.is_err() {
+                    break 'serve Ending::Lost;
+                }
+            }
             tokio::select! {
-                request = self.requests.recv() => {
-                    let text = match request {
-                        None | Some(Request::Close) => {
-                            let _ = sink.send(Message::Close(None)).await;
-                            break Ending::Final;
+                request = self.requests.recv() => match request {
+                    None | Some(Request::Close) => {
+                        let _ = sink.send(Message::Close(None)).await;
+                        break Ending::Final;
+                    }
+                    Some(Request::Subscribe { channel, since, events, reply }) => {
+                        if let Some(generation) = self.add_subscription(channel.clone(), since.clone(), events, reply) {
+                            let (id, text) = self.command(herald_wire::Op::Subscribe, &channel, since.clone());
+                            pending.insert(id, Pending::Subscribe { channel, generation, since });
+                            outgoing.push(text);
                         }
-                        Some(Request::Subscribe { channel, since, events, reply }) => {
-                            if let Err(error) = self.add_subscription(channel.clone(), since.clone(), events) {
-                                let _ = reply.send(Err(error));
-                                continue;
-                            }
-                            let (id, text) = self.subscribe_command(&channel, since.clone());
-                            pending.insert(id, Pending::Subscribe { channel, since, reply: Some(reply) });
-                            text
-                        }
-                        Some(Request::Unsubscribe { channel }) => {
-                            if self.subscriptions.remove(&channel).is_none() {
-                                continue;
-                            }
-                            let id = self.id();
+                    }
+                    Some(Request::Unsubscribe { channel, generation }) => {
+                        if self.remove(&channel, generation) {
+                            let (id, text) = self.command(herald_wire::Op::Unsubscribe, &channel, None);
                             pending.insert(id, Pending::Ignored);
-                            let mut command = herald_wire::Command::new(id, herald_wire::Op::Unsubscribe);
-                            command.channel = Some(channel.as_str().into());
-                            serde_json::to_string(&command).unwrap_or_default()
+                            outgoing.push(text);
                         }
-                        Some(Request::Command { mut command, reply }) => {
-                            let id = self.id();
-                            command["id"] = id.into();
-                            pending.insert(id, Pending::Command(reply));
-                            command.to_string()
+                    }
+                    Some(Request::Command { mut command, reply }) => {
+                        let id = self.id();
+                        command["id"] = id.into();
+                        pending.insert(id, Pending::Command(reply));
+                        outgoing.push(command.to_string());
+                    }
+                },
+                message = stream.next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.options.idle_timeout);
+                    match message {
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(ending) = self.receive(&text, &mut pending) {
+                                break ending;
+                            }
                         }
-                    };
-                    if sink.send(Message::text(text)).await.is_err() {
-                        break Ending::Lost;
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Ending::Lost,
+                        // Pings are answered by the library as it reads.
+                        Some(Ok(_)) => {}
                     }
                 }
-                message = stream.next() => match message {
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(ending) = self.receive(&text, &mut pending).await {
-                            break ending;
-                        }
-                    }
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Ending::Lost,
-                    // Pings are answered by the library; nothing else is sent.
-                    Some(Ok(_)) => {}
-                },
+                _ = lag_check.tick() => self.catch_up(&mut pending, &mut outgoing),
+                () = &mut idle => break Ending::Lost,
             }
         };
         for (_, waiting) in pending {
-            match waiting {
-                Pending::Command(reply) => {
-                    let _ = reply.send(Err(ClientError::Disconnected));
-                }
-                // Registered already: it is sent again on the next connection.
-                Pending::Subscribe { reply: Some(reply), .. } => {
-                    let _ = reply.send(Ok(()));
-                }
-                _ => {}
+            if let Pending::Command(reply) = waiting {
+                let _ = reply.send(Err(ClientError::Disconnected));
             }
-        }
-        if matches!(ending, Ending::Final) {
-            self.subscriptions.clear();
         }
         ending
     }
 
-    /// Handles one text frame; `Some` when the connection ends because of it.
-    async fn receive(&mut self, text: &str, pending: &mut HashMap<u64, Pending>) -> Option<Ending> {
-        let Ok(value) = serde_json::from_str::<Value>(text) else {
-            tracing::warn!(frame = text, "Herald sent a frame that is not JSON");
-            return None;
-        };
-        if let Some(id) = value.get("id").and_then(Value::as_u64) {
-            let outcome = match (value.get("result"), value.get("error")) {
-                (Some(result), _) => Ok(result.clone()),
-                (None, Some(error)) => Err(serde_json::from_value::<ErrorBody>(error.clone())
-                    .map_or_else(|error| ClientError::Protocol(error.to_string()), ClientError::Server)),
-                (None, None) => Err(ClientError::Protocol(text.to_string())),
-            };
-            match pending.remove(&id) {
-                Some(Pending::Command(reply)) => {
-                    let _ = reply.send(outcome);
+    /// Subscriptions that fell behind and have room again are subscribed anew from their
+    /// position (the server sends what they missed from history); those whose app has gone end.
+    fn catch_up(&mut self, pending: &mut HashMap<u64, Pending>, outgoing: &mut Vec<String>) {
+        let mut again = Vec::new();
+        let mut gone = Vec::new();
+        for (channel, subscription) in &mut self.subscriptions {
+            if subscription.events.is_closed() {
+                gone.push(channel.clone());
+            } else if subscription.lagging && subscription.events.capacity() * 2 >= subscription.events.max_capacity() {
+                subscription.lagging = false;
+                if let Some(notice) = subscription.notice.take() {
+                    let _ = subscription.events.try_send(notice);
                 }
-                Some(Pending::Subscribe { channel, since, reply }) => {
-                    self.subscribed(channel, since, outcome, reply).await;
-                }
-                Some(Pending::Ignored) | None => {}
+                subscription.generation = self.next_generation;
+                self.next_generation += 1;
+                again.push((channel.clone(), subscription.generation, subscription.position.clone()));
             }
-            return None;
         }
-        if let Some(disconnect) = value.get("disconnect") {
-            let reconnect = disconnect.get("reconnect").and_then(Value::as_bool).unwrap_or(true);
-            return Some(if reconnect { Ending::Lost } else { Ending::Final });
+        for channel in gone {
+            self.subscriptions.remove(&channel);
+            let (id, text) = self.command(herald_wire::Op::Unsubscribe, &channel, None);
+            pending.insert(id, Pending::Ignored);
+            outgoing.push(text);
         }
-        let channel = value.get("channel").and_then(Value::as_str).unwrap_or_default().to_string();
-        for (kind, join) in [("join", true), ("leave", false)] {
-            if let Some(entry) = value.get(kind) {
-                if let (Some(subscription), Ok(entry)) =
-                    (self.subscriptions.get(&channel), serde_json::from_value(entry.clone()))
-                {
-                    let event = if join { Event::Join(entry) } else { Event::Leave(entry) };
-                    let _ = subscription.events.send(event).await;
-                }
+        for (channel, generation, since) in again {
+            let (id, unsubscribe) = self.command(herald_wire::Op::Unsubscribe, &channel, None);
+            pending.insert(id, Pending::Ignored);
+            outgoing.push(unsubscribe);
+            let (id, subscribe) = self.command(herald_wire::Op::Subscribe, &channel, since.clone());
+            pending.insert(id, Pending::Subscribe { channel, generation, since });
+            outgoing.push(subscribe);
+        }
+    }
+
+    /// Handles one text frame; `Some` when the connection ends because of it.
+    fn receive(&mut self, text: &str, pending: &mut HashMap<u64, Pending>) -> Option<Ending> {
+        let frame = match serde_json::from_str::<Frame<'_>>(text) {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::warn!(%error, frame = text, "Herald sent a frame this client cannot read");
                 return None;
             }
+        };
+        if let Some(id) = frame.id {
+            let outcome = match (frame.result, frame.error) {
+                (Some(result), _) => Ok(result.to_owned()),
+                (None, Some(error)) => Err(ClientError::Server(error)),
+                (None, None) => Err(ClientError::Protocol(text.to_string())),
+            };
+            return match pending.remove(&id) {
+                Some(Pending::Command(reply)) => {
+                    let _ = reply.send(outcome);
+                    None
+                }
+                Some(Pending::Subscribe { channel, generation, since }) => {
+                    self.subscribed(&channel, generation, since, outcome)
+                }
+                Some(Pending::Ignored) | None => None,
+            };
         }
-        match serde_json::from_value::<Publication>(value) {
-            Ok(publication) => self.deliver(publication).await,
-            Err(error) => tracing::warn!(%error, frame = text, "Herald sent a push this client does not know"),
+        if let Some(disconnect) = frame.disconnect {
+            return Some(if disconnect.reconnect { Ending::Lost } else { Ending::Final });
+        }
+        let channel = frame.channel.unwrap_or_default();
+        let event = match (frame.join, frame.leave, frame.offset) {
+            (Some(entry), _, _) => Event::Join(entry),
+            (_, Some(entry), _) => Event::Leave(entry),
+            (_, _, Some(_)) => match serde_json::from_str::<Publication>(text) {
+                Ok(publication) => return self.deliver(publication),
+                Err(error) => {
+                    tracing::warn!(%error, frame = text, "Herald sent a publication this client cannot read");
+                    return None;
+                }
+            },
+            _ => {
+                tracing::debug!(frame = text, "a push this client does not know");
+                return None;
+            }
+        };
+        if let Some(subscription) = self.subscriptions.get(channel.as_ref()) {
+            // Presence is a courtesy: a subscription without room misses it (it reads
+            // `presence` again if it cares).
+            let _ = subscription.events.try_send(event);
         }
         None
     }
 
     /// A subscribe's reply: where the subscription now starts from.
-    async fn subscribed(
+    fn subscribed(
         &mut self,
-        channel: String,
+        channel: &str,
+        generation: u64,
         since: Option<Position>,
-        outcome: Result<Value, ClientError>,
-        reply: Option<oneshot::Sender<Result<(), ClientError>>>,
-    ) {
+        outcome: Result<Box<RawValue>, ClientError>,
+    ) -> Option<Ending> {
+        let Some(subscription) = self.subscriptions.get_mut(channel).filter(|s| s.generation == generation) else {
+            return None; // a reply to a subscription since unsubscribed or made anew
+        };
         let result = outcome.and_then(|result| {
-            serde_json::from_value::<Subscribed>(result).map_err(|error| ClientError::Protocol(error.to_string()))
+            serde_json::from_str::<Subscribed>(result.get()).map_err(|error| ClientError::Protocol(error.to_string()))
         });
         match result {
             Ok(subscribed) => {
-                let Some(subscription) = self.subscriptions.get_mut(&channel) else { return };
                 // Recovered: what was missed follows, after `since`. Otherwise from now on.
                 subscription.position = match (since, subscribed.recovered) {
                     (Some(since), Some(true)) => Some(since),
                     _ => Some(subscribed.position.clone()),
                 };
                 subscription.since = None;
+                if let Some(reply) = subscription.reply.take() {
+                    let _ = reply.send(Ok(generation));
+                }
                 let event = Event::Subscribed { position: subscribed.position, recovered: subscribed.recovered };
-                let _ = subscription.events.send(event).await;
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(()));
+                if let Err(TrySendError::Full(event)) = subscription.events.try_send(event) {
+                    subscription.lagging = true;
+                    subscription.notice = Some(event);
                 }
+                None
             }
+            // The engine is away: reconnect later, and subscribe again then.
+            Err(ClientError::Server(error)) if error.code == "engine_unavailable" => Some(Ending::Lost),
             Err(error) => {
-                // Refused (a token that no longer grants it, say): the subscription ends.
+                // Refused (a token that no longer grants it, say): the subscription ends, saying why.
                 tracing::warn!(%channel, %error, "Herald refused a subscribe");
-                self.subscriptions.remove(&channel);
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(error));
+                let subscription = self.subscriptions.remove(channel)?;
+                match subscription.reply {
+                    Some(reply) => {
+                        let _ = reply.send(Err(error));
+                    }
+                    None => {
+                        if let ClientError::Server(body) = error {
+                            let _ = subscription.events.try_send(Event::Error(body));
+                        }
+                    }
                 }
+                None
             }
         }
     }
 
-    /// Passes a publication on if it is the next one of its subscription.
-    async fn deliver(&mut self, publication: Publication) {
-        let Some(subscription) = self.subscriptions.get_mut(&publication.channel) else { return };
-        let Some(position) = &mut subscription.position else { return };
-        if position.epoch != publication.epoch || publication.offset <= position.offset {
-            return;
+    /// Passes a publication on if it is the next one of its subscription; one without room
+    /// falls behind (see [`Connection::catch_up`]).
+    fn deliver(&mut self, publication: Publication) -> Option<Ending> {
+        let subscription = self.subscriptions.get_mut(&publication.channel)?;
+        let position = subscription.position.as_mut()?;
+        if subscription.lagging || position.epoch != publication.epoch || publication.offset <= position.offset {
+            return None;
         }
-        position.offset = publication.offset;
-        let _ = subscription.events.send(Event::Publication(publication)).await;
+        let offset = publication.offset;
+        match subscription.events.try_send(Event::Publication(publication)) {
+            Ok(()) => position.offset = offset,
+            Err(TrySendError::Full(_)) => subscription.lagging = true,
+            Err(TrySendError::Closed(_)) => {} // the app has gone: ended at the next check
+        }
+        None
     }
 }
 
@@ -403,11 +575,12 @@ mod tests {
     fn herald_urls_become_websocket_urls() {
         let ws = |url: &str, token: Option<&str>| websocket_url(url, token).map_err(|error| error.to_string());
         assert_eq!(ws("http://127.0.0.1:8750", None).unwrap(), "ws://127.0.0.1:8750/ws");
-        assert_eq!(ws("https://h.example/", None).unwrap(), "wss://h.example/ws");
+        assert_eq!(ws("http://h.example/herald/", None).unwrap(), "ws://h.example/herald/ws");
         assert_eq!(ws("ws://h:1/ws", Some("a.b-c_d")).unwrap(), "ws://h:1/ws?token=a.b-c_d");
         assert_eq!(ws("ws://h:1", Some("a+b")).unwrap(), "ws://h:1/ws?token=a%2Bb");
         for bad in ["127.0.0.1:8750", "ftp://h", "http://", "http:// h"] {
             assert!(ws(bad, None).is_err(), "{bad}");
         }
+        assert!(matches!(websocket_url("https://h", None), Err(ClientError::TlsNotSupported(_))));
     }
 }

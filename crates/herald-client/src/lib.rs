@@ -52,8 +52,11 @@ pub struct Options {
     pub min_reconnect_delay: Duration,
     /// No reconnect waits longer.
     pub max_reconnect_delay: Duration,
-    /// How long a command waits for its reply.
+    /// How long a command waits for its reply, and a connection attempt for its answer.
     pub request_timeout: Duration,
+    /// A connection on which nothing arrives for this long is taken for lost (the server pings
+    /// every 25 s by default).
+    pub idle_timeout: Duration,
 }
 
 impl Default for Options {
@@ -63,6 +66,7 @@ impl Default for Options {
             min_reconnect_delay: Duration::from_millis(500),
             max_reconnect_delay: Duration::from_secs(20),
             request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(40),
         }
     }
 }
@@ -79,8 +83,10 @@ pub enum State {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{0:?} is not a Herald URL: use http://, https://, ws:// or wss://")]
+    #[error("{0:?} is not a Herald URL: use http:// or ws://")]
     InvalidUrl(String),
+    #[error("{0:?}: this client does not speak TLS yet; use http:// or ws://")]
+    TlsNotSupported(String),
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("{}: {}", .0.code, .0.message)]
@@ -108,6 +114,9 @@ pub enum Event {
     Publication(Publication),
     Join(PresenceEntry),
     Leave(PresenceEntry),
+    /// The subscription ends: the server refused to subscribe it again (a token that no longer
+    /// grants it, say), or refused the connection (an expired token).
+    Error(ErrorBody),
 }
 
 /// A page of a channel's history.
@@ -166,15 +175,15 @@ impl Client {
         let (events, receiver) = mpsc::channel(1024);
         let (reply, answer) = oneshot::channel();
         self.send(Request::Subscribe { channel: channel.to_string(), since, events, reply }).await?;
-        self.wait(answer).await?;
-        Ok(Subscription { channel: channel.to_string(), events: receiver, client: self.clone() })
+        let generation = self.wait(answer).await?;
+        Ok(Subscription { channel: channel.to_string(), generation, events: receiver, client: self.clone() })
     }
 
     /// Publishes `data` to `channel` (the namespace must allow client publishing).
     pub async fn publish(&self, channel: &str, data: serde_json::Value) -> Result<Published, ClientError> {
         let data = serde_json::value::to_raw_value(&data).map_err(|error| ClientError::Protocol(error.to_string()))?;
         let result = self.command(herald_wire::Op::Publish, channel, |command| command.data = Some(&data)).await?;
-        parse(result)
+        parse(&result)
     }
 
     /// A page of `channel`'s history.
@@ -186,12 +195,12 @@ impl Client {
                 command.reverse = Some(query.reverse);
             })
             .await?;
-        parse(result)
+        parse(&result)
     }
 
     /// Who is present in `channel` (the namespace must keep presence).
     pub async fn presence(&self, channel: &str) -> Result<PresenceList, ClientError> {
-        parse(self.command(herald_wire::Op::Presence, channel, |_| {}).await?)
+        parse(&self.command(herald_wire::Op::Presence, channel, |_| {}).await?)
     }
 
     /// Ends the connection; every subscription's stream ends.
@@ -204,7 +213,7 @@ impl Client {
         op: herald_wire::Op,
         channel: &'a str,
         fields: impl FnOnce(&mut herald_wire::Command<'a>),
-    ) -> Result<serde_json::Value, ClientError> {
+    ) -> Result<Box<serde_json::value::RawValue>, ClientError> {
         // The connection sets the id; the rest is the command as it goes on the wire.
         let mut command = herald_wire::Command::new(0, op);
         command.channel = Some(channel.into());
@@ -228,14 +237,17 @@ impl Client {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(result: serde_json::Value) -> Result<T, ClientError> {
-    serde_json::from_value(result).map_err(|error| ClientError::Protocol(error.to_string()))
+/// A result read from the reply's raw JSON (published data stays as it was sent).
+fn parse<T: serde::de::DeserializeOwned>(result: &serde_json::value::RawValue) -> Result<T, ClientError> {
+    serde_json::from_str(result.get()).map_err(|error| ClientError::Protocol(error.to_string()))
 }
 
 /// One channel's events, as a `Stream`; it ends when the client is closed, the server says not
-/// to reconnect, or a resubscribe is refused.
+/// to reconnect, or a resubscribe is refused (then its last event is an [`Event::Error`]).
+/// Dropping it unsubscribes.
 pub struct Subscription {
     channel: String,
+    generation: u64,
     events: mpsc::Receiver<Event>,
     client: Client,
 }
@@ -245,9 +257,18 @@ impl Subscription {
         &self.channel
     }
 
-    /// Stops the subscription.
+    /// Stops the subscription (as dropping it does).
     pub async fn unsubscribe(self) {
-        let _ = self.client.requests.send(Request::Unsubscribe { channel: self.channel.clone() }).await;
+        let request = Request::Unsubscribe { channel: self.channel.clone(), generation: self.generation };
+        let _ = self.client.requests.send(request).await;
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // If the queue is full, the connection finds the stream gone at its next look.
+        let request = Request::Unsubscribe { channel: self.channel.clone(), generation: self.generation };
+        let _ = self.client.requests.try_send(request);
     }
 }
 

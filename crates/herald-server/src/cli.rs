@@ -15,6 +15,9 @@ use serde_json::Value;
 
 /// The Herald a command talks to when none is named.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8750";
+/// A stream that sends nothing for this long is taken for lost (Herald sends a heartbeat line
+/// every 15 s by default).
+const STREAM_SILENCE: Duration = Duration::from_secs(45);
 
 /// Why a request failed: Herald's own error, or no answer at all.
 enum Failure {
@@ -44,7 +47,10 @@ pub async fn subscribe(
             request = request.bearer_auth(token);
         }
         match stream(request, &mut cursor, &mut connected_once, &mut backoff).await {
-            Failure::Refused(why) => bail!("{why}"),
+            Failure::Refused(why) => match &cursor {
+                Some(cursor) if connected_once => bail!("{why} (resume with --since {cursor})"),
+                _ => bail!("{why}"),
+            },
             Failure::Lost(why) if !connected_once => bail!("cannot reach Herald at {base}: {why}"),
             Failure::Lost(why) => eprintln!("herald: connection lost ({why}); reconnecting"),
         }
@@ -75,20 +81,25 @@ async fn stream(
         Ok(response) => response,
         Err(error) => return Failure::Lost(describe(&error)),
     };
-    if !response.status().is_success() {
-        let status = response.status();
+    let status = response.status();
+    if !status.is_success() {
         let body = response.text().await.unwrap_or_default();
-        return Failure::Refused(herald_error(status, &body));
+        // A server restarting behind a proxy (502, 504), shutting down (503) or at a connection
+        // limit (429): try again. Anything else is an answer about this request.
+        let transient = status.is_server_error() || status == 429 || status == 408;
+        let why = herald_error(status, &body);
+        return if transient { Failure::Lost(why) } else { Failure::Refused(why) };
     }
     *connected_once = true;
     backoff.reset();
     let mut buffer = Vec::new();
     let mut stdout = std::io::stdout().lock();
     loop {
-        let chunk = match response.chunk().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => return Failure::Lost("the stream ended".into()),
-            Err(error) => return Failure::Lost(describe(&error)),
+        let chunk = match tokio::time::timeout(STREAM_SILENCE, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Ok(None)) => return Failure::Lost("the stream ended".into()),
+            Ok(Err(error)) => return Failure::Lost(describe(&error)),
+            Err(_) => return Failure::Lost(format!("nothing for {}s", STREAM_SILENCE.as_secs())),
         };
         buffer.extend_from_slice(&chunk);
         while let Some(end) = buffer.iter().position(|&byte| byte == b'\n') {

@@ -337,16 +337,19 @@ async fn connect_results_say_when_the_token_expires_even_when_it_never_does() {
     assert!(result.contains_key("expires") && result["expires"].is_null(), "{reply}");
 }
 
-/// A parked poll ends at its token's expiry, as a WebSocket or an SSE stream does: an expired
+/// A parked poll ends at its token's expiry (a 3 s token on a 30 s poll), as a WebSocket or an SSE stream does: an expired
 /// token receives nothing more.
 #[tokio::test]
 async fn a_parked_poll_is_answered_token_expired_when_its_token_runs_out() {
     let server = TestServer::with_config(&config()).await;
-    let token = token_with(json!({"sub": "alice", "exp": now() + 2, "channels": ["chat:*"]}), SECRET);
+    let token = token_with(json!({"sub": "alice", "exp": now() + 3, "channels": ["chat:*"]}), SECRET);
     let started = std::time::Instant::now();
     let response =
         server.http().get(server.url("/poll?channel=chat:a&timeout=30")).bearer_auth(&token).send().await.unwrap();
     let waited = started.elapsed();
     assert_eq!(http_outcome(response).await, (401, "token_expired".to_string()));
+    // It parked (a token refused on arrival would answer at once), then ended at the expiry,
+    // well before the poll's own timeout.
+    assert!(waited >= std::time::Duration::from_secs(1), "the poll parked first: {waited:?}");
     assert!(waited < std::time::Duration::from_secs(10), "answered at the expiry, not the timeout: {waited:?}");
 }

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestServer, spawn_herald_on};
+use crate::helpers::{KillOnDrop, TestServer, spawn_herald_on};
 
 fn herald(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_herald")).args(args).env_remove("HERALD_URL").output().unwrap()
@@ -76,7 +76,7 @@ async fn subscribe_prints_every_publication_once_across_a_kill_9_and_resumes_fro
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://{listen}");
-    let (mut server, _) = spawn_herald_on(&listen, &data_dir, &config);
+    let mut server = KillOnDrop(spawn_herald_on(&listen, &data_dir, &config).0);
     let http = crate::helpers::http_client();
     let publish = |n: u64| {
         let (http, url) = (http.clone(), url.clone());
@@ -90,13 +90,15 @@ async fn subscribe_prints_every_publication_once_across_a_kill_9_and_resumes_fro
             assert_eq!(response.status(), 200);
         }
     };
-    let mut subscriber = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["subscribe", "orders:1", "--url", &url])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(subscriber.stdout.take().unwrap());
+    let mut subscriber = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["subscribe", "orders:1", "--url", &url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = lines_of(subscriber.0.stdout.take().unwrap());
     // The subscriber is streaming once the channel counts it.
     let deadline = std::time::Instant::now() + crate::helpers::WAIT;
     while http.get(format!("{url}/api/channels")).send().await.unwrap().json::<Value>().await.unwrap()["channels"]
@@ -110,15 +112,13 @@ async fn subscribe_prints_every_publication_once_across_a_kill_9_and_resumes_fro
         publish(n).await;
     }
     let first_half: Vec<Value> = (0..30).map(|_| next_line(&lines)).collect();
-    server.kill().unwrap(); // SIGKILL: the stream is cut without a goodbye
-    server.wait().unwrap();
-    let (mut restarted, _) = spawn_herald_on(&listen, &data_dir, &config);
+    server.kill(); // SIGKILL: the stream is cut without a goodbye
+    let _restarted = KillOnDrop(spawn_herald_on(&listen, &data_dir, &config).0);
     for n in 31..=60 {
         publish(n).await;
     }
     let second_half: Vec<Value> = (0..30).map(|_| next_line(&lines)).collect();
-    subscriber.kill().unwrap();
-    subscriber.wait().unwrap();
+    subscriber.kill();
     let all: Vec<Value> = first_half.iter().chain(&second_half).cloned().collect();
     let offsets: Vec<u64> = all.iter().map(|line| line["offset"].as_u64().unwrap()).collect();
     assert_eq!(offsets, (1..=60).collect::<Vec<_>>(), "each once, in order");
@@ -128,20 +128,19 @@ async fn subscribe_prints_every_publication_once_across_a_kill_9_and_resumes_fro
 
     // --since: the cursor of line 30 resumes at 31.
     let since = all[29]["cursor"].as_str().unwrap().to_string();
-    let mut resumed = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["subscribe", "orders:1", "--url", &url, "--since", &since])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let resumed_lines = lines_of(resumed.stdout.take().unwrap());
+    let mut resumed = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["subscribe", "orders:1", "--url", &url, "--since", &since])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let resumed_lines = lines_of(resumed.0.stdout.take().unwrap());
     let replayed: Vec<Value> = (0..30).map(|_| next_line(&resumed_lines)).collect();
-    resumed.kill().unwrap();
-    resumed.wait().unwrap();
+    drop(resumed);
     assert_eq!(
         replayed.iter().map(|line| line["offset"].as_u64().unwrap()).collect::<Vec<_>>(),
         (31..=60).collect::<Vec<_>>()
     );
-    restarted.kill().unwrap();
-    restarted.wait().unwrap();
 }

@@ -48,6 +48,23 @@ pub fn spawn_herald_on(
     (child, address)
 }
 
+/// A child process that is killed when the test ends, passing or failing.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// `kill -9` now, and wait for it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// An HTTP client for tests (with the TLS provider the workspace's reqwest needs chosen).
 pub fn http_client() -> reqwest::Client {
     herald_server::install_crypto_provider();
@@ -105,6 +122,21 @@ impl TestServer {
             .http
             .post(self.url("/api/publish"))
             .json(&json!({ "channel": channel, "data": data }))
+            .send()
+            .await
+            .expect("publish request");
+        assert_eq!(response.status(), 200, "publish failed");
+        response.json().await.expect("publish reply is JSON")
+    }
+
+    /// Publishes `data_json` exactly as written (key order, number spelling).
+    pub async fn publish_raw(&self, channel: &str, data_json: &str) -> Value {
+        let body = format!("{{\"channel\":{},\"data\":{data_json}}}", Value::from(channel));
+        let response = self
+            .http
+            .post(self.url("/api/publish"))
+            .header("content-type", "application/json")
+            .body(body)
             .send()
             .await
             .expect("publish request");
