@@ -274,21 +274,25 @@ impl Connection {
         }
     }
 
-    /// Registers a subscription; its generation, or `None` (the app told why) when the channel
-    /// already has a live one.
+    /// Registers a subscription; its generation and whether it replaced one the server may
+    /// still hold, or `None` (the app told why) when the channel already has a live one.
     fn add_subscription(
         &mut self,
         channel: String,
         since: Option<Position>,
         events: mpsc::Sender<Event>,
         reply: oneshot::Sender<Result<u64, ClientError>>,
-    ) -> Option<u64> {
+    ) -> Option<(u64, bool)> {
         // One whose app has gone (a dropped stream, a `subscribe` that timed out) makes room.
-        if self.subscriptions.get(&channel).is_some_and(|existing| !existing.events.is_closed()) {
-            let error = ErrorBody::new("already_subscribed", format!("already subscribed to {channel}"));
-            let _ = reply.send(Err(ClientError::Server(error)));
-            return None;
-        }
+        let replaced = match self.subscriptions.get(&channel) {
+            Some(existing) if !existing.events.is_closed() => {
+                let error = ErrorBody::new("already_subscribed", format!("already subscribed to {channel}"));
+                let _ = reply.send(Err(ClientError::Server(error)));
+                return None;
+            }
+            Some(_) => true,
+            None => false,
+        };
         let generation = self.next_generation;
         self.next_generation += 1;
         let subscription = Subscription {
@@ -301,7 +305,7 @@ impl Connection {
             notice: None,
         };
         self.subscriptions.insert(channel, subscription);
-        Some(generation)
+        Some((generation, replaced))
     }
 
     /// Forgets the subscription of `channel` if it is of `generation`; whether it was.
@@ -364,7 +368,14 @@ impl Connection {
                         break Ending::Final;
                     }
                     Some(Request::Subscribe { channel, since, events, reply }) => {
-                        if let Some(generation) = self.add_subscription(channel.clone(), since.clone(), events, reply) {
+                        if let Some((generation, replaced)) =
+                            self.add_subscription(channel.clone(), since.clone(), events, reply)
+                        {
+                            if replaced {
+                                let (id, text) = self.command(herald_wire::Op::Unsubscribe, &channel, None);
+                                pending.insert(id, Pending::Ignored);
+                                outgoing.push(text);
+                            }
                             let (id, text) = self.command(herald_wire::Op::Subscribe, &channel, since.clone());
                             pending.insert(id, Pending::Subscribe { channel, generation, since });
                             outgoing.push(text);
