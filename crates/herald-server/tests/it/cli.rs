@@ -5,9 +5,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::helpers::{KillOnDrop, TestServer, spawn_herald_on};
+use crate::helpers::{DurableHerald, KillOnDrop, TestServer};
 
 fn herald(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_herald")).args(args).env_remove("HERALD_URL").output().unwrap()
@@ -69,27 +69,9 @@ fn next_line(lines: &std::sync::mpsc::Receiver<String>) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_prints_every_publication_once_across_a_kill_9_and_resumes_from_since() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("herald.toml");
-    std::fs::write(&config, "[namespaces.orders]\ndurable = true\nhistory_size = 1000\n").unwrap();
-    let data_dir = dir.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let url = format!("http://{listen}");
-    let mut server = KillOnDrop(spawn_herald_on(&listen, &data_dir, &config).0);
+    let mut server = DurableHerald::start();
+    let url = server.url();
     let http = crate::helpers::http_client();
-    let publish = |n: u64| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let response = http
-                .post(format!("{url}/api/publish"))
-                .json(&json!({"channel": "orders:1", "data": {"n": n}}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-        }
-    };
     let mut subscriber = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["subscribe", "orders:1", "--url", &url])
@@ -109,13 +91,12 @@ async fn subscribe_prints_every_publication_once_across_a_kill_9_and_resumes_fro
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     for n in 1..=30 {
-        publish(n).await;
+        server.publish(n).await;
     }
     let first_half: Vec<Value> = (0..30).map(|_| next_line(&lines)).collect();
-    server.kill(); // SIGKILL: the stream is cut without a goodbye
-    let _restarted = KillOnDrop(spawn_herald_on(&listen, &data_dir, &config).0);
+    server.kill_and_restart(); // the stream is cut without a goodbye
     for n in 31..=60 {
-        publish(n).await;
+        server.publish(n).await;
     }
     let second_half: Vec<Value> = (0..30).map(|_| next_line(&lines)).collect();
     subscriber.kill();

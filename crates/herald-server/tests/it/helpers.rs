@@ -65,6 +65,53 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The `herald` binary on a port of its own with a durable `orders` namespace, to be killed
+/// (`kill -9`) and restarted on the same port and data directory: what reconnecting clients see.
+pub struct DurableHerald {
+    dir: tempfile::TempDir,
+    listen: String,
+    process: KillOnDrop,
+    http: reqwest::Client,
+}
+
+impl DurableHerald {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("herald.toml"), "[namespaces.orders]\ndurable = true\nhistory_size = 1000\n")
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen = format!("127.0.0.1:{port}");
+        let process = Self::spawn(dir.path(), &listen);
+        Self { dir, listen, process, http: http_client() }
+    }
+
+    fn spawn(dir: &std::path::Path, listen: &str) -> KillOnDrop {
+        KillOnDrop(spawn_herald_on(listen, &dir.join("data"), &dir.join("herald.toml")).0)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// `kill -9` (no goodbye, no flush), then the same server again on the same port.
+    pub fn kill_and_restart(&mut self) {
+        self.process.kill();
+        self.process = Self::spawn(self.dir.path(), &self.listen);
+    }
+
+    /// Publishes `{"n": n}` to `orders:1` through the server API.
+    pub async fn publish(&self, n: u64) {
+        let response = self
+            .http
+            .post(format!("{}/api/publish", self.url()))
+            .json(&json!({"channel": "orders:1", "data": {"n": n}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
 /// An HTTP client for tests (with the TLS provider the workspace's reqwest needs chosen).
 pub fn http_client() -> reqwest::Client {
     herald_server::install_crypto_provider();

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use herald_client::{Client, ClientError, Event, HistoryQuery, Options, Position, State, Subscription};
 use serde_json::json;
 
-use crate::helpers::{KillOnDrop, TestServer, WAIT, spawn_herald_on};
+use crate::helpers::{DurableHerald, TestServer, WAIT};
 
 fn options() -> Options {
     Options {
@@ -157,38 +157,16 @@ async fn an_expired_token_ends_the_subscriptions_with_the_reason() {
 /// same port, resubscribes from its position, and sees offsets 1..=60 each once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_gets_every_publication_once_across_a_kill_9_and_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("herald.toml");
-    std::fs::write(&config, "[namespaces.orders]\ndurable = true\nhistory_size = 1000\n").unwrap();
-    let data_dir = dir.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let (herald, address) = spawn_herald_on(&listen, &data_dir, &config);
-    let mut herald = KillOnDrop(herald);
-    let http = crate::helpers::http_client();
-    let publish = |n: u64| {
-        let (http, address) = (http.clone(), address.clone());
-        async move {
-            let response = http
-                .post(format!("http://{address}/api/publish"))
-                .json(&json!({"channel": "orders:1", "data": {"n": n}}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-        }
-    };
-
-    let client = Client::connect(&format!("http://{address}"), options()).await.unwrap();
+    let mut herald = DurableHerald::start();
+    let client = Client::connect(&herald.url(), options()).await.unwrap();
     let mut orders = client.subscribe("orders:1", None).await.unwrap();
     for n in 1..=30 {
-        publish(n).await;
+        herald.publish(n).await;
     }
     let mut seen = offsets(&mut orders, 10).await;
-    herald.kill(); // SIGKILL: no goodbye
-    let _restarted = KillOnDrop(spawn_herald_on(&listen, &data_dir, &config).0);
+    herald.kill_and_restart(); // no goodbye
     for n in 31..=60 {
-        publish(n).await;
+        herald.publish(n).await;
     }
     let mut recovered = Vec::new();
     while seen.len() < 60 {
