@@ -174,11 +174,14 @@ impl Connection {
         let mut first = Some(first);
         let mut backoff = Backoff::new(self.options.min_reconnect_delay, self.options.max_reconnect_delay);
         loop {
+            let first_attempt = first.is_some();
+            let mut connected = false;
             self.state.send_replace(State::Connecting);
             let attempt =
                 tokio::time::timeout(self.options.request_timeout, tokio_tungstenite::connect_async(&self.url));
             let refusal = match attempt.await {
                 Ok(Ok((socket, _))) => {
+                    connected = true;
                     backoff.reset();
                     self.state.send_replace(State::Connected);
                     if let Some(first) = first.take() {
@@ -212,7 +215,7 @@ impl Connection {
                 }
                 return self.end(Some(error));
             }
-            if first.is_some() {
+            if first_attempt && !connected {
                 return; // the first attempt failed: `connect` has its error
             }
             if !self.wait(backoff.next_delay()).await {
