@@ -130,22 +130,12 @@ struct Frame<'a> {
     #[serde(borrow)]
     result: Option<&'a RawValue>,
     error: Option<ErrorBody>,
-    disconnect: Option<DisconnectNotice>,
+    disconnect: Option<herald_wire::push::Disconnect>,
     #[serde(borrow)]
     channel: Option<Cow<'a, str>>,
     offset: Option<u64>,
     join: Option<PresenceEntry>,
     leave: Option<PresenceEntry>,
-}
-
-#[derive(Deserialize)]
-struct DisconnectNotice {
-    #[serde(default = "reconnect_by_default")]
-    reconnect: bool,
-}
-
-fn reconnect_by_default() -> bool {
-    true
 }
 
 pub(crate) struct Connection {

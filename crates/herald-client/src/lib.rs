@@ -257,18 +257,26 @@ impl Subscription {
         &self.channel
     }
 
-    /// Stops the subscription (as dropping it does).
-    pub async fn unsubscribe(self) {
-        let request = Request::Unsubscribe { channel: self.channel.clone(), generation: self.generation };
-        let _ = self.client.requests.send(request).await;
+    /// Stops the subscription, waiting for room to say so (dropping it says so if there is).
+    pub async fn unsubscribe(mut self) {
+        if let Some(request) = self.unsubscribe_request() {
+            let _ = self.client.requests.send(request).await;
+        }
+    }
+
+    /// The request that ends this subscription, once.
+    fn unsubscribe_request(&mut self) -> Option<Request> {
+        let channel = std::mem::take(&mut self.channel);
+        (!channel.is_empty()).then(|| Request::Unsubscribe { channel, generation: self.generation })
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         // If the queue is full, the connection finds the stream gone at its next look.
-        let request = Request::Unsubscribe { channel: self.channel.clone(), generation: self.generation };
-        let _ = self.client.requests.try_send(request);
+        if let Some(request) = self.unsubscribe_request() {
+            let _ = self.client.requests.try_send(request);
+        }
     }
 }
 

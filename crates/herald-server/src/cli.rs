@@ -79,7 +79,7 @@ async fn stream(
 ) -> Failure {
     let mut response = match request.send().await {
         Ok(response) => response,
-        Err(error) => return Failure::Lost(describe(&error)),
+        Err(error) => return Failure::Lost(herald_server::http_client::describe(&error)),
     };
     let status = response.status();
     if !status.is_success() {
@@ -98,7 +98,7 @@ async fn stream(
         let chunk = match tokio::time::timeout(STREAM_SILENCE, response.chunk()).await {
             Ok(Ok(Some(chunk))) => chunk,
             Ok(Ok(None)) => return Failure::Lost("the stream ended".into()),
-            Ok(Err(error)) => return Failure::Lost(describe(&error)),
+            Ok(Err(error)) => return Failure::Lost(herald_server::http_client::describe(&error)),
             Err(_) => return Failure::Lost(format!("nothing for {}s", STREAM_SILENCE.as_secs())),
         };
         buffer.extend_from_slice(&chunk);
@@ -144,8 +144,9 @@ pub async fn publish(url: &str, channel: &str, data: &str, api_key: Option<&str>
     if let Some(key) = api_key {
         request = request.bearer_auth(key);
     }
-    let response =
-        request.send().await.map_err(|error| anyhow::anyhow!("cannot reach Herald at {base}: {}", describe(&error)))?;
+    let response = request.send().await.map_err(|error| {
+        anyhow::anyhow!("cannot reach Herald at {base}: {}", herald_server::http_client::describe(&error))
+    })?;
     let status = response.status();
     let body = response.text().await.context("reading Herald's answer")?;
     if !status.is_success() {
@@ -168,16 +169,4 @@ fn herald_error(status: reqwest::StatusCode, body: &str) -> String {
         Ok(response) => format!("{} ({}): {}", response.error.code, status.as_u16(), response.error.message),
         Err(_) => format!("Herald answered {status}: {}", body.trim()),
     }
-}
-
-/// A transport error with its causes (the last names the real one: refused, reset, …).
-fn describe(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

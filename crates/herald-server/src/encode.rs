@@ -52,15 +52,9 @@ fn fields(publication: &Publication) -> herald_wire::publication::PublicationFie
 
 /// A JSON array of publications, each in its shared encoding.
 pub fn publications_array<'a>(publications: impl IntoIterator<Item = &'a Arc<Publication>>) -> String {
-    let mut array = String::from("[");
-    for (index, publication) in publications.into_iter().enumerate() {
-        if index > 0 {
-            array.push(',');
-        }
-        array.push_str(&EncodedPublication::of(publication).json);
-    }
-    array.push(']');
-    array
+    herald_wire::publication::array(
+        publications.into_iter().map(|publication| EncodedPublication::of(publication).json),
+    )
 }
 
 /// Published JSON data as the hub keeps it: on one line (see

@@ -55,13 +55,13 @@ pub fn encode(publication: PublicationFields<'_>) -> String {
 }
 
 /// A JSON array of already encoded publications (or any JSON values), without re-encoding them.
-pub fn array<'a>(encoded: impl IntoIterator<Item = &'a str>) -> String {
+pub fn array(encoded: impl IntoIterator<Item = impl AsRef<str>>) -> String {
     let mut array = String::from("[");
     for (index, json) in encoded.into_iter().enumerate() {
         if index > 0 {
             array.push(',');
         }
-        array.push_str(json);
+        array.push_str(json.as_ref());
     }
     array.push(']');
     array

@@ -28,15 +28,6 @@ pub fn error(id: Option<u64>, error: &ErrorBody) -> String {
 /// The empty result: `{}` (ping, unsubscribe).
 pub const EMPTY: &str = "{}";
 
-/// A reply as a client reads it: exactly one of `result` and `error` is present.
-#[derive(Debug, Deserialize)]
-pub struct Reply<'a> {
-    pub id: Option<u64>,
-    #[serde(borrow)]
-    pub result: Option<&'a serde_json::value::RawValue>,
-    pub error: Option<ErrorBody>,
-}
-
 /// The result of `connect` and `refresh`: who the connection is, and until when its token
 /// holds: `expires` (Unix seconds) is there when a token was given (`Some`), `null` for a token
 /// without `exp` (`Some(None)`).
@@ -77,13 +68,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replies_carry_the_id_and_read_back() {
+    fn replies_carry_the_id() {
         assert_eq!(result(3, EMPTY), r#"{"id":3,"result":{}}"#);
         let text = error(Some(4), &ErrorBody::new("not_subscribed", "not subscribed to a"));
         assert_eq!(text, r#"{"id":4,"error":{"code":"not_subscribed","message":"not subscribed to a"}}"#);
-        let reply: Reply<'_> = serde_json::from_str(&text).unwrap();
-        assert_eq!((reply.id, reply.result.is_none()), (Some(4), true));
-        assert_eq!(reply.error.unwrap().code, "not_subscribed");
         assert_eq!(error(None, &ErrorBody::new("missing_id", "m")), r#"{"error":{"code":"missing_id","message":"m"}}"#);
     }
 

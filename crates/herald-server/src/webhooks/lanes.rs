@@ -228,7 +228,8 @@ impl Lanes {
             .body(delivery.body.clone());
         match request.send().await {
             Ok(response) => Answer::Status(response.status().as_u16()),
-            Err(error) => Answer::Failed(describe(&error)),
+            // Kept short: it is stored with every attempt.
+            Err(error) => Answer::Failed(crate::http_client::describe(&error).chars().take(500).collect()),
         }
     }
 
@@ -337,16 +338,4 @@ impl Lanes {
 /// ±10% around `delay`, so retries of many deliveries do not arrive all at once.
 fn jittered(delay: Duration) -> Duration {
     delay.mul_f64(0.9 + fastrand::f64() * 0.2)
-}
-
-/// A transport error in a few words (the chain of sources, which names the real cause).
-fn describe(error: &reqwest::Error) -> String {
-    let mut text = if error.is_timeout() { "timed out".to_string() } else { error.to_string() };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text.chars().take(500).collect()
 }
