@@ -194,8 +194,14 @@ impl Connection {
                     );
                     Some(error)
                 }
-                Ok(Err(error)) => self.lost(&mut first, error.to_string()),
-                Err(_) => self.lost(&mut first, format!("no answer within {:?}", self.options.request_timeout)),
+                Ok(Err(error)) => {
+                    self.lost(&mut first, error.to_string());
+                    None
+                }
+                Err(_) => {
+                    self.lost(&mut first, format!("no answer within {:?}", self.options.request_timeout));
+                    None
+                }
             };
             if let Some(error) = refusal {
                 self.state.send_replace(State::Disconnected);
@@ -215,11 +221,7 @@ impl Connection {
     }
 
     /// A failed attempt: the first one fails `connect`; later ones are retried.
-    fn lost(
-        &mut self,
-        first: &mut Option<oneshot::Sender<Result<(), ClientError>>>,
-        reason: String,
-    ) -> Option<ErrorBody> {
+    fn lost(&mut self, first: &mut Option<oneshot::Sender<Result<(), ClientError>>>, reason: String) {
         self.state.send_replace(State::Disconnected);
         match first.take() {
             Some(first) => {
@@ -227,7 +229,6 @@ impl Connection {
             }
             None => tracing::debug!(url = %self.url, %reason, "cannot reconnect to Herald; retrying"),
         }
-        None
     }
 
     /// The end for good: every subscription is told why (if there is a reason) and ends.
