@@ -18,6 +18,7 @@ pub fn router(app: AppState) -> Router {
     let body_limit = app.settings.limits.max_message_size.get().saturating_mul(2).saturating_add(64 * 1024);
     let mut transports = Router::new()
         .route("/", get(pages::index))
+        .route("/client.js", get(pages::client_js))
         .route("/ws", get(transport::ws::upgrade))
         .route("/sse", get(transport::streaming::sse))
         .route("/stream", get(transport::streaming::ndjson))

@@ -86,6 +86,10 @@ pub struct Command<'a> {
     /// `connect`: the client id of an earlier connection, taken back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// `subscribe` without `since`: an HTTP transport's cursor to resume the channel from (a
+    /// client moving from SSE or polling to WebSocket before it knew the channel's position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 impl<'a> Command<'a> {

@@ -22,11 +22,16 @@ pub struct Unrecovered {
     pub cursor: Option<String>,
 }
 
-/// `{"type":"open","cursor":".."}`: the cursor of a stream's starting point, its first NDJSON
-/// line and the data of its first SSE event (named `cursor`: `open` is the name EventSource
-/// gives its own connection event).
-pub fn stream_open(cursor: &str) -> String {
-    format!("{{\"type\":\"open\",\"cursor\":{}}}", crate::json_string(cursor))
+/// `{"type":"open","cursor":"..","subscribed":[..]}`: the cursor of a stream's starting point
+/// and each channel's subscribe result (as a WebSocket `subscribe` answers: the position now,
+/// and `recovered` where a position was given), its first NDJSON line and the data of its first
+/// SSE event (named `cursor`: `open` is the name EventSource gives its own connection event).
+pub fn stream_open(cursor: &str, subscribed: &[crate::reply::Subscribed]) -> String {
+    format!(
+        "{{\"type\":\"open\",\"cursor\":{},\"subscribed\":{}}}",
+        crate::json_string(cursor),
+        serde_json::to_string(subscribed).unwrap_or_else(|_| "[]".to_string())
+    )
 }
 
 /// The SSE event type of a stream's opening cursor.

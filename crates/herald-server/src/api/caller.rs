@@ -4,7 +4,7 @@
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use herald_core::ChannelName;
 use serde::Deserialize;
@@ -30,10 +30,16 @@ impl FromRequestParts<AppState> for ApiCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
+        Self::from_headers(&parts.headers, app)
+    }
+}
+
+impl ApiCaller {
+    fn from_headers(headers: &HeaderMap, app: &AppState) -> Result<Self, ApiError> {
         if app.settings.api_dev_mode() {
             return Ok(Self::Server { key: None, scope: KeyScope::Full });
         }
-        let Some(presented) = crate::auth::bearer(&parts.headers) else {
+        let Some(presented) = crate::auth::bearer(headers) else {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -57,9 +63,24 @@ impl FromRequestParts<AppState> for ApiCaller {
             _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API key is not valid")),
         }
     }
-}
 
-impl ApiCaller {
+    /// Whoever may read `channel`'s history and presence: a backend whose key may read, or a
+    /// client that may subscribe to it (with its token, or with none where the namespace is
+    /// anonymous). What a client could read over WebSocket it may read here, so the SDK on
+    /// SSE or long-polling has history and presence too.
+    pub fn check_reader(headers: &HeaderMap, app: &AppState, channel: &ChannelName) -> Result<(), ApiError> {
+        let identity = match Self::from_headers(headers, app) {
+            Ok(Self::Server { scope, .. }) if scope.may_read() => return Ok(()),
+            Ok(Self::Server { .. }) => return Err(only_publishes()),
+            Ok(Self::Client(identity)) => identity,
+            // No credentials at all: an anonymous client, where the namespace has them.
+            Err(_) if crate::auth::bearer(headers).is_none() => Identity::Anonymous,
+            Err(error) => return Err(error),
+        };
+        crate::auth::may_subscribe(&identity, app.hub.namespaces().options_for(channel), channel)?;
+        Ok(())
+    }
+
     /// May this caller publish to `channels`? Takes one publish per channel from its rate.
     pub fn check_publish(&self, app: &AppState, channels: &[ChannelName]) -> Result<(), ApiError> {
         match self {
@@ -80,6 +101,10 @@ fn read_only() -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "permission_denied", "this API key may only read")
 }
 
+fn only_publishes() -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "permission_denied", "this API key may only publish")
+}
+
 /// Proof that the request may read through the server API: a key that may read, or dev mode.
 pub struct ApiAccess;
 
@@ -89,9 +114,7 @@ impl FromRequestParts<AppState> for ApiAccess {
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
         match ApiCaller::from_request_parts(parts, app).await? {
             ApiCaller::Server { scope, .. } if scope.may_read() => Ok(Self),
-            ApiCaller::Server { .. } => {
-                Err(ApiError::new(StatusCode::FORBIDDEN, "permission_denied", "this API key may only publish"))
-            }
+            ApiCaller::Server { .. } => Err(only_publishes()),
             ApiCaller::Client(_) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "permission_denied",

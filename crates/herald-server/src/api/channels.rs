@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::{ChannelName, HistoryQuery, PublishRequest};
@@ -119,7 +119,7 @@ pub(super) struct HistoryParams {
 }
 
 pub(super) async fn channel_resource(
-    access: ApiAccess,
+    headers: HeaderMap,
     State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<HistoryParams>, QueryRejection>,
@@ -133,10 +133,13 @@ pub(super) async fn channel_resource(
         "history" => {
             let Query(params) =
                 query.map_err(|rejection| ApiError::bad_request("bad_request", rejection.body_text()))?;
-            history(access, app, channel_name(channel)?, params).await
+            let channel = channel_name(channel)?;
+            ApiCaller::check_reader(&headers, &app, &channel)?;
+            history(app, channel, params).await
         }
         "presence" => {
             let channel = channel_name(channel)?;
+            ApiCaller::check_reader(&headers, &app, &channel)?;
             let snapshot = app.hub.presence(&channel).await?.ok_or_else(|| {
                 let error = crate::presence::not_kept(&channel);
                 ApiError::new(StatusCode::BAD_REQUEST, error.code, error.message)
@@ -147,12 +150,7 @@ pub(super) async fn channel_resource(
     }
 }
 
-async fn history(
-    _access: ApiAccess,
-    app: AppState,
-    channel: ChannelName,
-    params: HistoryParams,
-) -> Result<Response, ApiError> {
+async fn history(app: AppState, channel: ChannelName, params: HistoryParams) -> Result<Response, ApiError> {
     let limit = params.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_HISTORY_PAGE {
         return Err(ApiError::bad_request("invalid_limit", format!("`limit` must be 1 to {MAX_HISTORY_PAGE}")));

@@ -31,6 +31,7 @@ use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 use crate::transport::origin::check_origin;
 use crate::transport::subscription::{HttpSubscription, Opening, SubscriptionQuery, Unrecovered};
 use herald_wire::close_code;
+use herald_wire::reply::Subscribed;
 
 /// Chunks buffered between the stream task and the response body.
 const BODY_CHUNKS: usize = 16;
@@ -58,15 +59,16 @@ impl StreamFormat {
     /// client that reconnects before any publication still resumes from here. On SSE its `id:`
     /// sets the browser's last event id, and as a named event (`cursor`, not a message) a page
     /// can read it too, to resume a stream it opens anew.
-    fn open(self, out: &mut BytesMut, cursor: &str, retry: Duration) {
+    fn open(self, out: &mut BytesMut, cursor: &str, subscribed: &[Subscribed], retry: Duration) {
         match self {
             Self::Sse => {
-                let (event, data) = (herald_wire::http::SSE_CURSOR_EVENT, herald_wire::http::stream_open(cursor));
+                let (event, data) =
+                    (herald_wire::http::SSE_CURSOR_EVENT, herald_wire::http::stream_open(cursor, subscribed));
                 let opening = format!("retry: {}\nid: {cursor}\nevent: {event}\ndata: {data}\n\n", retry.as_millis());
                 out.put_slice(opening.as_bytes());
             }
             Self::Ndjson => {
-                out.put_slice(herald_wire::http::stream_open(cursor).as_bytes());
+                out.put_slice(herald_wire::http::stream_open(cursor, subscribed).as_bytes());
                 out.put_slice(b"\n");
             }
         }
@@ -264,7 +266,8 @@ impl OpenStream {
         let format = self.format;
         let subscription = &mut self.subscription;
         let mut chunk = BytesMut::with_capacity(256);
-        format.open(&mut chunk, &subscription.cursor(), app.settings.streaming.retry);
+        let subscribed = std::mem::take(&mut self.opening.subscribed);
+        format.open(&mut chunk, &subscription.cursor(), &subscribed, app.settings.streaming.retry);
         for notice in std::mem::take(&mut self.opening.unrecovered) {
             format.unrecovered(&mut chunk, &notice, &subscription.cursor());
         }

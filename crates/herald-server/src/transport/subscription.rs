@@ -1,5 +1,5 @@
-//! What the HTTP transports (SSE, NDJSON, poll) share: reading `channel=` and `since=` (or
-//! `Last-Event-ID`), subscribing every channel with recovery, presence, the cursor, and
+//! What the HTTP transports (SSE, NDJSON, poll) share: reading `channel=`, `since=` (or
+//! `Last-Event-ID`) and `positions=`, subscribing every channel with recovery, presence, the cursor, and
 //! cleaning up at once when the subscription is dropped, wherever that happens.
 
 use std::sync::Arc;
@@ -13,11 +13,17 @@ use crate::error::ApiError;
 use crate::presence::ClientId;
 use crate::state::AppState;
 
-/// A parsed `?channel=A&channel=B&since=CURSOR[&timeout=S][&token=JWT]` query.
+/// A parsed `?channel=A&channel=B&since=CURSOR[&positions=JSON][&timeout=S][&token=JWT]` query.
 #[derive(Debug)]
 pub struct SubscriptionQuery {
     pub channels: Vec<ChannelName>,
+    /// `Last-Event-ID`, else `since`.
     pub cursor: Option<Cursor>,
+    /// `positions={"chat:a":{"epoch":"..","offset":N},..}`: where to resume each channel, as a
+    /// WebSocket client knows it (a client falling back from WebSocket has positions, not a
+    /// cursor). It wins over `since` for its channels; `Last-Event-ID` (newer, from the
+    /// browser's own reconnect) wins over it.
+    pub positions: Vec<(ChannelName, Position)>,
     pub timeout: Option<String>,
     /// From `?token=` (what `EventSource` can send) or `Authorization: Bearer`.
     pub identity: Identity,
@@ -34,6 +40,7 @@ impl SubscriptionQuery {
     ) -> Result<Self, ApiError> {
         let mut channels: Vec<ChannelName> = Vec::new();
         let mut since = None;
+        let mut positions = None;
         let mut timeout = None;
         let mut token = None;
         for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
@@ -46,6 +53,7 @@ impl SubscriptionQuery {
                     }
                 }
                 "since" => since = Some(value.into_owned()),
+                "positions" => positions = Some(value.into_owned()),
                 "timeout" if accepts_timeout => timeout = Some(value.into_owned()),
                 "token" => token = Some(value.into_owned()),
                 other => {
@@ -71,13 +79,51 @@ impl SubscriptionQuery {
             ),
             None => None,
         };
+        let positions = match positions.filter(|text| !text.is_empty()) {
+            Some(text) => parse_positions(&text, &channels)?,
+            None => Vec::new(),
+        };
         let token = token.or_else(|| crate::auth::bearer(headers).map(str::to_string));
         let identity = crate::auth::identify(app.settings.auth.as_deref(), token.as_deref())?;
         for channel in &channels {
             crate::auth::may_subscribe(&identity, app.hub.namespaces().options_for(channel), channel)?;
         }
-        Ok(Self { channels, cursor, timeout, identity })
+        let cursor_is_the_browsers = last_event_id.is_some_and(|id| !id.is_empty());
+        let mut query = Self { channels, cursor, positions, timeout, identity };
+        if cursor_is_the_browsers {
+            let cursor = query.cursor.as_ref();
+            query.positions.retain(|(channel, _)| cursor.is_none_or(|cursor| cursor.position_for(channel).is_none()));
+        }
+        Ok(query)
     }
+
+    /// Where `channel` resumes: its entry in `positions`, else the cursor's.
+    pub fn since(&self, channel: &ChannelName) -> Option<&Position> {
+        self.positions
+            .iter()
+            .find(|(named, _)| named == channel)
+            .map(|(_, position)| position)
+            .or_else(|| self.cursor.as_ref().and_then(|cursor| cursor.position_for(channel)))
+    }
+}
+
+/// Reads `positions=`: a JSON object of channel → `{"epoch","offset"}`, each of them one of
+/// the request's channels.
+fn parse_positions(text: &str, channels: &[ChannelName]) -> Result<Vec<(ChannelName, Position)>, ApiError> {
+    let invalid = |message: String| ApiError::bad_request("invalid_positions", message);
+    let parsed: std::collections::BTreeMap<String, herald_wire::Position> =
+        serde_json::from_str(text).map_err(|error| {
+            invalid(format!("positions must be a JSON object of channel to {{\"epoch\",\"offset\"}}: {error}"))
+        })?;
+    parsed
+        .into_iter()
+        .map(|(name, position)| {
+            let channel = channels.iter().find(|channel| channel.as_str() == name).ok_or_else(|| {
+                invalid(format!("positions names {name:?}, which is not one of the request's channels"))
+            })?;
+            Ok((channel.clone(), crate::encode::hub_position(&position)))
+        })
+        .collect()
 }
 
 /// A channel whose position could not be recovered: the client should reload its state.
@@ -119,6 +165,8 @@ pub struct HttpSubscription {
 pub struct Opening {
     pub missed: Vec<Arc<Publication>>,
     pub unrecovered: Vec<Unrecovered>,
+    /// Each channel's subscribe result, in request order.
+    pub subscribed: Vec<herald_wire::reply::Subscribed>,
 }
 
 impl HttpSubscription {
@@ -142,10 +190,14 @@ impl HttpSubscription {
             client,
             present: Vec::with_capacity(if live { query.channels.len() } else { 0 }),
         };
-        let mut opening = Opening { missed: Vec::new(), unrecovered: Vec::new() };
+        let mut opening = Opening {
+            missed: Vec::new(),
+            unrecovered: Vec::new(),
+            subscribed: Vec::with_capacity(query.channels.len()),
+        };
         let mut missed_per_channel = Vec::with_capacity(query.channels.len());
         for channel in &query.channels {
-            let since = query.cursor.as_ref().and_then(|cursor| cursor.position_for(channel));
+            let since = query.since(channel);
             let subscribed = if live {
                 // Registered before the await, so a failure or a drop midway still cleans up.
                 subscription.channels.push(channel.clone());
@@ -163,6 +215,11 @@ impl HttpSubscription {
                     .unrecovered
                     .push(Unrecovered { channel: channel.clone(), position: subscribed.position.clone() });
             }
+            opening.subscribed.push(herald_wire::reply::Subscribed {
+                channel: channel.to_string(),
+                position: crate::encode::wire_position(&subscribed.position),
+                recovered: subscribed.recovered,
+            });
             subscription.positions.track(channel.clone(), start);
             missed_per_channel.push(subscribed.missed);
             if live {

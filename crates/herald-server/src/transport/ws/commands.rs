@@ -101,7 +101,14 @@ impl Connection {
         }
         crate::auth::may_subscribe(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
             .map_err(|denied| ErrorBody::new(denied.code(), denied.to_string()))?;
-        let since = command.since.as_ref().map(hub_position);
+        let since = match (&command.since, &command.cursor) {
+            (Some(since), _) => Some(hub_position(since)),
+            (None, Some(cursor)) => crate::cursor::Cursor::decode(cursor)
+                .map_err(|error| ErrorBody::new("invalid_cursor", error.to_string()))?
+                .position_for(&channel)
+                .cloned(),
+            (None, None) => None,
+        };
         let subscribed = self
             .app
             .hub
