@@ -238,6 +238,11 @@ export function outcomeOf(error) {
   return { error };
 }
 
+/** The session slot while an attempt at `name` waits (for its turn, or for getToken). */
+function waiting(name) {
+  return { name, stop() {} };
+}
+
 function textOf(data) {
   return typeof data === 'string' ? data : new TextDecoder().decode(data);
 }
@@ -371,7 +376,7 @@ export class Herald extends Emitter {
     return this.#api('GET', `/api/channels/${encodeURIComponent(channel)}/history?${query}`);
   }
 
-  /** Who is in `channel` now: `{clients, users}`. @param {string} channel */
+  /** Who is in `channel` now: `{clients, users}` (lists). @param {string} channel */
   async presence(channel) {
     if (this.#session?.name === 'websocket' && this.#state === 'connected') {
       return this.#session.request('presence', { channel });
@@ -424,15 +429,15 @@ export class Herald extends Emitter {
     if (this.#closed) return;
     const name = this.#options.transports[this.#transportIndex];
     const Session = { websocket: WebSocketSession, sse: SseSession, poll: PollSession }[name];
-    const attempt = { name };
-    this.#session = attempt; // a placeholder, so a stop() during getToken is noticed
+    const attempt = waiting(name); // so a stop() during getToken is noticed
+    this.#session = attempt;
     this.#setState('connecting');
     let token;
     try {
       token = await this.#currentToken();
     } catch (error) {
       if (this.#session !== attempt) return;
-      this.#session = null;
+      this.#session = waiting(name);
       this.emit('error', new HeraldError('token_unavailable', `getToken failed: ${error?.message ?? error}`));
       this.#retryTimer = setTimeout(() => this.#attempt(), this.#tokenFailures.next());
       return;
@@ -522,7 +527,6 @@ export class Herald extends Emitter {
       return;
     }
     if (tokenTrouble) this.#token = null; // getToken gives the next one
-    this.#setState('connecting');
     const transports = this.#options.transports;
     let delay = 0;
     if (tokenTrouble) {
@@ -537,6 +541,8 @@ export class Herald extends Emitter {
       this.#transportIndex = (this.#transportIndex + 1) % transports.length;
       if (this.#transportIndex === this.#roundStart) delay = this.#backoff.next();
     }
+    this.#session = waiting(transports[this.#transportIndex]);
+    this.#setState('connecting');
     this.#retryTimer = setTimeout(() => this.#attempt(), delay);
   }
 
@@ -928,6 +934,16 @@ class HttpSession {
   }
 
   check() {}
+
+  /** Makes a new request for the current subscriptions (each transport has its own). */
+  restart() {
+    throw new Error('HttpSession.restart is defined by SseSession and PollSession');
+  }
+
+  /** Ends the requests without telling the host. */
+  stop() {
+    this.stopped = true;
+  }
 
   /** The first answer: the session is open; each channel's subscribe result. */
   announce(subscribed) {
