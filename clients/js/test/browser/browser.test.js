@@ -4,15 +4,14 @@
 // memory engine restarted.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import WebSocket from 'ws';
-import { chromium } from 'playwright-core';
 import { Herald } from '../../herald.js';
+import { launchChromium, skipWithoutChromium } from '../support/browser.js';
 import { startHerald, startProxy, publish, makeToken, sleep, until, skipWithoutHerald } from '../support/herald.js';
 
-const CHROMIUM = process.env.HERALD_TEST_CHROMIUM ?? '/usr/bin/chromium';
-const skip = skipWithoutHerald || (existsSync(CHROMIUM) ? false : `no Chromium at ${CHROMIUM} (apt-get install -y chromium)`);
+const skip = skipWithoutHerald || skipWithoutChromium;
 const SECRET = 'browser-test-secret-of-at-least-32-chars';
+const API_KEY = 'browser-test-api-key';
 
 let server;
 let proxy;
@@ -21,18 +20,7 @@ before(async () => {
   if (skip) return;
   server = await startHerald();
   proxy = await startProxy(server.port);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  browser = await launchChromium();
 });
 after(async () => {
   await browser?.close();
@@ -150,7 +138,7 @@ test('WebSocket blocked: SSE; SSE blocked too: long-polling; nothing lost or twi
 
 test('a token that expires during the test is renewed through getToken, nothing lost', { skip }, async () => {
   const secured = await startHerald({
-    config: `[auth]\nhmac_secret = "${SECRET}"\n[namespaces.test]\nhistory_size = 1000\n`,
+    config: `[auth]\nhmac_secret = "${SECRET}"\n[api]\nkeys = ["${API_KEY}"]\n[namespaces.test]\nhistory_size = 1000\n`,
   });
   try {
     for (const transports of [['websocket'], ['sse']]) {
@@ -168,7 +156,7 @@ test('a token that expires during the test is renewed through getToken, nothing 
       let n = 0;
       while (Date.now() - started < 8000) {
         n += 1;
-        await publish(secured.url, channel, { n });
+        await publish(secured.url, channel, { n }, { Authorization: `Bearer ${API_KEY}` });
         await sleep(100);
       }
       await until(async () => (await seen()).offsets.length >= n, `all ${n}`);

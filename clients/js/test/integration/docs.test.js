@@ -8,11 +8,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchChromium, skipWithoutChromium } from '../support/browser.js';
 import { startHerald, publish, until, freePort, heraldBin, skipWithoutHerald } from '../support/herald.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -20,11 +20,10 @@ const root = path.resolve(here, '../../../..');
 const GUIDE = path.join(root, 'docs/clients.md');
 const RUST_EXAMPLE = path.join(root, 'crates/herald-client/examples/subscribe.rs');
 const SDK = path.resolve(here, '../../herald.js');
-const CHROMIUM = process.env.HERALD_TEST_CHROMIUM ?? '/usr/bin/chromium';
 const PYTHON = process.env.HERALD_TEST_PYTHON || null;
 
 const hasCommand = (name) => spawnSync('bash', ['-c', `command -v ${name}`]).status === 0;
-const skipBrowser = skipWithoutHerald || (existsSync(CHROMIUM) ? false : `no Chromium at ${CHROMIUM} (apt-get install -y chromium)`);
+const skipBrowser = skipWithoutHerald || skipWithoutChromium;
 const skipCurl = skipWithoutHerald || (hasCommand('curl') ? false : 'curl is not installed');
 const skipJq = skipCurl || (hasCommand('jq') ? false : 'jq is not installed (apt-get install -y jq)');
 const skipPython =
@@ -106,23 +105,7 @@ let browser;
 
 before(async () => {
   if (!skipBrowser) {
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        // The snippet pages are answered by page.route, so Chromium knows no address for them
-        // and takes them for public ones: its Local Network Access checks would then block their
-        // WebSocket to 127.0.0.1 (net::ERR_BLOCKED_BY_LOCAL_NETWORK_ACCESS_CHECKS), which a page
-        // really served from Herald on loopback is not.
-        '--disable-features=LocalNetworkAccessChecks',
-      ],
-    });
+    browser = await launchChromium();
   }
 });
 
