@@ -19,6 +19,7 @@ mod poll;
 mod presence;
 mod python_client;
 mod readme;
+mod resume;
 mod rust_client;
 mod shutdown;
 mod tls;
