@@ -9,6 +9,8 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -21,16 +23,21 @@ use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, Sleep, Timeout};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::backoff::Backoff;
+use crate::token::{self, TokenFuture, TokenSource};
 use crate::{ClientError, Event, Options, State};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How often subscriptions that fell behind are looked at.
 const LAG_CHECK: Duration = Duration::from_millis(100);
+
+/// The shortest pause between two renewals of the token on one connection.
+const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the API asks of the connection.
 pub(crate) enum Request {
@@ -54,9 +61,9 @@ pub(crate) enum Request {
     Close,
 }
 
-/// The WebSocket URL for a Herald URL: `http://host[:port][/prefix]` → `ws://host[:port][/prefix]/ws`
-/// (a `ws://` URL is taken as it is), with the token as `?token=`.
-pub(crate) fn websocket_url(url: &str, token: Option<&str>) -> Result<String, ClientError> {
+/// The WebSocket URL for a Herald URL: `http://host[:port][/prefix]` → `ws://host[:port][/prefix]/ws`,
+/// `https://…` → `wss://…` (a `ws://` or `wss://` URL is taken as it is).
+pub(crate) fn websocket_url(url: &str) -> Result<String, ClientError> {
     let invalid = || ClientError::InvalidUrl(url.to_string());
     let (scheme, rest) = url.split_once("://").ok_or_else(invalid)?;
     let (host, path) = rest.split_once('/').map_or((rest, ""), |(host, path)| (host, path));
@@ -64,27 +71,34 @@ pub(crate) fn websocket_url(url: &str, token: Option<&str>) -> Result<String, Cl
         return Err(invalid());
     }
     let path = path.trim_end_matches('/');
-    let mut ws = match scheme {
-        "http" if path.is_empty() => format!("ws://{host}/ws"),
-        "http" => format!("ws://{host}/{path}/ws"),
-        "ws" if path.is_empty() => format!("ws://{host}/ws"),
-        "ws" => format!("ws://{host}/{path}"),
-        "https" | "wss" => return Err(ClientError::TlsNotSupported(url.to_string())),
+    let ws = match scheme {
+        "http" | "ws" => "ws",
+        "https" | "wss" => "wss",
         _ => return Err(invalid()),
     };
+    Ok(match scheme {
+        _ if path.is_empty() => format!("{ws}://{host}/ws"),
+        "http" | "https" => format!("{ws}://{host}/{path}/ws"),
+        _ => format!("{ws}://{host}/{path}"),
+    })
+}
+
+/// `url` with the token as `?token=` (what the upgrade sends).
+fn with_token(url: &str, token: Option<&str>) -> String {
+    let mut url = url.to_string();
     if let Some(token) = token {
-        ws.push(if ws.contains('?') { '&' } else { '?' });
-        ws.push_str("token=");
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str("token=");
         // A JWT is URL-safe base64 and dots; anything else is escaped.
         for byte in token.bytes() {
             if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-                ws.push(byte as char);
+                url.push(byte as char);
             } else {
-                ws.push_str(&format!("%{byte:02X}"));
+                url.push_str(&format!("%{byte:02X}"));
             }
         }
     }
-    Ok(ws)
+    url
 }
 
 /// One subscription as the connection keeps it.
@@ -111,6 +125,8 @@ enum Pending {
         since: Option<Position>,
     },
     Command(oneshot::Sender<Result<Box<RawValue>, ClientError>>),
+    /// A `refresh` with a renewed token.
+    Refresh,
     /// An unsubscribe: nobody waits for it.
     Ignored,
 }
@@ -119,8 +135,88 @@ enum Pending {
 enum Ending {
     /// Lost: make it again.
     Lost,
+    /// The server closed it at the token's expiry (4003): make it again with a new token.
+    TokenExpired,
     /// The client was closed, or the server said not to reconnect.
     Final,
+}
+
+/// How a connection attempt went.
+enum Attempt {
+    Open(Box<Socket>),
+    /// Herald answered the upgrade with an error (a 4xx).
+    Refused(ErrorBody),
+    /// No connection (refused, unreachable, TLS, timed out), in words.
+    Failed(String),
+}
+
+/// What follows an attempt that failed or a connection that ended.
+enum Next {
+    /// Try again after `delay`. While `connect` still waits for the first connection, only
+    /// trouble getting a token is tried again (`first_may_retry`), within `request_timeout`;
+    /// anything else fails `connect` with `error`.
+    Retry { delay: Duration, error: ClientError, first_may_retry: bool },
+    /// The end for good, with the reason the subscriptions are told.
+    End(Option<ErrorBody>),
+}
+
+/// Renewing the token on a live connection: when the next renewal is due, the token source's
+/// call under way, and the pause after failed ones.
+struct Renewal {
+    source: Option<TokenSource>,
+    due: Option<Pin<Box<Sleep>>>,
+    fetching: Option<Pin<Box<Timeout<TokenFuture>>>>,
+    failures: Backoff,
+    timeout: Duration,
+}
+
+impl Renewal {
+    fn new(options: &Options) -> Self {
+        Self {
+            source: options.get_token.clone(),
+            due: None,
+            fetching: None,
+            failures: Backoff::new(options.min_reconnect_delay, options.max_reconnect_delay),
+            timeout: options.request_timeout,
+        }
+    }
+
+    /// Due ahead of `token`'s expiry; never for a fixed token, or one without `exp`. After a
+    /// renewal, not sooner than a second later: a source whose tokens hold for 3 s or less
+    /// would otherwise be asked again and again without pause.
+    fn schedule(&mut self, token: Option<&str>, renewed: bool) {
+        self.failures.reset();
+        let floor = if renewed { MIN_RENEWAL_INTERVAL } else { Duration::ZERO };
+        let delay = self.source.as_ref().and(token).and_then(token::renewal_delay).map(|delay| delay.max(floor));
+        self.due = delay.map(|delay| Box::pin(tokio::time::sleep(delay)));
+    }
+
+    /// After a failure: again after a backoff pause (the server closes the connection at
+    /// expiry if none succeeds by then, and the reconnect gets a new token).
+    fn retry_later(&mut self) {
+        self.due = Some(Box::pin(tokio::time::sleep(self.failures.next_delay())));
+    }
+
+    fn start(&mut self) {
+        self.due = None;
+        if let Some(source) = &self.source {
+            self.fetching = Some(Box::pin(tokio::time::timeout(self.timeout, source.get())));
+        }
+    }
+}
+
+/// The output of the future in `slot`, or never if there is none (a `select!` branch that is
+/// there only sometimes).
+async fn next_of<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Error codes of a refusal that a new token may cure.
+fn is_token_trouble(error: &ErrorBody) -> bool {
+    matches!(error.code.as_ref(), "token_expired" | "invalid_token" | "unauthorized")
 }
 
 /// Any frame from the server, with what tells its kind; its data stays raw.
@@ -139,8 +235,12 @@ struct Frame<'a> {
 }
 
 pub(crate) struct Connection {
+    /// The WebSocket URL, without the token.
     url: String,
+    connector: Connector,
     options: Options,
+    /// The token the next attempt sends: the fixed one, or the token source's latest.
+    token: Option<String>,
     requests: mpsc::Receiver<Request>,
     state: watch::Sender<State>,
     subscriptions: BTreeMap<String, Subscription>,
@@ -151,83 +251,155 @@ pub(crate) struct Connection {
 impl Connection {
     pub(crate) fn new(
         url: String,
+        connector: Connector,
         options: Options,
         requests: mpsc::Receiver<Request>,
         state: watch::Sender<State>,
     ) -> Self {
-        Self { url, options, requests, state, subscriptions: BTreeMap::new(), next_id: 1, next_generation: 1 }
+        let token = options.token.clone();
+        Self {
+            url,
+            connector,
+            options,
+            token,
+            requests,
+            state,
+            subscriptions: BTreeMap::new(),
+            next_id: 1,
+            next_generation: 1,
+        }
     }
 
     /// Connects, serves, and reconnects until the client is closed; `first` learns how the first
     /// connection went (the client's `connect` waits for it, and fails with it).
     pub(crate) async fn run(mut self, first: oneshot::Sender<Result<(), ClientError>>) {
         let mut first = Some(first);
+        let started = Instant::now();
         let mut backoff = Backoff::new(self.options.min_reconnect_delay, self.options.max_reconnect_delay);
         loop {
-            let first_attempt = first.is_some();
-            let mut connected = false;
             self.state.send_replace(State::Connecting);
-            let attempt =
-                tokio::time::timeout(self.options.request_timeout, tokio_tungstenite::connect_async(&self.url));
-            let refusal = match attempt.await {
-                Ok(Ok((socket, _))) => {
-                    connected = true;
-                    backoff.reset();
-                    self.state.send_replace(State::Connected);
-                    if let Some(first) = first.take() {
-                        let _ = first.send(Ok(()));
-                    }
-                    let ending = self.serve(socket).await;
-                    self.state.send_replace(State::Disconnected);
-                    match ending {
-                        Ending::Final => return self.end(None),
-                        Ending::Lost => None,
+            let next = match self.prepare_token().await {
+                None => return self.end(None),
+                Some(Err(reason)) => {
+                    tracing::warn!(%reason, "the token source failed; trying again");
+                    Next::Retry {
+                        delay: backoff.next_delay(),
+                        error: ClientError::Token(reason),
+                        first_may_retry: true,
                     }
                 }
-                Ok(Err(tungstenite::Error::Http(response))) if response.status().is_client_error() => {
-                    // Refused (an expired or invalid token, a foreign origin): trying again
-                    // would be refused again.
-                    let body = response.body().as_deref().unwrap_or_default();
-                    let error = serde_json::from_slice::<herald_wire::error::ErrorResponse>(body).map_or_else(
-                        |_| ErrorBody::new("refused", format!("Herald answered {}", response.status())),
-                        |response| response.error,
-                    );
-                    Some(error)
-                }
-                Ok(Err(error)) => {
-                    self.lost(&mut first, error.to_string());
-                    None
-                }
-                Err(_) => {
-                    self.lost(&mut first, format!("no answer within {:?}", self.options.request_timeout));
-                    None
+                Some(Ok(fetched)) => match self.attempt().await {
+                    Attempt::Open(socket) => {
+                        backoff.reset();
+                        self.state.send_replace(State::Connected);
+                        if let Some(first) = first.take() {
+                            let _ = first.send(Ok(()));
+                        }
+                        let ending = self.serve(*socket).await;
+                        self.state.send_replace(State::Disconnected);
+                        match ending {
+                            Ending::Final => return self.end(None),
+                            // At once, with a new token (a fixed token is refused on the
+                            // reconnect, which ends the subscriptions saying so).
+                            Ending::TokenExpired if self.options.get_token.is_some() => {
+                                self.token = None;
+                                Next::Retry {
+                                    delay: Duration::ZERO,
+                                    error: ClientError::Disconnected,
+                                    first_may_retry: false,
+                                }
+                            }
+                            Ending::Lost | Ending::TokenExpired => {
+                                let delay = backoff.next_delay();
+                                Next::Retry { delay, error: ClientError::Disconnected, first_may_retry: false }
+                            }
+                        }
+                    }
+                    Attempt::Refused(error) => {
+                        self.state.send_replace(State::Disconnected);
+                        if self.options.get_token.is_some() && is_token_trouble(&error) {
+                            tracing::debug!(code = %error.code, "Herald refused the token; getting a new one");
+                            self.token = None;
+                            // A held token that expired after all (clocks differ): a new one at
+                            // once. One just given and refused: after a pause, so that a token
+                            // source handing out bad tokens is not called in a tight loop.
+                            let at_once = error.code == "token_expired" && !fetched;
+                            let delay = if at_once { Duration::ZERO } else { backoff.next_delay() };
+                            Next::Retry { delay, error: ClientError::Server(error), first_may_retry: at_once }
+                        } else {
+                            // Refused (an expired or invalid fixed token, a foreign origin):
+                            // trying again would be refused again.
+                            Next::End(Some(error))
+                        }
+                    }
+                    Attempt::Failed(reason) => {
+                        self.state.send_replace(State::Disconnected);
+                        if first.is_none() {
+                            tracing::debug!(url = %self.url, %reason, "cannot reconnect to Herald; retrying");
+                        }
+                        let error = ClientError::Connect { url: self.url.clone(), reason };
+                        Next::Retry { delay: backoff.next_delay(), error, first_may_retry: false }
+                    }
+                },
+            };
+            let delay = match next {
+                Next::End(error) => match first.take() {
+                    Some(first) => {
+                        let _ = first.send(Err(error.map_or(ClientError::Closed, ClientError::Server)));
+                        return;
+                    }
+                    None => return self.end(error),
+                },
+                Next::Retry { delay, error, first_may_retry } => {
+                    if let Some(waiting) = first.take() {
+                        if !first_may_retry || started.elapsed() + delay >= self.options.request_timeout {
+                            let _ = waiting.send(Err(error));
+                            return; // the first connection failed: `connect` has its error
+                        }
+                        first = Some(waiting);
+                    }
+                    delay
                 }
             };
-            if let Some(error) = refusal {
-                self.state.send_replace(State::Disconnected);
-                if let Some(first) = first.take() {
-                    let _ = first.send(Err(ClientError::Server(error)));
-                    return;
-                }
-                return self.end(Some(error));
-            }
-            if first_attempt && !connected {
-                return; // the first attempt failed: `connect` has its error
-            }
-            if !self.wait(backoff.next_delay()).await {
+            if !self.wait(delay).await {
                 return self.end(None);
             }
         }
     }
 
-    /// A failed attempt: the first one fails `connect`; later ones are retried.
-    fn lost(&mut self, first: &mut Option<oneshot::Sender<Result<(), ClientError>>>, reason: String) {
-        self.state.send_replace(State::Disconnected);
-        match first.take() {
-            Some(first) => {
-                let _ = first.send(Err(ClientError::Connect { url: self.url.clone(), reason }));
+    /// Makes sure the next attempt has the token it needs: the one held while it is fresh, else
+    /// the token source's next. `Ok(true)` when the token was just fetched; `None` once closed.
+    async fn prepare_token(&mut self) -> Option<Result<bool, String>> {
+        let Some(source) = self.options.get_token.clone() else { return Some(Ok(false)) };
+        if self.token.as_deref().is_some_and(token::is_fresh) {
+            return Some(Ok(false));
+        }
+        let timeout = self.options.request_timeout;
+        Some(match self.wait_for(tokio::time::timeout(timeout, source.get())).await? {
+            Ok(Ok(token)) => {
+                self.token = Some(token);
+                Ok(true)
             }
-            None => tracing::debug!(url = %self.url, %reason, "cannot reconnect to Herald; retrying"),
+            Ok(Err(reason)) => Err(reason),
+            Err(_) => Err(format!("no token within {timeout:?}")),
+        })
+    }
+
+    /// One connection attempt, with the token held.
+    async fn attempt(&self) -> Attempt {
+        let url = with_token(&self.url, self.token.as_deref());
+        let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(self.connector.clone()));
+        match tokio::time::timeout(self.options.request_timeout, connect).await {
+            Ok(Ok((socket, _))) => Attempt::Open(Box::new(socket)),
+            Ok(Err(tungstenite::Error::Http(response))) if response.status().is_client_error() => {
+                let body = response.body().as_deref().unwrap_or_default();
+                Attempt::Refused(serde_json::from_slice::<herald_wire::error::ErrorResponse>(body).map_or_else(
+                    |_| ErrorBody::new("refused", format!("Herald answered {}", response.status())),
+                    |response| response.error,
+                ))
+            }
+            Ok(Err(error)) => Attempt::Failed(crate::tls::describe(&error)),
+            Err(_) => Attempt::Failed(format!("no answer within {:?}", self.options.request_timeout)),
         }
     }
 
@@ -246,13 +418,17 @@ impl Connection {
 
     /// Waits before the next attempt, taking requests meanwhile; `false` once closed.
     async fn wait(&mut self, delay: Duration) -> bool {
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
+        self.wait_for(tokio::time::sleep(delay)).await.is_some()
+    }
+
+    /// Waits for `future` while not connected, taking requests meanwhile; `None` once closed.
+    async fn wait_for<F: Future>(&mut self, future: F) -> Option<F::Output> {
+        tokio::pin!(future);
         loop {
             tokio::select! {
-                () = &mut sleep => return true,
+                output = &mut future => return Some(output),
                 request = self.requests.recv() => match request {
-                    None | Some(Request::Close) => return false,
+                    None | Some(Request::Close) => return None,
                     // Sent once connected, and answered then.
                     Some(Request::Subscribe { channel, since, events, reply }) => {
                         self.add_subscription(channel, since, events, reply);
@@ -345,6 +521,8 @@ impl Connection {
             pending.insert(id, Pending::Subscribe { channel, generation, since });
             outgoing.push(text);
         }
+        let mut renewal = Renewal::new(&self.options);
+        renewal.schedule(self.token.as_deref(), false);
         // Nothing heard for this long (the server pings every 25 s): the connection is gone.
         let idle = tokio::time::sleep(self.options.idle_timeout);
         tokio::pin!(idle);
@@ -393,9 +571,15 @@ impl Connection {
                     idle.as_mut().reset(tokio::time::Instant::now() + self.options.idle_timeout);
                     match message {
                         Some(Ok(Message::Text(text))) => {
-                            if let Some(ending) = self.receive(&text, &mut pending) {
+                            if let Some(ending) = self.receive(&text, &mut pending, &mut renewal) {
                                 break ending;
                             }
+                        }
+                        // A close at expiry without the disconnect push before it.
+                        Some(Ok(Message::Close(Some(frame))))
+                            if u16::from(frame.code) == herald_wire::close_code::TOKEN_EXPIRED =>
+                        {
+                            break Ending::TokenExpired;
                         }
                         Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Ending::Lost,
                         // Pings are answered by the library as it reads.
@@ -404,6 +588,29 @@ impl Connection {
                 }
                 _ = lag_check.tick() => self.catch_up(&mut pending, &mut outgoing),
                 () = &mut idle => break Ending::Lost,
+                () = next_of(&mut renewal.due) => renewal.start(),
+                fetched = next_of(&mut renewal.fetching) => {
+                    renewal.fetching = None;
+                    match fetched {
+                        Ok(Ok(token)) => {
+                            // Held at once: a reconnect before the reply uses it too.
+                            self.token = Some(token.clone());
+                            let id = self.id();
+                            let mut command = herald_wire::Command::new(id, herald_wire::Op::Refresh);
+                            command.token = Some(token);
+                            pending.insert(id, Pending::Refresh);
+                            outgoing.push(serde_json::to_string(&command).unwrap_or_default());
+                        }
+                        failed => {
+                            let reason = match failed {
+                                Ok(Err(reason)) => reason,
+                                _ => format!("no token within {:?}", renewal.timeout),
+                            };
+                            tracing::warn!(%reason, "the token source failed; trying again");
+                            renewal.retry_later();
+                        }
+                    }
+                }
             }
         };
         for (_, waiting) in pending {
@@ -449,7 +656,7 @@ impl Connection {
     }
 
     /// Handles one text frame; `Some` when the connection ends because of it.
-    fn receive(&mut self, text: &str, pending: &mut HashMap<u64, Pending>) -> Option<Ending> {
+    fn receive(&mut self, text: &str, pending: &mut HashMap<u64, Pending>, renewal: &mut Renewal) -> Option<Ending> {
         let frame = match serde_json::from_str::<Frame<'_>>(text) {
             Ok(frame) => frame,
             Err(error) => {
@@ -471,11 +678,19 @@ impl Connection {
                 Some(Pending::Subscribe { channel, generation, since }) => {
                     self.subscribed(&channel, generation, since, outcome)
                 }
+                Some(Pending::Refresh) => {
+                    self.refreshed(outcome, renewal);
+                    None
+                }
                 Some(Pending::Ignored) | None => None,
             };
         }
         if let Some(disconnect) = frame.disconnect {
-            return Some(if disconnect.reconnect { Ending::Lost } else { Ending::Final });
+            return Some(match disconnect {
+                _ if disconnect.code == herald_wire::close_code::TOKEN_EXPIRED => Ending::TokenExpired,
+                _ if disconnect.reconnect => Ending::Lost,
+                _ => Ending::Final,
+            });
         }
         let channel = frame.channel.unwrap_or_default();
         let event = match (frame.join, frame.leave, frame.offset) {
@@ -499,6 +714,22 @@ impl Connection {
             let _ = subscription.events.try_send(event);
         }
         None
+    }
+
+    /// A `refresh` reply: the renewed token holds, and the next renewal is due before it expires.
+    fn refreshed(&mut self, outcome: Result<Box<RawValue>, ClientError>, renewal: &mut Renewal) {
+        match outcome {
+            Ok(_) => renewal.schedule(self.token.as_deref(), true),
+            // The server checks no tokens: nothing to renew.
+            Err(ClientError::Server(error)) if error.code == "auth_not_configured" => renewal.due = None,
+            Err(error) => {
+                // The current token holds until it expires; a new one is tried meanwhile, and
+                // the refused one is not used to reconnect.
+                tracing::warn!(%error, "Herald refused the renewed token; trying another");
+                self.token = None;
+                renewal.retry_later();
+            }
+        }
     }
 
     /// A subscribe's reply: where the subscription now starts from.
@@ -578,14 +809,19 @@ mod tests {
 
     #[test]
     fn herald_urls_become_websocket_urls() {
-        let ws = |url: &str, token: Option<&str>| websocket_url(url, token).map_err(|error| error.to_string());
+        let ws = |url: &str, token: Option<&str>| {
+            websocket_url(url).map(|url| with_token(&url, token)).map_err(|error| error.to_string())
+        };
         assert_eq!(ws("http://127.0.0.1:8750", None).unwrap(), "ws://127.0.0.1:8750/ws");
         assert_eq!(ws("http://h.example/herald/", None).unwrap(), "ws://h.example/herald/ws");
+        assert_eq!(ws("https://h.example", None).unwrap(), "wss://h.example/ws");
+        assert_eq!(ws("https://h.example/herald", None).unwrap(), "wss://h.example/herald/ws");
+        assert_eq!(ws("wss://h.example:8443/ws", None).unwrap(), "wss://h.example:8443/ws");
         assert_eq!(ws("ws://h:1/ws", Some("a.b-c_d")).unwrap(), "ws://h:1/ws?token=a.b-c_d");
         assert_eq!(ws("ws://h:1", Some("a+b")).unwrap(), "ws://h:1/ws?token=a%2Bb");
-        for bad in ["127.0.0.1:8750", "ftp://h", "http://", "http:// h"] {
+        assert_eq!(ws("ws://h:1/ws?x=1", Some("t")).unwrap(), "ws://h:1/ws?x=1&token=t");
+        for bad in ["127.0.0.1:8750", "ftp://h", "http://", "http:// h", "https://", "wss://h?x"] {
             assert!(ws(bad, None).is_err(), "{bad}");
         }
-        assert!(matches!(websocket_url("https://h", None), Err(ClientError::TlsNotSupported(_))));
     }
 }

@@ -8,6 +8,11 @@
 //! (history lost, or the epoch changed) the subscription says so with
 //! `Event::Subscribed { recovered: Some(false), .. }`: reload your state.
 //!
+//! `https://` URLs are spoken over TLS (rustls, trusting the web's usual roots and any in
+//! [`Options::root_certificates`]). A token that expires can be renewed by the client itself:
+//! give [`Options::get_token`] and it asks for a new one before each expiry and sends it on the
+//! live connection, so the subscriptions go on.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), herald_client::ClientError> {
 //! use futures_util::StreamExt;
@@ -26,8 +31,13 @@
 
 mod backoff;
 mod connection;
+mod tls;
+mod token;
 
 pub use backoff::Backoff;
+pub use rustls_pki_types::CertificateDer;
+pub use tls::pem_certificates;
+pub use token::TokenSource;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -44,10 +54,21 @@ use tokio::sync::{mpsc, oneshot, watch};
 use connection::Request;
 
 /// How a client connects.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
-    /// A client JWT, sent with the WebSocket upgrade.
+    /// A client JWT, sent with the WebSocket upgrade. Alone, it is used as long as it holds:
+    /// once it has expired the subscriptions end with `token_expired`.
     pub token: Option<String>,
+    /// Where new tokens come from: called for the first token (unless `token` is given), before
+    /// each reconnect when the token held expires within 5 s, and ahead of each expiry (at 85%
+    /// of the token's life, at least 3 s before it ends) to renew it on the live connection
+    /// without dropping anything; a connection closed at expiry is made again at once with a
+    /// new token.
+    pub get_token: Option<TokenSource>,
+    /// Root certificates trusted for `https://`/`wss://` besides the web's usual ones (Mozilla's,
+    /// from `webpki-roots`): a private CA's, or a self-signed server's (see
+    /// [`pem_certificates`] for reading them and what a self-signed one must be).
+    pub root_certificates: Vec<CertificateDer<'static>>,
     /// The first reconnect waits up to this long (full jitter).
     pub min_reconnect_delay: Duration,
     /// No reconnect waits longer.
@@ -63,11 +84,29 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             token: None,
+            get_token: None,
+            root_certificates: Vec::new(),
             min_reconnect_delay: Duration::from_millis(500),
             max_reconnect_delay: Duration::from_secs(20),
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(40),
         }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    // By hand: the token is a secret, and a token source has nothing to show.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Options")
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("get_token", &self.get_token)
+            .field("root_certificates", &self.root_certificates.len())
+            .field("min_reconnect_delay", &self.min_reconnect_delay)
+            .field("max_reconnect_delay", &self.max_reconnect_delay)
+            .field("request_timeout", &self.request_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
     }
 }
 
@@ -83,10 +122,14 @@ pub enum State {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{0:?} is not a Herald URL: use http:// or ws://")]
+    #[error("{0:?} is not a Herald URL: use http://, https://, ws:// or wss://")]
     InvalidUrl(String),
-    #[error("{0:?}: this client does not speak TLS yet; use http:// or ws://")]
-    TlsNotSupported(String),
+    /// A root certificate that cannot be read or trusted.
+    #[error("{0}")]
+    Certificate(String),
+    /// The token source failed (for the first connection, within `request_timeout`).
+    #[error("the token source failed: {0}")]
+    Token(String),
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("{}: {}", .0.code, .0.message)]
@@ -150,16 +193,18 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the Herald at `url` (`http://127.0.0.1:8750`, or a `ws://…/ws` URL). Waits
-    /// for the first connection and fails if it cannot be made; after that, lost connections
-    /// are made again by themselves.
+    /// Connects to the Herald at `url` (`http://127.0.0.1:8750`, `https://…` for TLS, or a
+    /// `ws://…/ws` or `wss://…/ws` URL). Waits for the first connection and fails if it cannot
+    /// be made (a token source that fails is tried again for up to `request_timeout`); after
+    /// that, lost connections are made again by themselves.
     pub async fn connect(url: &str, options: Options) -> Result<Self, ClientError> {
-        let ws_url = connection::websocket_url(url, options.token.as_deref())?;
+        let ws_url = connection::websocket_url(url)?;
+        let connector = tls::connector(&options.root_certificates)?;
         let (requests, receiver) = mpsc::channel(256);
         let (state, state_receiver) = watch::channel(State::Connecting);
         let (first, connected) = oneshot::channel();
         let timeout = options.request_timeout;
-        tokio::spawn(connection::Connection::new(ws_url, options, receiver, state).run(first));
+        tokio::spawn(connection::Connection::new(ws_url, connector, options, receiver, state).run(first));
         connected.await.map_err(|_| ClientError::Closed)??;
         Ok(Self { requests, state: state_receiver, timeout })
     }
