@@ -38,6 +38,12 @@ export interface HeraldOptions {
   /** A JWT to connect with. */
   token?: string;
   /**
+   * What this client shows in presence while it has no token, where the channel's namespace
+   * takes it (`anonymous_info = true`): any JSON, at most 1 KiB. With a token, presence shows
+   * the token's `info` claim instead, and this is not sent.
+   */
+  info?: any;
+  /**
    * Gives a token when one is needed: before the first connection, before the current one
    * expires (a WebSocket is refreshed in place; HTTP transports reconnect with it), and after
    * the server refused one.

@@ -284,7 +284,9 @@ export class Herald extends Emitter {
    */
   constructor(url, options = {}) {
     super();
-    this.#options = { ...DEFAULTS, ...options };
+    // An option given as undefined is an option not given.
+    const given = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
+    this.#options = { ...DEFAULTS, ...given };
     this.#endpoints = endpoints(url);
     const known = ['websocket', 'sse', 'poll'];
     const transports = this.#options.transports;
@@ -688,6 +690,8 @@ class WebSocketSession {
     if (this.#token) fields.token = this.#token;
     const client = this.#host.client();
     if (client) fields.client = client;
+    const info = this.#host.options.info;
+    if (info !== undefined && !this.#token) fields.info = info;
     let connected;
     while (!connected) {
       try {
@@ -898,6 +902,8 @@ class HttpSession {
     const cursor = this.host.cursor();
     if (cursor) query.set('since', cursor);
     if (Object.keys(positions).length) query.set('positions', JSON.stringify(positions));
+    const info = this.host.options.info;
+    if (info !== undefined && !this.token) query.set('info', JSON.stringify(info));
     for (const [key, value] of Object.entries(extra)) query.set(key, String(value));
     return query;
   }

@@ -24,6 +24,9 @@ pub struct NamespaceOptions {
     pub presence: bool,
     /// Whether joins and leaves are pushed to subscribers (needs `presence`).
     pub join_leave: bool,
+    /// Whether a client without a token may give the `info` its presence entry shows (a
+    /// token's identity is the server's word; this one is the client's own).
+    pub anonymous_info: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -37,6 +40,7 @@ impl Default for NamespaceOptions {
             idempotency_window: Duration::from_secs(300),
             presence: false,
             join_leave: false,
+            anonymous_info: false,
         }
     }
 }

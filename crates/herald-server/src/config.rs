@@ -49,6 +49,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub webhook_delivery: RawWebhookDelivery,
     pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub demo: RawDemo,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -95,7 +97,18 @@ pub struct RawNamespace {
     pub join_leave: Option<bool>,
     pub client_publish: Option<bool>,
     pub anonymous: Option<bool>,
+    pub anonymous_info: Option<bool>,
     pub idempotency_window: Option<String>,
+}
+
+/// `[demo]`: the demo apps under `/demo/`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDemo {
+    /// Default: on without `[auth]`, off with it.
+    pub enabled: Option<bool>,
+    pub max_file_size: Option<usize>,
+    pub max_total_file_size: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -235,6 +248,19 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// TLS termination by Herald itself; `None`: plain HTTP (or a proxy in front terminates).
     pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    pub demos: DemoSettings,
+}
+
+/// `[demo]`, validated.
+#[derive(Debug, Clone)]
+pub struct DemoSettings {
+    /// The pages under `/demo/`, the ticker publisher and the built-in `demo` and `demo-signal`
+    /// namespaces (which a `[namespaces.demo]` of the config replaces).
+    pub enabled: bool,
+    /// The largest file the file-sharing demo takes.
+    pub max_file_size: usize,
+    /// What its store keeps at most, the oldest files removed first.
+    pub max_total_file_size: usize,
 }
 
 /// What an API key may do.
@@ -407,7 +433,8 @@ impl Settings {
             storage: storage_kind(raw.storage.clone())?,
             tls: tls(raw.tls.clone(), overrides)?,
             api_keys: api_keys(&raw.api)?,
-            namespaces: namespaces(&raw.namespaces, auth.is_some())?,
+            demos: demos(&raw.demo, auth.is_some())?,
+            namespaces: namespaces(&raw.namespaces, auth.is_some(), demos_enabled(&raw.demo, auth.is_some()))?,
             auth,
             websocket: websocket(&raw.websocket, overrides)?,
             streaming: streaming(&raw.streaming)?,
@@ -533,10 +560,49 @@ fn api_keys(raw: &RawApi) -> Result<ApiKeys, ConfigError> {
     ))
 }
 
+fn demos_enabled(raw: &RawDemo, auth: bool) -> bool {
+    // The demos' channels are open to anyone: not on a server that checks its clients, unless
+    // its operator says so.
+    raw.enabled.unwrap_or(!auth)
+}
+
+fn demos(raw: &RawDemo, auth: bool) -> Result<DemoSettings, ConfigError> {
+    let max_file_size = raw.max_file_size.unwrap_or(8 * 1024 * 1024);
+    let max_total_file_size = raw.max_total_file_size.unwrap_or(128 * 1024 * 1024);
+    if max_file_size == 0 || max_file_size > 1024 * 1024 * 1024 {
+        return Err(invalid("demo.max_file_size", "between 1 byte and 1 GiB"));
+    }
+    if max_total_file_size < max_file_size {
+        return Err(invalid("demo.max_total_file_size", "at least demo.max_file_size"));
+    }
+    Ok(DemoSettings { enabled: demos_enabled(raw, auth), max_file_size, max_total_file_size })
+}
+
+/// The namespaces the demos use when the configuration does not define them: `demo` (history,
+/// presence with joins and leaves, clients' own presence info) and `demo-signal` (the same
+/// without history, for what matters only while it is fresh: typing, cursors, call signalling).
+fn demo_namespaces() -> [(&'static str, NamespaceOptions); 2] {
+    let demo = NamespaceOptions {
+        history_size: 1000,
+        history_ttl: Duration::from_secs(24 * 3600),
+        client_publish: true,
+        anonymous: true,
+        presence: true,
+        join_leave: true,
+        anonymous_info: true,
+        ..NamespaceOptions::default()
+    };
+    let signal = NamespaceOptions { history_size: 0, ..demo.clone() };
+    [("demo", demo), ("demo-signal", signal)]
+}
+
 /// `[namespaces.*]`; without `[auth]` (`auth` false) namespaces allow anonymous clients.
-fn namespaces(raw: &HashMap<String, RawNamespace>, auth: bool) -> Result<Namespaces, ConfigError> {
+fn namespaces(raw: &HashMap<String, RawNamespace>, auth: bool, demos: bool) -> Result<Namespaces, ConfigError> {
     let mut default_namespace = NamespaceOptions { anonymous: !auth, ..NamespaceOptions::default() };
     let mut named = HashMap::new();
+    if demos {
+        named.extend(demo_namespaces().map(|(name, options)| (name.to_string(), options)));
+    }
     for (name, raw_namespace) in raw {
         let key = format!("namespaces.{name}");
         if name != "default" && (name.is_empty() || name.contains(':') || herald_core::ChannelName::new(name).is_err())
@@ -695,6 +761,7 @@ fn namespace_options(key: &str, raw: &RawNamespace, auth: bool) -> Result<Namesp
         durable: raw.durable.unwrap_or(defaults.durable),
         client_publish: raw.client_publish.unwrap_or(defaults.client_publish),
         anonymous: raw.anonymous.unwrap_or(defaults.anonymous),
+        anonymous_info: raw.anonymous_info.unwrap_or(defaults.anonymous_info),
         idempotency_window: match &raw.idempotency_window {
             Some(text) => parse_duration(&format!("{key}.idempotency_window"), text)?,
             None => defaults.idempotency_window,

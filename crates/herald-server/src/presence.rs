@@ -56,10 +56,32 @@ pub fn not_kept(channel: &herald_core::ChannelName) -> ErrorBody {
     )
 }
 
-/// The presence entry of `client` with `identity`, joining now.
-pub fn entry(identity: &Identity, client: ClientId) -> PresenceEntry {
+/// The most an anonymous client's own presence info may hold, in bytes of JSON.
+pub const MAX_DECLARED_INFO: usize = 1024;
+
+/// Checks presence info a client gives for itself (WebSocket `connect {info}`, `info=` on the
+/// HTTP transports): JSON of at most [`MAX_DECLARED_INFO`] bytes, kept on one line.
+pub fn declared_info(info: &serde_json::value::RawValue) -> Result<Bytes, ErrorBody> {
+    let text = herald_wire::publication::one_line_data(info);
+    if text.len() > MAX_DECLARED_INFO {
+        return Err(ErrorBody::new(
+            "invalid_info",
+            format!("info is {} bytes of JSON; at most {MAX_DECLARED_INFO}", text.len()),
+        ));
+    }
+    Ok(Bytes::from(text.into_owned()))
+}
+
+/// The presence entry of `client` with `identity`, joining now in a namespace with `options`.
+/// A client without a token shows the info it gave for itself where the namespace takes it.
+pub fn entry(
+    identity: &Identity,
+    declared: Option<&Bytes>,
+    options: &herald_core::NamespaceOptions,
+    client: ClientId,
+) -> PresenceEntry {
     let (user, info) = match identity {
-        Identity::Anonymous => (String::new(), None),
+        Identity::Anonymous => (String::new(), declared.filter(|_| options.anonymous_info).cloned()),
         Identity::User(claims) => {
             (claims.sub.clone().unwrap_or_default(), claims.info.as_ref().map(|info| Bytes::from(info.to_string())))
         }

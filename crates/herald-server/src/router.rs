@@ -11,14 +11,16 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{api, ops, pages, transport};
+use crate::{api, demo, ops, transport, web};
 
 pub fn router(app: AppState) -> Router {
     // Room for the largest allowed data plus the envelope around it.
     let body_limit = app.settings.limits.max_message_size.get().saturating_mul(2).saturating_add(64 * 1024);
     let mut transports = Router::new()
-        .route("/", get(pages::index))
-        .route("/client.js", get(pages::client_js))
+        .route("/", get(web::index))
+        .route("/client.js", get(web::client_js))
+        .route("/assets/{*name}", get(web::asset))
+        .route("/docs/{name}", get(web::doc))
         .route("/ws", get(transport::ws::upgrade))
         .route("/sse", get(transport::streaming::sse))
         .route("/stream", get(transport::streaming::ndjson))
@@ -28,6 +30,11 @@ pub fn router(app: AppState) -> Router {
         .route("/metrics", get(ops::metrics));
     if app.settings.websocket.echo_route {
         transports = transports.route("/ws/echo", get(transport::ws::echo));
+    }
+    if app.settings.demos.enabled {
+        // Room for the largest file the file-sharing demo takes.
+        let upload_limit = app.settings.demos.max_file_size.saturating_add(64 * 1024);
+        transports = transports.nest("/demo", demo::router().layer(DefaultBodyLimit::max(upload_limit)));
     }
     // A layer wraps only the routes (and 405 answers) registered before it, so each part gets
     // its own CORS after them: the API answers browsers with its stricter CORS alone, and a

@@ -226,6 +226,9 @@ fn start_on(listener: TcpListener, app: AppState, adapters: Adapters) -> std::io
         }
     });
 
+    if app.settings.demos.enabled {
+        tasks.spawn(crate::demo::ticker::run(app.clone()));
+    }
     if let Some(auth) = app.settings.auth.clone().filter(|auth| auth.has_remote_keys()) {
         tasks.spawn(refresh_remote_keys(auth, shutdown.clone()));
     }

@@ -90,6 +90,10 @@ pub struct Command<'a> {
     /// client moving from SSE or polling to WebSocket before it knew the channel's position).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// `connect` without a token: what this client's presence entries show, where the
+    /// namespace takes it (`anonymous_info`).
+    #[serde(borrow, default, deserialize_with = "present_raw_value", skip_serializing_if = "Option::is_none")]
+    pub info: Option<&'a RawValue>,
 }
 
 impl<'a> Command<'a> {

@@ -8,10 +8,12 @@ export const CHROMIUM = process.env.HERALD_TEST_CHROMIUM ?? '/usr/bin/chromium';
 /** Why browser tests cannot run here, or false. */
 export const skipWithoutChromium = existsSync(CHROMIUM) ? false : `no Chromium at ${CHROMIUM} (apt-get install -y chromium)`;
 
-export function launchChromium() {
+/** Chromium with the flags every test uses, and `extra` ones (fake media devices, say). */
+export function launchChromium(extra = []) {
   return chromium.launch({
     executablePath: CHROMIUM,
     args: [
+      ...extra,
       '--no-sandbox',
       '--disable-gpu',
       '--disable-quic',

@@ -57,3 +57,10 @@ test('outcomeOf tells token expiry and refusal apart from passing trouble', () =
   assert.equal(passing.badToken, undefined);
   assert.equal(passing.error.code, 'engine_unavailable');
 });
+
+test('an option given as undefined takes its default', async () => {
+  const { Herald } = await import('../../herald.js');
+  const herald = new Herald('http://127.0.0.1:9', { transports: undefined, maxReconnectDelay: undefined });
+  assert.equal(herald.state, 'disconnected');
+  assert.throws(() => new Herald('http://127.0.0.1:9', { transports: [] }), /non-empty list/);
+});

@@ -13,7 +13,8 @@ use crate::error::ApiError;
 use crate::presence::ClientId;
 use crate::state::AppState;
 
-/// A parsed `?channel=A&channel=B&since=CURSOR[&positions=JSON][&timeout=S][&token=JWT]` query.
+/// A parsed `?channel=A&channel=B&since=CURSOR[&positions=JSON][&timeout=S][&token=JWT][&info=JSON]`
+/// query.
 #[derive(Debug)]
 pub struct SubscriptionQuery {
     pub channels: Vec<ChannelName>,
@@ -27,6 +28,8 @@ pub struct SubscriptionQuery {
     pub timeout: Option<String>,
     /// From `?token=` (what `EventSource` can send) or `Authorization: Bearer`.
     pub identity: Identity,
+    /// `info=`: the presence info a client without a token gives for itself.
+    pub declared_info: Option<bytes::Bytes>,
 }
 
 impl SubscriptionQuery {
@@ -43,6 +46,7 @@ impl SubscriptionQuery {
         let mut positions = None;
         let mut timeout = None;
         let mut token = None;
+        let mut info = None;
         for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
             match &*key {
                 "channel" => {
@@ -56,6 +60,7 @@ impl SubscriptionQuery {
                 "positions" => positions = Some(value.into_owned()),
                 "timeout" if accepts_timeout => timeout = Some(value.into_owned()),
                 "token" => token = Some(value.into_owned()),
+                "info" => info = Some(value.into_owned()),
                 other => {
                     return Err(ApiError::bad_request(
                         "unknown_parameter",
@@ -84,12 +89,29 @@ impl SubscriptionQuery {
             None => Vec::new(),
         };
         let token = token.or_else(|| crate::auth::bearer(headers).map(str::to_string));
+        let declared_info = match info {
+            None => None,
+            Some(_) if token.is_some() => {
+                return Err(ApiError::bad_request(
+                    "invalid_info",
+                    "info is for clients without a token; a token's presence info is its `info` claim",
+                ));
+            }
+            Some(text) => {
+                let raw: Box<serde_json::value::RawValue> = serde_json::from_str(&text)
+                    .map_err(|error| ApiError::bad_request("invalid_info", format!("info must be JSON: {error}")))?;
+                Some(
+                    crate::presence::declared_info(&raw)
+                        .map_err(|error| ApiError::bad_request("invalid_info", error.message))?,
+                )
+            }
+        };
         let identity = crate::auth::identify(app.settings.auth.as_deref(), token.as_deref())?;
         for channel in &channels {
             crate::auth::may_subscribe(&identity, app.hub.namespaces().options_for(channel), channel)?;
         }
         let cursor_is_the_browsers = last_event_id.is_some_and(|id| !id.is_empty());
-        let mut query = Self { channels, cursor, positions, timeout, identity };
+        let mut query = Self { channels, cursor, positions, timeout, identity, declared_info };
         if cursor_is_the_browsers {
             let cursor = query.cursor.as_ref();
             query.positions.retain(|(channel, _)| cursor.is_none_or(|cursor| cursor.position_for(channel).is_none()));
@@ -224,14 +246,22 @@ impl HttpSubscription {
             missed_per_channel.push(subscribed.missed);
             if live {
                 // Registered before the await, like the channel, for the same reason.
-                let entry = crate::presence::entry(&query.identity, subscription.client);
+                let options = app.hub.namespaces().options_for(channel);
+                let entry =
+                    crate::presence::entry(&query.identity, query.declared_info.as_ref(), options, subscription.client);
                 subscription.present.push((channel.clone(), subscription.client));
                 if !app.hub.join_presence(channel, entry).await {
                     // The cursor's client id is another user's: this client gets its own.
                     subscription.client = ClientId::random();
                     subscription.present.pop();
                     subscription.present.push((channel.clone(), subscription.client));
-                    app.hub.join_presence(channel, crate::presence::entry(&query.identity, subscription.client)).await;
+                    let entry = crate::presence::entry(
+                        &query.identity,
+                        query.declared_info.as_ref(),
+                        options,
+                        subscription.client,
+                    );
+                    app.hub.join_presence(channel, entry).await;
                 }
             }
         }

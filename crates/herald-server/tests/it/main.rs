@@ -8,6 +8,7 @@ mod bad_input;
 mod binary;
 mod cli;
 mod cluster;
+mod demos;
 mod durable;
 mod helpers;
 mod http_front;

@@ -51,6 +51,18 @@ impl Connection {
             }
             self.client = client;
         }
+        if let Some(info) = command.info {
+            if refresh || command.token.is_some() || !matches!(self.identity, crate::auth::Identity::Anonymous) {
+                return Err(ErrorBody::new(
+                    "invalid_info",
+                    "info is for clients without a token; a token's presence info is its `info` claim",
+                ));
+            }
+            if !self.positions.is_empty() {
+                return Err(ErrorBody::new("already_subscribed", "give info before subscribing"));
+            }
+            self.declared_info = Some(crate::presence::declared_info(info)?);
+        }
         let Some(token) = command.token.as_deref() else {
             if refresh {
                 return Err(ErrorBody::new("missing_field", "missing field \"token\""));
@@ -120,10 +132,10 @@ impl Connection {
             _ => subscribed.position.clone(),
         };
         self.positions.track(channel.clone(), start);
-        if !self.app.hub.join_presence(&channel, crate::presence::entry(&self.identity, self.client)).await {
+        if !self.app.hub.join_presence(&channel, self.presence_entry(&channel)).await {
             // The id taken back belongs to another user: this connection gets its own.
             self.client = ClientId::random();
-            self.app.hub.join_presence(&channel, crate::presence::entry(&self.identity, self.client)).await;
+            self.app.hub.join_presence(&channel, self.presence_entry(&channel)).await;
         }
         let result = Subscribed {
             channel: channel.to_string(),

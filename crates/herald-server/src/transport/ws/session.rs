@@ -58,6 +58,7 @@ where
         positions: PositionTracker::default(),
         identity: Identity::Anonymous,
         client: ClientId::random(),
+        declared_info: None,
         expiry: None,
         publish_rate,
     };
