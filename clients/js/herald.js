@@ -286,7 +286,7 @@ export class Herald extends Emitter {
     super();
     // An option given as undefined is an option not given.
     const given = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
-    this.#options = { ...DEFAULTS, ...given };
+    this.#options = /** @type {any} */ ({ ...DEFAULTS, ...given });
     this.#endpoints = endpoints(url);
     const known = ['websocket', 'sse', 'poll'];
     const transports = this.#options.transports;

@@ -3,6 +3,7 @@
 //! The binary (`main.rs`) parses flags and calls [`server::start`]; tests call it too, on an
 //! ephemeral port.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;

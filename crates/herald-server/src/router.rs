@@ -11,7 +11,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{api, demo, ops, transport, web};
+use crate::{admin, api, demo, ops, transport, web};
 
 pub fn router(app: AppState) -> Router {
     // Room for the largest allowed data plus the envelope around it.
@@ -31,6 +31,7 @@ pub fn router(app: AppState) -> Router {
     if app.settings.websocket.echo_route {
         transports = transports.route("/ws/echo", get(transport::ws::echo));
     }
+    transports = transports.nest("/admin", admin::router());
     if app.settings.demos.enabled {
         // Room for the largest file the file-sharing demo takes.
         let upload_limit = app.settings.demos.max_file_size.saturating_add(64 * 1024);

@@ -8,6 +8,7 @@ use herald_core::Hub;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::session::AdminSessions;
 use crate::config::Settings;
 use crate::transport::limits::{ConnectionLimiter, KeyRates};
 use crate::webhooks::Webhooks;
@@ -30,6 +31,8 @@ pub struct AppInner {
     /// Publish rate per client user publishing through the server API (the WebSocket rate).
     pub client_api_rates: KeyRates<String>,
     pub webhooks: Arc<Webhooks>,
+    /// The admin console's logins.
+    pub admin_sessions: AdminSessions,
 }
 
 impl std::ops::Deref for AppState {
@@ -53,6 +56,16 @@ impl AppState {
         let api_rates = KeyRates::new(limits.api_publish_rate);
         let client_api_rates = KeyRates::new(limits.client_publish_rate);
         crate::metrics::handle();
-        Self(Arc::new(AppInner { hub, settings, shutdown, tasks, connections, api_rates, client_api_rates, webhooks }))
+        Self(Arc::new(AppInner {
+            hub,
+            settings,
+            shutdown,
+            tasks,
+            connections,
+            api_rates,
+            client_api_rates,
+            webhooks,
+            admin_sessions: AdminSessions::default(),
+        }))
     }
 }

@@ -34,6 +34,18 @@ impl FromRequestParts<AppState> for ApiCaller {
     }
 }
 
+/// The API key `presented` is (its index and scope), if it is one. Every key is compared, in
+/// constant time, so timing tells nothing about which matched.
+pub fn key_scope(app: &AppState, presented: &str) -> Option<(usize, KeyScope)> {
+    let mut matched = None;
+    for (index, (key, scope)) in app.settings.api_keys.iter().enumerate() {
+        if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+            matched = Some((index, *scope));
+        }
+    }
+    matched
+}
+
 impl ApiCaller {
     fn from_headers(headers: &HeaderMap, app: &AppState) -> Result<Self, ApiError> {
         if app.settings.api_dev_mode() {
@@ -46,14 +58,7 @@ impl ApiCaller {
                 "the server API needs `Authorization: Bearer <api key>`",
             ));
         };
-        // Every key is compared, in constant time, so timing tells nothing about which matched.
-        let mut matched = None;
-        for (index, (key, scope)) in app.settings.api_keys.iter().enumerate() {
-            if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
-                matched = Some((index, *scope));
-            }
-        }
-        if let Some((index, scope)) = matched {
+        if let Some((index, scope)) = key_scope(app, presented) {
             return Ok(Self::Server { key: Some(index), scope });
         }
         match app.settings.auth.as_deref() {

@@ -30,6 +30,8 @@ pub struct ConnectionLimiter {
     parked_poll_limit: Option<NonZeroUsize>,
     total: AtomicUsize,
     parked_polls: AtomicUsize,
+    /// Open connections of each kind, in the order of [`ConnectionKind`] (for the console).
+    by_kind: [AtomicUsize; 3],
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -39,6 +41,7 @@ pub struct ConnectionPermit {
     limiter: Arc<ConnectionLimiter>,
     ip: Option<IpAddr>,
     parked_poll: bool,
+    kind: ConnectionKind,
 }
 
 fn refused(status: StatusCode, code: &'static str, message: String) -> ApiError {
@@ -59,6 +62,7 @@ impl ConnectionLimiter {
             parked_poll_limit,
             total: AtomicUsize::new(0),
             parked_polls: AtomicUsize::new(0),
+            by_kind: Default::default(),
             per_ip: Mutex::new(HashMap::new()),
         })
     }
@@ -67,10 +71,17 @@ impl ConnectionLimiter {
         self.total.load(Ordering::Relaxed)
     }
 
+    /// Open connections by kind: WebSockets, SSE/NDJSON streams, parked long-polls.
+    pub fn open_by_kind(&self) -> [(ConnectionKind, usize); 3] {
+        [ConnectionKind::WebSocket, ConnectionKind::Stream, ConnectionKind::ParkedPoll]
+            .map(|kind| (kind, self.by_kind[kind as usize].load(Ordering::Relaxed)))
+    }
+
     pub fn admit(self: &Arc<Self>, ip: IpAddr, kind: ConnectionKind) -> Result<ConnectionPermit, ApiError> {
         // Each counter is taken first and given back if a later check refuses.
         let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut permit = ConnectionPermit { limiter: self.clone(), ip: None, parked_poll: false };
+        self.by_kind[kind as usize].fetch_add(1, Ordering::AcqRel);
+        let mut permit = ConnectionPermit { limiter: self.clone(), ip: None, parked_poll: false, kind };
         if let Some(limit) = self.total_limit
             && total > limit.get()
         {
@@ -113,6 +124,7 @@ impl ConnectionLimiter {
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         self.limiter.total.fetch_sub(1, Ordering::AcqRel);
+        self.limiter.by_kind[self.kind as usize].fetch_sub(1, Ordering::AcqRel);
         if self.parked_poll {
             self.limiter.parked_polls.fetch_sub(1, Ordering::AcqRel);
         }

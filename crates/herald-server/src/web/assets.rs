@@ -24,6 +24,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("demo/files.js", JAVASCRIPT, include_str!("../../assets/demo/files.js")),
     ("demo/ticker.js", JAVASCRIPT, include_str!("../../assets/demo/ticker.js")),
     ("demo/live.js", JAVASCRIPT, include_str!("../../assets/demo/live.js")),
+    ("admin/console.js", JAVASCRIPT, include_str!("../../assets/admin/console.js")),
 ];
 
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";

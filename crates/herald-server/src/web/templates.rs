@@ -21,6 +21,11 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("demo/files.html", include_str!("../../templates/demo/files.html")),
     ("demo/ticker.html", include_str!("../../templates/demo/ticker.html")),
     ("demo/live.html", include_str!("../../templates/demo/live.html")),
+    ("admin/login.html", include_str!("../../templates/admin/login.html")),
+    ("admin/_session.html", include_str!("../../templates/admin/_session.html")),
+    ("admin/console.html", include_str!("../../templates/admin/console.html")),
+    ("admin/channel.html", include_str!("../../templates/admin/channel.html")),
+    ("admin/webhook.html", include_str!("../../templates/admin/webhook.html")),
 ];
 
 static TEMPLATE_ENVIRONMENT: LazyLock<minijinja::Environment<'static>> = LazyLock::new(|| {

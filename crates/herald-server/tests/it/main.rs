@@ -1,6 +1,7 @@
 //! Integration tests: the real server on an ephemeral loopback port, driven by real clients
 //! (tokio-tungstenite, reqwest, Python `websockets`), never by the server's own types.
 
+mod admin;
 mod api;
 mod architecture;
 mod auth;
