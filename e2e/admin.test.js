@@ -49,6 +49,7 @@ test('admin: a wrong key is refused, the right one sees this test\'s connections
   const page = await context.newPage();
   page.on('pageerror', (error) => console.error('page error:', error));
   await page.goto(`${server.url}/admin`);
+  await page.screenshot({ path: path.join(SCREENSHOTS, 'admin-login.png') });
   await page.locator('[data-test="api-key"]').fill('not-the-key');
   await page.locator('[data-test="login"]').click();
   await page.locator('[data-test="login-error"]').waitFor();
@@ -57,10 +58,7 @@ test('admin: a wrong key is refused, the right one sees this test\'s connections
   await page.locator('[data-test="api-key"]').fill(KEY);
   await page.locator('[data-test="login"]').click();
   const row = page.locator(`[data-test="channels"] [data-test="channel"][data-channel="${channel}"]`);
-  await row.waitFor({ timeout: 5000 }).catch(async (error) => {
-    console.error(page.url(), (await page.content()).slice(0, 600));
-    throw error;
-  });
+  await row.waitFor();
   assert.equal(await row.locator('[data-test="subscribers"]').textContent(), '2');
   await until(async () => Number(await page.locator('#conn-websocket').textContent()) >= 2, 'two WebSockets counted');
   const cookies = await context.cookies();

@@ -60,7 +60,9 @@ test('chat: two people talk, see each other, lose nothing across a cut, and a la
       return members.includes('ann') && members.includes('bob');
     }, 'both in both presence lists');
   }
-  await hook(ann, 'message-input').fill('hello bob');
+  // Typing shows on the other page (an ephemeral notice on a channel without history).
+  await hook(ann, 'message-input').pressSequentially('hello bob');
+  await bob.locator('#typing', { hasText: 'ann is typing' }).waitFor();
   await hook(ann, 'send').click();
   await hook(bob, 'message-input').fill('hi ann');
   await hook(bob, 'send').click();

@@ -53,6 +53,11 @@ async fn page(server: &TestServer, path: &str, cookie: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
+/// Posts a form as the console's page does, with the session `cookie`.
+async fn post_form(server: &TestServer, path: &str, cookie: &str, pairs: &[(&str, &str)]) -> reqwest::Response {
+    client().post(server.url(path)).header("cookie", cookie).form_pairs(pairs).send().await.unwrap()
+}
+
 /// The CSRF token a page's forms carry.
 fn csrf_of(html: &str) -> String {
     let start = html.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + "name=\"csrf\" value=\"".len();
@@ -91,13 +96,7 @@ async fn only_a_reading_key_logs_in_and_the_session_cookie_is_locked_down() {
     // A made-up or logged-out session is no session.
     assert!(page(&server, "/admin", "herald_admin=made-up").await.1.contains("data-test=\"api-key\""));
     let csrf = csrf_of(&body);
-    let response = client()
-        .post(server.url("/admin/logout"))
-        .header("cookie", &cookie)
-        .form_pairs(&[("csrf", &csrf)])
-        .send()
-        .await
-        .unwrap();
+    let response = post_form(&server, "/admin/logout", &cookie, &[("csrf", &csrf)]).await;
     assert_eq!(response.status(), 303);
     assert!(page(&server, "/admin", &cookie).await.1.contains("data-test=\"api-key\""), "logged out");
     assert_eq!(page(&server, "/admin/stats.json", &cookie).await.0, 401);
@@ -124,13 +123,13 @@ async fn forms_need_the_sessions_token_and_this_origin() {
     let response = publish(csrf.clone(), None).await.unwrap();
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"], "/admin/channel?name=room%3Aa&published=1");
-    let response = client()
-        .post(server.url("/admin/publish"))
-        .header("cookie", &cookie)
-        .form_pairs(&[("csrf", csrf.as_str()), ("channel", "room:a"), ("data", "not json")])
-        .send()
-        .await
-        .unwrap();
+    let response = post_form(
+        &server,
+        "/admin/publish",
+        &cookie,
+        &[("csrf", csrf.as_str()), ("channel", "room:a"), ("data", "not json")],
+    )
+    .await;
     assert!(response.headers()["location"].to_str().unwrap().contains("error="), "bad data is said, not published");
 
     let (status, feed) = page(&server, "/admin/channel.json?name=room:a", &cookie).await;
@@ -145,13 +144,13 @@ async fn forms_need_the_sessions_token_and_this_origin() {
     let (_, body) = page(&server, "/admin/channel?name=room:a", &read_cookie).await;
     assert!(!body.contains("data-test=\"publish\""));
     let read_csrf = csrf_of(&body); // the logout form's
-    let response = client()
-        .post(server.url("/admin/publish"))
-        .header("cookie", &read_cookie)
-        .form_pairs(&[("csrf", read_csrf.as_str()), ("channel", "room:a"), ("data", "2")])
-        .send()
-        .await
-        .unwrap();
+    let response = post_form(
+        &server,
+        "/admin/publish",
+        &read_cookie,
+        &[("csrf", read_csrf.as_str()), ("channel", "room:a"), ("data", "2")],
+    )
+    .await;
     assert!(response.headers()["location"].to_str().unwrap().contains("read-only"));
 }
 
@@ -192,13 +191,8 @@ async fn the_console_shows_channels_presence_and_connections_and_manages_webhook
     let (status, body) = page(&server, &format!("/admin/webhooks/{id}"), &cookie).await;
     assert_eq!(status, 200);
     let csrf = csrf_of(&body);
-    let response = client()
-        .post(server.url(&format!("/admin/webhooks/{id}/pause")))
-        .header("cookie", &cookie)
-        .form_pairs(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let response =
+        post_form(&server, &format!("/admin/webhooks/{id}/pause"), &cookie, &[("csrf", csrf.as_str())]).await;
     assert_eq!(response.status(), 303);
     let shown: Value = server
         .http()

@@ -61,7 +61,7 @@ impl Connection {
             if !self.positions.is_empty() {
                 return Err(ErrorBody::new("already_subscribed", "give info before subscribing"));
             }
-            self.declared_info = Some(crate::presence::declared_info(info)?);
+            self.declared_info = Some(Box::new(crate::presence::declared_info(info)?));
         }
         let Some(token) = command.token.as_deref() else {
             if refresh {

@@ -20,8 +20,9 @@ pub(super) struct Connection {
     pub(super) identity: Identity,
     /// The client's id in presence (one per connection, unless `connect` takes back an old one).
     pub(super) client: ClientId,
-    /// The presence info a client without a token gave for itself on `connect`.
-    pub(super) declared_info: Option<Bytes>,
+    /// The presence info a client without a token gave for itself on `connect` (boxed: rare,
+    /// and every idle connection holds this struct).
+    pub(super) declared_info: Option<Box<Bytes>>,
     /// When the token expires (boxed: most connections have none, or never reach it).
     pub(super) expiry: crate::transport::Expiry,
     /// The client's publish rate, when limited (boxed: most servers do not limit it).
@@ -38,7 +39,7 @@ impl Connection {
     /// The (shared) frame of a publication this connection has not seen yet, moving its position.
     pub(super) fn presence_entry(&self, channel: &herald_core::ChannelName) -> herald_core::PresenceEntry {
         let options = self.app.hub.namespaces().options_for(channel);
-        crate::presence::entry(&self.identity, self.declared_info.as_ref(), options, self.client)
+        crate::presence::entry(&self.identity, self.declared_info.as_deref(), options, self.client)
     }
 
     pub(super) fn publication_frame(&mut self, publication: &Publication) -> Option<Bytes> {
