@@ -171,7 +171,12 @@ async fn health_and_the_front_page_answer() {
     assert_eq!(server.get_json("/healthz").await, (200, json!({"status": "ok"})));
     assert_eq!(server.get_json("/readyz").await, (200, json!({"status": "ready"})));
     let page = server.http().get(server.url("/")).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("Herald") && page.contains("/ws"));
+    assert!(page.contains("Herald is running"), "{page}");
+    // The WebSocket URL to connect to (HTML-escaped, as every value in a page is).
+    assert!(page.contains(&format!("ws:&#x2f;&#x2f;{}&#x2f;ws", server.addr)), "{page}");
+    for link in ["/demo/chat", "/admin", "/docs/protocol", "/metrics"] {
+        assert!(page.contains(&format!("href=\"{link}\"")), "a link to {link}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
