@@ -238,4 +238,20 @@ async fn client_js_is_the_sdk_with_cache_validators_and_cors() {
     let changed =
         server.http().get(server.url("/client.js")).header("if-none-match", "\"other\"").send().await.unwrap();
     assert_eq!(changed.status(), 200);
+
+    // A browser accepts gzip: the same file, a quarter of the size, with its own validator.
+    let gzipped =
+        server.http().get(server.url("/client.js")).header("accept-encoding", "br, gzip;q=0.9").send().await.unwrap();
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    assert_eq!(gzipped.headers()["vary"], "accept-encoding");
+    let gzip_etag = gzipped.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(gzip_etag, etag, "each encoding has its own ETag");
+    let compressed = gzipped.bytes().await.unwrap();
+    assert!(compressed.len() * 3 < source.len(), "{} bytes gzipped of {}", compressed.len(), source.len());
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut unzipped).unwrap();
+    assert_eq!(unzipped, source);
+    let refused =
+        server.http().get(server.url("/client.js")).header("accept-encoding", "gzip;q=0").send().await.unwrap();
+    assert!(refused.headers().get("content-encoding").is_none(), "q=0 refuses gzip");
 }
