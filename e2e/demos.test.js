@@ -166,6 +166,17 @@ test('files: a file shared in one page downloads byte for byte in another', { sk
   const [download] = await Promise.all([receiver.waitForEvent('download'), entry.locator('[data-test="download"]').click()]);
   assert.equal(download.suggestedFilename(), 'report ü.bin');
   assert.ok(Buffer.from(readFileSync(await download.path())).equals(bytes), 'the same bytes');
+  // Anyone may publish on the room's channel: a forged announcement never becomes a link to
+  // run, and a stale progress note does not bring back a finished upload.
+  await fetch(`${server.url}/api/publish`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ channel: `demo:files:${room}`, data: { type: 'file', id: 'forged', name: 'evil', url: 'javascript:alert(1)' } }),
+  });
+  await sleep(500);
+  assert.equal(await receiver.locator('a[href^="javascript"]').count(), 0);
+  assert.equal(await receiver.locator('[data-test="file"]', { hasText: 'evil' }).count(), 0);
+  assert.equal(await receiver.locator('[data-test="upload"]').count(), 0, 'nothing left uploading');
   await shot(receiver, 'files');
   for (const page of [sender, receiver]) await page.context().close();
 });

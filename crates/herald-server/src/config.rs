@@ -105,7 +105,7 @@ pub struct RawNamespace {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDemo {
-    /// Default: on without `[auth]`, off with it.
+    /// Default: on without `[auth]` on a loopback address, off otherwise.
     pub enabled: Option<bool>,
     pub max_file_size: Option<usize>,
     pub max_total_file_size: Option<usize>,
@@ -433,8 +433,12 @@ impl Settings {
             storage: storage_kind(raw.storage.clone())?,
             tls: tls(raw.tls.clone(), overrides)?,
             api_keys: api_keys(&raw.api)?,
-            demos: demos(&raw.demo, auth.is_some())?,
-            namespaces: namespaces(&raw.namespaces, auth.is_some(), demos_enabled(&raw.demo, auth.is_some()))?,
+            demos: demos(&raw.demo, auth.is_some(), listen.ip().is_loopback())?,
+            namespaces: namespaces(
+                &raw.namespaces,
+                auth.is_some(),
+                demos_enabled(&raw.demo, auth.is_some(), listen.ip().is_loopback()),
+            )?,
             auth,
             websocket: websocket(&raw.websocket, overrides)?,
             streaming: streaming(&raw.streaming)?,
@@ -560,13 +564,13 @@ fn api_keys(raw: &RawApi) -> Result<ApiKeys, ConfigError> {
     ))
 }
 
-fn demos_enabled(raw: &RawDemo, auth: bool) -> bool {
-    // The demos' channels are open to anyone: not on a server that checks its clients, unless
-    // its operator says so.
-    raw.enabled.unwrap_or(!auth)
+fn demos_enabled(raw: &RawDemo, auth: bool, loopback: bool) -> bool {
+    // The demos' channels (and their file store) are open to anyone: only on a development
+    // server (no [auth], loopback) unless the operator says so.
+    raw.enabled.unwrap_or(!auth && loopback)
 }
 
-fn demos(raw: &RawDemo, auth: bool) -> Result<DemoSettings, ConfigError> {
+fn demos(raw: &RawDemo, auth: bool, loopback: bool) -> Result<DemoSettings, ConfigError> {
     let max_file_size = raw.max_file_size.unwrap_or(8 * 1024 * 1024);
     let max_total_file_size = raw.max_total_file_size.unwrap_or(128 * 1024 * 1024);
     if max_file_size == 0 || max_file_size > 1024 * 1024 * 1024 {
@@ -575,7 +579,7 @@ fn demos(raw: &RawDemo, auth: bool) -> Result<DemoSettings, ConfigError> {
     if max_total_file_size < max_file_size {
         return Err(invalid("demo.max_total_file_size", "at least demo.max_file_size"));
     }
-    Ok(DemoSettings { enabled: demos_enabled(raw, auth), max_file_size, max_total_file_size })
+    Ok(DemoSettings { enabled: demos_enabled(raw, auth, loopback), max_file_size, max_total_file_size })
 }
 
 /// The namespaces the demos use when the configuration does not define them: `demo` (history,

@@ -21,6 +21,7 @@ pub fn router(app: AppState) -> Router {
         .route("/client.js", get(web::client_js))
         .route("/assets/{*name}", get(web::asset))
         .route("/docs/{name}", get(web::doc))
+        .route("/docs", get(|| async { axum::response::Redirect::to("/docs/clients") }))
         .route("/ws", get(transport::ws::upgrade))
         .route("/sse", get(transport::streaming::sse))
         .route("/stream", get(transport::streaming::ndjson))
@@ -31,7 +32,6 @@ pub fn router(app: AppState) -> Router {
     if app.settings.websocket.echo_route {
         transports = transports.route("/ws/echo", get(transport::ws::echo));
     }
-    transports = transports.nest("/admin", admin::router());
     if app.settings.demos.enabled {
         // Room for the largest file the file-sharing demo takes.
         let upload_limit = app.settings.demos.max_file_size.saturating_add(64 * 1024);
@@ -50,6 +50,8 @@ pub fn router(app: AppState) -> Router {
         .fallback(|| async { ApiError::not_found() })
         .layer(cors_layer(&app.settings))
         .nest("/api", api)
+        // After the transports' CORS: the console answers its own origin only.
+        .nest("/admin", admin::router())
         .with_state(app)
 }
 

@@ -10,7 +10,9 @@ const herald = connect();
 const files = document.querySelector('[data-test="files"]');
 const uploads = document.getElementById('uploads');
 const progress = new Map(); // upload id → row
-const announced = new Set();
+const announced = new Set(); // file ids shown
+const finished = new Set(); // upload ids whose file was announced: later progress notes are stale
+const maxSize = Number(document.querySelector('[data-max-file-size]').dataset.maxFileSize);
 
 function size(bytes) {
   return bytes < 1024 ? `${bytes} B` : bytes < 1048576 ? `${(bytes / 1024).toFixed(1)} KiB` : `${(bytes / 1048576).toFixed(1)} MiB`;
@@ -30,11 +32,15 @@ function progressRow(id, name, who) {
 
 function apply(publication) {
   const event = publication.data ?? {};
-  if (event.type === 'progress' && typeof event.upload === 'string') {
+  if (event.type === 'progress' && typeof event.upload === 'string' && !finished.has(event.upload)) {
     const row = progressRow(event.upload, String(event.name), String(event.by));
     row.bar.value = event.total ? event.loaded / event.total : 0;
-  } else if (event.type === 'file' && !announced.has(event.id)) {
+  } else if (event.type === 'file' && /^[0-9a-f]{16}$/.test(event.id) && !announced.has(event.id)) {
+    // Anyone may publish on the room's channel: the link is made here, from the id, never
+    // taken from the message (a `javascript:` URL would run in this page).
+    const url = `/demo/files/${encodeURIComponent(room)}/${event.id}`;
     announced.add(event.id);
+    finished.add(event.upload);
     const row = progress.get(event.upload);
     row?.remove();
     progress.delete(event.upload);
@@ -43,12 +49,17 @@ function apply(publication) {
     files.prepend(el('li', { dataset: { test: 'file', id: event.id } },
       el('span', { class: 'grow' }, el('b', {}, event.name), el('br'),
         el('span', { class: 'muted small' }, `${size(event.size)} · from ${event.by} · ${clock(publication.time)}`)),
-      el('a', { class: 'button secondary', href: event.url, download: event.name, dataset: { test: 'download' } }, 'Download')));
+      el('a', { class: 'button secondary', href: url, download: String(event.name), dataset: { test: 'download' } }, 'Download')));
   }
 }
 
 function upload(file) {
   const id = randomId(8);
+  if (file.size > maxSize) {
+    uploads.querySelector('.empty')?.remove();
+    uploads.append(el('li', { class: 'error-text' }, `${file.name}: larger than ${size(maxSize)}, the most this room takes`));
+    return;
+  }
   const url = `/demo/files/${encodeURIComponent(room)}?${new URLSearchParams({ name: file.name, by: nick, upload: id })}`;
   const request = new XMLHttpRequest();
   let last = 0;

@@ -228,10 +228,13 @@ pub async fn console(State(app): State<AppState>, headers: HeaderMap) -> Respons
         };
         rows.push(minijinja::context! { name => channel.to_string(), subscribers, present });
     }
+    // Webhook URLs (which may hold tokens) and the settings are for full keys, as in the API.
+    let full = access.scope == KeyScope::Full;
     let webhooks: Vec<_> = app
         .webhooks
         .endpoints()
         .iter()
+        .filter(|_| full)
         .map(|endpoint| {
             minijinja::context! {
                 id => endpoint.id, url => endpoint.url, channels => endpoint.channels.join(", "),
@@ -260,7 +263,8 @@ pub async fn console(State(app): State<AppState>, headers: HeaderMap) -> Respons
             channels => rows,
             total_channels,
             webhooks,
-            settings => settings_text(&app),
+            full,
+            settings => full.then(|| settings_text(&app)),
         },
     )
 }
@@ -423,6 +427,9 @@ pub async fn webhook(State(app): State<AppState>, headers: HeaderMap, Path(id): 
     let Some(access) = access(&app, &headers) else {
         return Redirect::to("/admin").into_response();
     };
+    if access.scope != KeyScope::Full {
+        return refusal(StatusCode::FORBIDDEN, "Webhook endpoints need a full API key, as in the server API.");
+    }
     let Some(endpoint) = app.webhooks.endpoint(&id) else {
         return refusal(StatusCode::NOT_FOUND, "No such webhook endpoint.");
     };

@@ -85,11 +85,15 @@ pub async fn upload(
         time: herald_core::unix_millis(),
     };
     let dir = store_dir(&app, &room);
+    // One store change at a time: an eviction must not delete what another upload is writing
+    // or measuring.
+    let _store = STORE.lock().await;
     let written = async {
         tokio::fs::create_dir_all(&dir).await?;
         tokio::fs::write(dir.join(&id), &body).await?;
         tokio::fs::write(dir.join(format!("{id}.json")), serde_json::to_vec(&stored)?).await?;
-        evict_oldest(&app.settings.data_dir.join("demo-files"), app.settings.demos.max_total_file_size).await
+        let root = app.settings.data_dir.join("demo-files");
+        evict_oldest(&root, app.settings.demos.max_total_file_size, &dir.join(&id)).await
     };
     if let Err(error) = written.await {
         tracing::warn!(%error, "the file demo could not store a file");
@@ -145,8 +149,19 @@ pub async fn download(State(app): State<AppState>, Path((room, id)): Path<(Strin
         .into_response()
 }
 
-/// Removes the oldest files until the store holds at most `limit` bytes.
-async fn evict_oldest(root: &FsPath, limit: usize) -> std::io::Result<()> {
+/// Serialises the file stores' changes (one per data directory; more in one process only in
+/// tests, where waiting on each other costs nothing).
+static STORE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Files the store keeps at most, whatever their size: each costs an inode and a block.
+const MAX_FILES: usize = 1000;
+/// What a file costs on disk at least (a block, and its metadata file's).
+const FILE_OVERHEAD: usize = 8192;
+
+/// Removes the oldest files until the store holds at most `limit` bytes (each file counted
+/// with [`FILE_OVERHEAD`]) and [`MAX_FILES`] files, never removing `keep` (the file just
+/// stored). A file already gone is no error.
+async fn evict_oldest(root: &FsPath, limit: usize, keep: &FsPath) -> std::io::Result<()> {
     let mut files = Vec::new();
     let mut rooms = tokio::fs::read_dir(root).await?;
     while let Some(room) = rooms.next_entry().await? {
@@ -156,22 +171,29 @@ async fn evict_oldest(root: &FsPath, limit: usize) -> std::io::Result<()> {
         let mut entries = tokio::fs::read_dir(room.path()).await?;
         while let Some(entry) = entries.next_entry().await? {
             let path = entry.path();
-            if path.extension().is_some() {
-                continue; // the metadata goes with its file
+            if path.extension().is_some() || path == keep {
+                continue; // the metadata goes with its file; the new file stays
             }
-            let meta = entry.metadata().await?;
-            files.push((meta.modified()?, meta.len() as usize, path));
+            let Ok(meta) = entry.metadata().await else { continue };
+            files.push((meta.modified()?, meta.len() as usize + FILE_OVERHEAD, path));
         }
     }
-    let mut total: usize = files.iter().map(|(_, size, _)| size).sum();
+    let kept = tokio::fs::metadata(keep).await.map_or(0, |meta| meta.len() as usize) + FILE_OVERHEAD;
+    let mut total: usize = files.iter().map(|(_, size, _)| size).sum::<usize>() + kept;
+    let mut count = files.len() + 1;
     files.sort();
     for (_, size, path) in files {
-        if total <= limit {
+        if total <= limit && count <= MAX_FILES {
             break;
         }
-        tokio::fs::remove_file(&path).await?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
         let _ = tokio::fs::remove_file(path.with_extension("json")).await;
         total -= size;
+        count -= 1;
     }
     Ok(())
 }

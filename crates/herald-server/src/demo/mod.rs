@@ -15,6 +15,8 @@ use crate::state::AppState;
 /// The routes, mounted under `/demo` when demos are enabled.
 pub fn router() -> Router<AppState> {
     Router::new()
+        // The demos are listed on the front page.
+        .route("/", get(|| async { axum::response::Redirect::to("/") }))
         .route("/chat", get(pages::chat))
         .route("/call", get(pages::call))
         .route("/board", get(pages::board))

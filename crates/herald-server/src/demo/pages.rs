@@ -51,8 +51,15 @@ pub async fn feed(State(app): State<AppState>) -> Response {
 }
 
 pub async fn files(State(app): State<AppState>, Query(query): Query<PageQuery>) -> Response {
-    let max_file_mib = app.settings.demos.max_file_size / (1024 * 1024);
-    page(&app, "demo/files.html", "files", "Files", minijinja::context! { room => query.room("lobby"), max_file_mib })
+    let max_file_size = app.settings.demos.max_file_size;
+    let max_file_mib = max_file_size / (1024 * 1024);
+    page(
+        &app,
+        "demo/files.html",
+        "files",
+        "Files",
+        minijinja::context! { room => query.room("lobby"), max_file_mib, max_file_size },
+    )
 }
 
 pub async fn ticker(State(app): State<AppState>, Query(query): Query<PageQuery>) -> Response {

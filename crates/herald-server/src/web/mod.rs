@@ -24,11 +24,8 @@ pub async fn index(State(app): State<AppState>, headers: HeaderMap) -> Response 
         .and_then(|host| host.to_str().ok())
         .map_or_else(|| app.settings.listen.to_string(), str::to_string);
     let (http, ws) = if app.settings.tls.is_some() { ("https", "wss") } else { ("http", "ws") };
-    let demos_off_reason = if app.settings.auth.is_some() {
-        "[auth] is configured; set [demo] enabled = true to serve them anyway"
-    } else {
-        "[demo] enabled = false"
-    };
+    let demos_off_reason = "by default they run only without [auth] on a loopback address; \
+                            [demo] enabled = true serves them anyway";
     templates::render(
         &app,
         "index.html",

@@ -138,9 +138,13 @@ async fn forms_need_the_sessions_token_and_this_origin() {
     assert_eq!(feed["publications"][0]["data"], "{\"n\":1}");
     assert_eq!(feed["top"], 1);
 
-    // A read-only session sees no publish form and may not publish.
+    // A read-only session sees no publish form and may not publish; webhooks and the settings
+    // are for full keys, as in the server API.
     let (_, read_cookie, _) = login(&server, READ_KEY).await;
     let read_cookie = read_cookie.unwrap();
+    let (_, overview) = page(&server, "/admin", &read_cookie).await;
+    assert!(!overview.contains("data-test=\"settings\"") && overview.contains("need a full API key"));
+    assert_eq!(page(&server, "/admin/webhooks/wh_any", &read_cookie).await.0, 403);
     let (_, body) = page(&server, "/admin/channel?name=room:a", &read_cookie).await;
     assert!(!body.contains("data-test=\"publish\""));
     let read_csrf = csrf_of(&body); // the logout form's
@@ -216,6 +220,10 @@ async fn a_dev_mode_server_opens_the_console_and_says_so() {
     let (status, body) = page(&server, "/admin", "").await;
     assert_eq!(status, 200);
     assert!(body.contains("open: dev mode") && body.contains("data-test=\"channels\""));
+    // Other origins may not read it (the transports' CORS allows any origin in dev mode).
+    let response =
+        client().get(server.url("/admin/stats.json")).header("origin", "http://evil.example").send().await.unwrap();
+    assert!(response.headers().get("access-control-allow-origin").is_none(), "{:?}", response.headers());
     assert_eq!(page(&server, "/admin/stats.json", "").await.0, 200);
     // Open, but its forms still need the page's token.
     let response = client()

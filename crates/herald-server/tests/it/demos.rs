@@ -56,9 +56,13 @@ async fn anonymous_clients_show_the_info_they_give_where_the_namespace_takes_it(
 async fn bad_presence_info_is_refused_with_a_reason() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
+    let first = client.command(json!({"op": "connect"})).await["result"]["client"].clone();
+    let other = server.client().await.command(json!({"op": "connect"})).await["result"]["client"].clone();
     let big = "x".repeat(2000);
-    let reply = client.command(json!({"op": "connect", "info": {"nick": big}})).await;
+    let reply = client.command(json!({"op": "connect", "client": other, "info": {"nick": big}})).await;
     assert_eq!(reply["error"]["code"], "invalid_info", "{reply}");
+    let again = client.command(json!({"op": "connect"})).await;
+    assert_eq!(again["result"]["client"], first, "a refused connect changes nothing, not even the client id");
     client.subscribe("demo:chat:a").await;
     let reply = client.command(json!({"op": "connect", "info": {"nick": "late"}})).await;
     assert_eq!(reply["error"]["code"], "already_subscribed", "info comes before subscribing: {reply}");
@@ -120,7 +124,7 @@ async fn demos_are_on_without_auth_off_with_it_and_the_configs_namespace_wins() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_files_are_announced_bounded_and_handed_back_as_downloads() {
-    let server = TestServer::with_config("[demo]\nmax_file_size = 1000\nmax_total_file_size = 2500\n").await;
+    let server = TestServer::with_config("[demo]\nmax_file_size = 1000\nmax_total_file_size = 20000\n").await;
     let mut watcher = WsClient::connect(&server.ws_url()).await;
     watcher.subscribe("demo:files:room").await;
     let upload = |name: &str, body: Vec<u8>| {
@@ -153,6 +157,18 @@ async fn shared_files_are_announced_bounded_and_handed_back_as_downloads() {
     upload("three", vec![3; 900]).await.unwrap();
     assert_eq!(status_of(&server, stored["url"].as_str().unwrap()).await, 404, "the oldest was removed");
     assert_eq!(status_of(&server, second["url"].as_str().unwrap()).await, 200);
+
+    // Uploads at once: each is stored (evictions do not trip over each other) and the store
+    // ends within its bound.
+    let uploads: Vec<_> = (0..12).map(|n| upload(&format!("many{n}"), vec![n as u8; 500])).collect();
+    for response in futures_util::future::join_all(uploads).await {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    let stored_bytes: u64 = std::fs::read_dir(server.data_dir().join("demo-files/room"))
+        .unwrap()
+        .map(|entry| entry.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(stored_bytes < 4000, "two files and their metadata at most: {stored_bytes} bytes");
 
     for path in ["/demo/files/room/../../etc", "/demo/files/room/0123", "/demo/files/bad%20room/0123456789abcdef"] {
         assert_eq!(status_of(&server, path).await, 404, "{path}");
@@ -202,7 +218,21 @@ async fn pages_docs_and_assets_are_served_with_their_types() {
     let doc = server.http().get(server.url("/docs/clients")).send().await.unwrap().text().await.unwrap();
     assert!(doc.contains("<table>") && doc.contains("href=\"protocol\""), "tables, and links between the docs");
     assert!(!doc.contains("<!-- test:"), "the test markers are not published");
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    for (path, to) in [("/demo", "/"), ("/docs", "/docs/clients")] {
+        let response = no_redirects.get(server.url(path)).send().await.unwrap();
+        assert_eq!((response.status().as_u16(), response.headers()["location"].to_str().unwrap()), (303, to), "{path}");
+    }
     for path in ["/docs/nope", "/assets/nope.js", "/assets/../Cargo.toml"] {
         assert_eq!(status_of(&server, path).await, 404, "{path}");
     }
+}
+
+#[test]
+fn demos_are_off_by_default_on_a_public_address() {
+    use herald_server::config::{Overrides, Settings};
+    let settings = |toml: &str| Settings::from_toml(toml, &Overrides::default()).unwrap();
+    assert!(settings("").demos.enabled, "the development default: loopback, no [auth]");
+    assert!(!settings("listen = \"0.0.0.0:8750\"").demos.enabled, "not on a public address by default");
+    assert!(settings("listen = \"0.0.0.0:8750\"\n[demo]\nenabled = true").demos.enabled, "unless asked for");
 }

@@ -41,31 +41,45 @@ impl Connection {
     /// reconnect does not leave and join presence again). The reply says who and which client
     /// this is.
     fn connect(&mut self, id: u64, command: &Command<'_>, refresh: bool) -> Result<Vec<Bytes>, ErrorBody> {
-        if let Some(client) = command.client.as_deref() {
-            let client = ClientId::parse(client)?;
-            if refresh {
-                return Err(ErrorBody::new("bad_request", "a client id is taken back on connect, not refresh"));
+        // Everything is checked before anything changes: a refused connect leaves the
+        // connection as it was.
+        let taken_back = match command.client.as_deref() {
+            None => None,
+            Some(client) => {
+                let client = ClientId::parse(client)?;
+                if refresh {
+                    return Err(ErrorBody::new("bad_request", "a client id is taken back on connect, not refresh"));
+                }
+                if !self.positions.is_empty() {
+                    return Err(ErrorBody::new("already_subscribed", "take back a client id before subscribing"));
+                }
+                Some(client)
             }
-            if !self.positions.is_empty() {
-                return Err(ErrorBody::new("already_subscribed", "take back a client id before subscribing"));
+        };
+        let declared = match command.info {
+            None => None,
+            Some(info) => {
+                if refresh || command.token.is_some() || !matches!(self.identity, crate::auth::Identity::Anonymous) {
+                    return Err(ErrorBody::new(
+                        "invalid_info",
+                        "info is for clients without a token; a token's presence info is its `info` claim",
+                    ));
+                }
+                if !self.positions.is_empty() {
+                    return Err(ErrorBody::new("already_subscribed", "give info before subscribing"));
+                }
+                Some(Box::new(crate::presence::declared_info(info)?))
             }
-            self.client = client;
-        }
-        if let Some(info) = command.info {
-            if refresh || command.token.is_some() || !matches!(self.identity, crate::auth::Identity::Anonymous) {
-                return Err(ErrorBody::new(
-                    "invalid_info",
-                    "info is for clients without a token; a token's presence info is its `info` claim",
-                ));
-            }
-            if !self.positions.is_empty() {
-                return Err(ErrorBody::new("already_subscribed", "give info before subscribing"));
-            }
-            self.declared_info = Some(Box::new(crate::presence::declared_info(info)?));
-        }
+        };
         let Some(token) = command.token.as_deref() else {
             if refresh {
                 return Err(ErrorBody::new("missing_field", "missing field \"token\""));
+            }
+            if let Some(client) = taken_back {
+                self.client = client;
+            }
+            if declared.is_some() {
+                self.declared_info = declared;
             }
             let result = Connected {
                 client: self.client.to_string(),
@@ -96,6 +110,9 @@ impl Connection {
         for (channel, _) in self.positions.iter() {
             crate::auth::may_subscribe(&identity, self.app.hub.namespaces().options_for(channel), channel)
                 .map_err(|denied| ErrorBody::new(denied.code(), format!("{denied}; unsubscribe first")))?;
+        }
+        if let Some(client) = taken_back {
+            self.client = client;
         }
         let result = Connected { client: self.client.to_string(), user: claims.sub.clone(), expires: Some(claims.exp) };
         self.set_identity(crate::auth::Identity::User(Box::new(claims)));
