@@ -277,6 +277,8 @@ export class Herald extends Emitter {
   /** The last cursor an HTTP transport gave: it resumes channels whose position is unknown. */
   #cursor = null;
   #unlisten = [];
+  /** Transports with no implementation here, already reported. */
+  #unavailable = new Set();
 
   /**
    * @param {string} url the server, `http://host:port` (or a `ws://` URL of it)
@@ -449,7 +451,12 @@ export class Herald extends Emitter {
     const session = new Session(this.#host(), token);
     this.#session = session;
     if (!session.available()) {
-      this.#failed(session, { error: new HeraldError('transport_unavailable', `no ${name} implementation here`) });
+      // Said once: it will not change (Node without `ws`, say); the next transport is tried.
+      const error = this.#unavailable.has(name)
+        ? undefined
+        : new HeraldError('transport_unavailable', `no ${name} implementation here`);
+      this.#unavailable.add(name);
+      this.#failed(session, { error });
       return;
     }
     session.start();

@@ -149,6 +149,17 @@ test('when every transport fails the client backs off and keeps trying, all in o
   assert.equal(ws.sockets.length + poll.requests.length, tries, 'close() stops the retries');
 });
 
+test('a transport with no implementation here is reported once, and the next one is used', async () => {
+  const poll = new FakePollServer();
+  poll.answer = () => ({ status: 503, body: { error: { code: 'engine_unavailable', message: 'down' } } });
+  const herald = client({ transports: ['websocket', 'poll'], WebSocket: 'not an implementation', fetch: poll.fetch });
+  const errors = [];
+  herald.on('error', (error) => errors.push(error.code));
+  herald.subscribe('news');
+  await until(() => errors.filter((code) => code === 'engine_unavailable').length >= 3, 'three rounds');
+  assert.equal(errors.filter((code) => code === 'transport_unavailable').length, 1, errors.join());
+});
+
 test('an expired token is renewed with getToken and the same transport reconnects', async () => {
   const server = new FakeWsServer();
   let issued = 0;
