@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod ops;
 pub mod presence;
 pub mod publish;
+pub mod pusher;
 pub mod router;
 pub mod server;
 pub mod state;
