@@ -72,6 +72,11 @@ pub fn declared_info(info: &serde_json::value::RawValue) -> Result<Bytes, ErrorB
     Ok(Bytes::from(text.into_owned()))
 }
 
+/// The refusal of presence info from a client with a token: its info is the token's.
+pub fn info_with_token() -> ErrorBody {
+    ErrorBody::new("invalid_info", "info is for clients without a token; a token's presence info is its `info` claim")
+}
+
 /// The presence entry of `client` with `identity`, joining now in a namespace with `options`.
 /// A client without a token shows the info it gave for itself where the namespace takes it.
 pub fn entry(

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::admin::session::{Access, COOKIE_NAME, SESSION_LIFETIME, csrf_matches};
 use crate::config::KeyScope;
+use crate::error::ApiError;
 use crate::state::AppState;
 use crate::transport::limits::ConnectionKind;
 use crate::web::templates::render;
@@ -174,8 +175,7 @@ fn stats_now(app: &AppState) -> serde_json::Value {
 
 pub async fn stats(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if access(&app, &headers).is_none() {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"error": {"code": "unauthorized", "message": "log in first"}})))
-            .into_response();
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "log in to the console first").into_response();
     }
     Json(stats_now(&app)).into_response()
 }
@@ -346,8 +346,7 @@ pub async fn channel_json(
     Query(query): Query<ChannelQuery>,
 ) -> Response {
     if access(&app, &headers).is_none() {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"error": {"code": "unauthorized", "message": "log in first"}})))
-            .into_response();
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "log in to the console first").into_response();
     }
     let channel = match channel_name(&query.name) {
         Ok(channel) => channel,
@@ -368,11 +367,8 @@ pub async fn channel_json(
             "present": app.hub.presence_count(&channel).await.ok().flatten(),
         }))
         .into_response(),
-        Err(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": {"code": "engine_unavailable", "message": error.to_string()}})),
-        )
-            .into_response(),
+        // The API's answer for an engine away: 503 engine_unavailable.
+        Err(error) => ApiError::from(error).into_response(),
     }
 }
 
@@ -482,13 +478,7 @@ pub async fn webhook_action(
         "pause" | "resume" => {
             let paused = action == "pause";
             app.webhooks
-                .update_endpoint(&id, |endpoint| {
-                    endpoint.paused = paused;
-                    if !paused {
-                        endpoint.disabled_reason = None;
-                        endpoint.failing_since = None;
-                    }
-                })
+                .update_endpoint(&id, |endpoint| endpoint.set_paused(paused))
                 .await
                 .map(|changed| changed.is_some())
                 .map_err(|error| error.to_string())

@@ -205,11 +205,7 @@ async fn update(
                 changed.previous_secret_until = Some(unix_millis() + grace);
             }
             if let Some(paused) = body.paused {
-                changed.paused = paused;
-                if !paused {
-                    changed.disabled_reason = None;
-                    changed.failing_since = None;
-                }
+                changed.set_paused(paused);
             }
         })
         .await

@@ -92,10 +92,8 @@ impl SubscriptionQuery {
         let declared_info = match info {
             None => None,
             Some(_) if token.is_some() => {
-                return Err(ApiError::bad_request(
-                    "invalid_info",
-                    "info is for clients without a token; a token's presence info is its `info` claim",
-                ));
+                let refusal = crate::presence::info_with_token();
+                return Err(ApiError::bad_request("invalid_info", refusal.message));
             }
             Some(text) => {
                 let raw: Box<serde_json::value::RawValue> = serde_json::from_str(&text)

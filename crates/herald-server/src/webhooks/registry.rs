@@ -16,11 +16,21 @@ use crate::config::ConfigEndpoint;
 /// Whether an endpoint is being delivered to.
 pub trait EndpointState {
     fn is_active(&self) -> bool;
+    /// Pauses, or resumes: resuming also lifts a disable for failing and its failure streak.
+    fn set_paused(&mut self, paused: bool);
 }
 
 impl EndpointState for EndpointRecord {
     fn is_active(&self) -> bool {
         !self.paused && self.disabled_reason.is_none()
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+        if !paused {
+            self.disabled_reason = None;
+            self.failing_since = None;
+        }
     }
 }
 

@@ -60,10 +60,7 @@ impl Connection {
             None => None,
             Some(info) => {
                 if refresh || command.token.is_some() || !matches!(self.identity, crate::auth::Identity::Anonymous) {
-                    return Err(ErrorBody::new(
-                        "invalid_info",
-                        "info is for clients without a token; a token's presence info is its `info` claim",
-                    ));
+                    return Err(crate::presence::info_with_token());
                 }
                 if !self.positions.is_empty() {
                     return Err(ErrorBody::new("already_subscribed", "give info before subscribing"));
