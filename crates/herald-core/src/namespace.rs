@@ -49,23 +49,48 @@ impl Default for NamespaceOptions {
 ///
 /// A channel whose namespace is not configured gets the default namespace's options, so a
 /// fresh server accepts `chat:lobby` without any configuration.
+///
+/// Within a namespace, channels whose names start with a given prefix may have options of
+/// their own (the Pusher door's `private-`, `presence-` and `cache-` channels): the longest
+/// matching prefix wins.
 #[derive(Debug, Clone, Default)]
 pub struct Namespaces {
     default: NamespaceOptions,
     named: HashMap<String, NamespaceOptions>,
+    /// Full channel-name prefixes (`app:presence-`) and their options, longest first.
+    prefixed: Vec<(String, NamespaceOptions)>,
 }
 
 impl Namespaces {
     pub fn new(default: NamespaceOptions, named: HashMap<String, NamespaceOptions>) -> Self {
-        Self { default, named }
+        Self { default, named, prefixed: Vec::new() }
+    }
+
+    /// Channels starting with `prefix` (which includes the namespace and its `:`) take `options`.
+    pub fn with_prefix(mut self, prefix: String, options: NamespaceOptions) -> Self {
+        self.prefixed.retain(|(existing, _)| *existing != prefix);
+        self.prefixed.push((prefix, options));
+        self.prefixed.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        self
+    }
+
+    /// The options of a namespace's channels without a prefix of their own.
+    pub fn options_of_namespace(&self, namespace: &str) -> &NamespaceOptions {
+        self.named.get(namespace).unwrap_or(&self.default)
     }
 
     /// The largest value of an option over every namespace (to size shared structures).
     pub fn largest<T: Ord>(&self, option: impl Fn(&NamespaceOptions) -> T) -> T {
-        self.named.values().map(&option).fold(option(&self.default), std::cmp::max)
+        let prefixed = self.prefixed.iter().map(|(_, options)| options);
+        self.named.values().chain(prefixed).map(&option).fold(option(&self.default), std::cmp::max)
     }
 
     pub fn options_for(&self, channel: &ChannelName) -> &NamespaceOptions {
+        if let Some((_, options)) =
+            self.prefixed.iter().find(|(prefix, _)| channel.as_str().starts_with(prefix.as_str()))
+        {
+            return options;
+        }
         channel.namespace().and_then(|namespace| self.named.get(namespace)).unwrap_or(&self.default)
     }
 }
@@ -82,5 +107,23 @@ mod tests {
         assert_eq!(namespaces.options_for(&ChannelName::new("chat:lobby").unwrap()), &chat);
         assert_eq!(namespaces.options_for(&ChannelName::new("news:x").unwrap()), &NamespaceOptions::default());
         assert_eq!(namespaces.options_for(&ChannelName::new("chat").unwrap()), &NamespaceOptions::default());
+    }
+
+    #[test]
+    fn the_longest_matching_prefix_wins() {
+        let base = NamespaceOptions { history_size: 1, ..Default::default() };
+        let private = NamespaceOptions { history_size: 2, ..Default::default() };
+        let encrypted = NamespaceOptions { history_size: 3, ..Default::default() };
+        let namespaces =
+            Namespaces::new(NamespaceOptions::default(), HashMap::from([("app".to_string(), base.clone())]))
+                .with_prefix("app:private-".into(), private.clone())
+                .with_prefix("app:private-encrypted-".into(), encrypted.clone());
+        let options = |name: &str| namespaces.options_for(&ChannelName::new(name).unwrap()).history_size;
+        assert_eq!(options("app:news"), 1);
+        assert_eq!(options("app:private-x"), 2);
+        assert_eq!(options("app:private-encrypted-x"), 3);
+        assert_eq!(options("other:private-x"), 100);
+        assert_eq!(namespaces.largest(|options| options.history_size), 100);
+        assert_eq!(namespaces.options_of_namespace("app"), &base);
     }
 }

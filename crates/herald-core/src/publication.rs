@@ -37,13 +37,17 @@ impl Publication {
     }
 }
 
-/// A slot for the encoded form of something pushed to many subscribers, filled by the first
-/// one that needs it.
+/// A slot for the encoded forms of something pushed to many subscribers, each filled by the
+/// first one that needs it.
 ///
-/// The core does not know wire formats; the server picks one type `T` holding all the forms it
-/// needs. Should another `T` ever be asked for, it is encoded afresh (slower, still right).
+/// The core does not know wire formats; the server picks a type `T` per door (Herald's own
+/// protocol, the Pusher door) holding all the forms that door needs. Up to [`ENCODED_FORMS`]
+/// types are kept; another one is encoded afresh each time (slower, still right).
 #[derive(Default)]
-pub struct EncodedSlot(OnceLock<Box<dyn Any + Send + Sync>>);
+pub struct EncodedSlot([OnceLock<Box<dyn Any + Send + Sync>>; ENCODED_FORMS]);
+
+/// How many encoded forms one publication keeps: one per door of the server.
+pub const ENCODED_FORMS: usize = 2;
 
 impl EncodedSlot {
     pub fn get_or_encode<T>(&self, encode: impl FnOnce() -> T) -> T
@@ -51,16 +55,17 @@ impl EncodedSlot {
         T: Any + Clone + Send + Sync,
     {
         let mut encode = Some(encode);
-        let cached = self.0.get_or_init(|| {
-            let encode = encode.take().expect("get_or_init runs its closure at most once");
-            Box::new(encode())
-        });
-        match (cached.downcast_ref::<T>(), encode) {
-            (Some(value), _) => value.clone(),
-            // Another type is cached, so our closure never ran and is still here.
-            (None, Some(encode)) => encode(),
-            (None, None) => unreachable!("a value encoded just now has the asked-for type"),
+        for form in &self.0 {
+            let cached = form.get_or_init(|| {
+                let encode = encode.take().expect("get_or_init runs its closure at most once");
+                Box::new(encode())
+            });
+            if let Some(value) = cached.downcast_ref::<T>() {
+                return value.clone();
+            }
+            // Another type holds this form: our closure did not run, and the next form is tried.
         }
+        (encode.expect("a closure that ran cached its value above"))()
     }
 }
 
@@ -98,5 +103,21 @@ mod tests {
             assert_eq!(encoded, Bytes::from_static(b"a@1"));
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn keeps_one_form_per_type_up_to_its_capacity() {
+        let slot = EncodedSlot::default();
+        let calls = AtomicUsize::new(0);
+        let count = || calls.fetch_add(1, Ordering::SeqCst);
+        for _ in 0..2 {
+            assert_eq!(slot.get_or_encode(|| (count(), Bytes::from_static(b"herald")).1), "herald");
+            assert_eq!(slot.get_or_encode(|| (count(), String::from("pusher")).1), "pusher");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "each form encoded once");
+        // A third type has no form of its own: encoded each time, still right.
+        assert_eq!(slot.get_or_encode(|| (count(), 7u32).1), 7);
+        assert_eq!(slot.get_or_encode(|| (count(), 7u32).1), 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
 }

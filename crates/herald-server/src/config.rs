@@ -51,6 +51,8 @@ pub struct RawConfig {
     pub tls: Option<RawTls>,
     #[serde(default)]
     pub demo: RawDemo,
+    #[serde(default)]
+    pub pusher: crate::pusher::apps::RawPusher,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -249,6 +251,8 @@ pub struct Settings {
     /// TLS termination by Herald itself; `None`: plain HTTP (or a proxy in front terminates).
     pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
     pub demos: DemoSettings,
+    /// The Pusher door: its apps (none: closed) and options.
+    pub pusher: crate::pusher::apps::PusherSettings,
 }
 
 /// `[demo]`, validated.
@@ -422,6 +426,13 @@ impl Settings {
             Some(raw_auth) => Some(std::sync::Arc::new(authenticator(raw_auth)?)),
         };
         check_origins(raw.allowed_origins.as_ref())?;
+        let namespaces = namespaces(
+            &raw.namespaces,
+            auth.is_some(),
+            demos_enabled(&raw.demo, auth.is_some(), listen.ip().is_loopback()),
+        )?;
+        let (pusher, namespaces) =
+            crate::pusher::apps::settings(&raw.pusher, namespaces).map_err(|(key, reason)| invalid(key, reason))?;
         Ok(Self {
             listen,
             data_dir: overrides
@@ -434,11 +445,8 @@ impl Settings {
             tls: tls(raw.tls.clone(), overrides)?,
             api_keys: api_keys(&raw.api)?,
             demos: demos(&raw.demo, auth.is_some(), listen.ip().is_loopback())?,
-            namespaces: namespaces(
-                &raw.namespaces,
-                auth.is_some(),
-                demos_enabled(&raw.demo, auth.is_some(), listen.ip().is_loopback()),
-            )?,
+            namespaces,
+            pusher,
             auth,
             websocket: websocket(&raw.websocket, overrides)?,
             streaming: streaming(&raw.streaming)?,
@@ -921,6 +929,7 @@ fn herald_env() -> Env {
         "nats",
         "storage",
         "tls",
+        "pusher",
     ];
     Env::prefixed("HERALD_").split("__").filter(|key| {
         // Keys are lowercased after this filter runs.

@@ -40,18 +40,21 @@ pub fn websocket_closed(reason: &'static str) {
 pub enum PublishedVia {
     Api = 0,
     WebSocket = 1,
+    /// A Pusher client event, or the Pusher HTTP API.
+    Pusher = 2,
 }
 
 /// A publish accepted. The counters are looked up once: a lookup by name and labels costs
 /// about a thousand instructions, on every publish.
 pub fn published(via: PublishedVia) {
-    static COUNTERS: OnceLock<[metrics::Counter; 2]> = OnceLock::new();
+    static COUNTERS: OnceLock<[metrics::Counter; 3]> = OnceLock::new();
     let counters = COUNTERS.get_or_init(|| {
         // The recorder first: a counter made before it would count nowhere.
         handle();
         [
             metrics::counter!("herald_publishes_total", "via" => "api"),
             metrics::counter!("herald_publishes_total", "via" => "websocket"),
+            metrics::counter!("herald_publishes_total", "via" => "pusher"),
         ]
     });
     counters[via as usize].increment(1);

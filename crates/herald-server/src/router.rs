@@ -11,7 +11,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin, api, demo, ops, transport, web};
+use crate::{admin, api, demo, ops, pusher, transport, web};
 
 pub fn router(app: AppState) -> Router {
     // Room for the largest allowed data plus the envelope around it.
@@ -28,7 +28,8 @@ pub fn router(app: AppState) -> Router {
         .route("/poll", get(transport::poll::poll))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics));
+        .route("/metrics", get(ops::metrics))
+        .merge(pusher::client_routes(&app.settings.pusher.http_path));
     if app.settings.websocket.echo_route {
         transports = transports.route("/ws/echo", get(transport::ws::echo));
     }
@@ -50,6 +51,8 @@ pub fn router(app: AppState) -> Router {
         .fallback(|| async { ApiError::not_found() })
         .layer(cors_layer(&app.settings))
         .nest("/api", api)
+        // Pusher's server SDKs sign their requests; no browser calls this API.
+        .merge(pusher::api_routes().layer(DefaultBodyLimit::max(body_limit)))
         // After the transports' CORS: the console answers its own origin only.
         .nest("/admin", admin::router())
         .with_state(app)

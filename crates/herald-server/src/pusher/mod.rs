@@ -1,4 +1,48 @@
-//! The Pusher Channels door (issue 18), under construction: so far the protocol's signatures.
-//! The WebSocket route, the HTTP API and the HTTP fallbacks come next, onto the same hub.
+//! The Pusher Channels door: pusher-js, Laravel Echo and Pusher's server SDKs talk to Herald
+//! unchanged, onto the same hub as Herald's own protocol (see `docs/pusher.md`).
+//!
+//! - [`apps`]: the apps of `[[pusher.apps]]`, and the channel rules their names imply;
+//! - [`signature`]: the protocol's signatures (channel and user auth, HTTP API requests);
+//! - [`events`]: the door's events on the wire, and publications in their Pusher form;
+//! - [`session`]: one Pusher connection's state machine, whatever carries it;
+//! - [`socket`]: `GET /app/{key}`, the WebSocket route;
+//! - [`http`]: the HTTP fallbacks (`xhr_streaming`, `xhr`, `xhr_send`) under `httpPath`;
+//! - [`api`]: the HTTP API under `/apps/{id}`.
 
+pub mod api;
+pub mod apps;
+pub mod events;
+pub mod http;
+pub mod session;
 pub mod signature;
+pub mod socket;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::state::AppState;
+
+/// The door's routes for clients: the WebSocket route (at the root, and under `httpPath`, where
+/// pusher-js puts it when `httpPath` is set), and the HTTP fallbacks under `httpPath`.
+pub fn client_routes(http_path: &str) -> Router<AppState> {
+    let session = format!("{http_path}/app/{{key}}/{{server}}/{{session}}");
+    Router::new()
+        .route("/app/{key}", get(socket::upgrade))
+        .route(&format!("{http_path}/app/{{key}}"), get(socket::upgrade))
+        .route(&format!("{session}/xhr_streaming"), post(http::xhr_streaming))
+        .route(&format!("{session}/xhr"), post(http::xhr_polling))
+        .route(&format!("{session}/xhr_send"), post(http::xhr_send))
+        .layer(axum::Extension(Arc::new(http::HttpSessions::default())))
+}
+
+/// The door's HTTP API for server SDKs.
+pub fn api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/apps/{id}/events", post(api::events))
+        .route("/apps/{id}/batch_events", post(api::batch_events))
+        .route("/apps/{id}/channels", get(api::channels))
+        .route("/apps/{id}/channels/{name}", get(api::channel))
+        .route("/apps/{id}/channels/{name}/users", get(api::users))
+}

@@ -53,7 +53,7 @@ pub async fn echo(
 /// Protocols`, and once hyper hands the socket over, runs `serve` on it (with the admission,
 /// held as long as the connection) in a tracked task of its own: the task that waited for the
 /// upgrade ends, so its state does not stay in every connection's.
-fn accept<F, Fut>(
+pub(crate) fn accept<F, Fut>(
     app: AppState,
     peer: std::net::SocketAddr,
     mut request: Request,

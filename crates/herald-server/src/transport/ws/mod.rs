@@ -8,7 +8,8 @@
 //! the peer has read the close frame.
 //!
 //! - [`handshake`]: the opening handshake and the connection's task;
-//! - [`session`]: the per-connection loop, bounded writes, goodbyes;
+//! - [`session`]: the per-connection loop, bounded writes, goodbyes, for any [`Protocol`]
+//!   (Herald's own here, the Pusher door's in [`crate::pusher`]);
 //! - [`connection`]: what the client is apart from its socket (identity, positions, rates);
 //! - [`commands`]: the client commands, acting on the connection;
 //! - [`frames`]: client messages in, server frames out;
@@ -23,5 +24,7 @@ mod handshake;
 mod session;
 mod watched;
 
+pub(crate) use handshake::accept;
 pub use handshake::{echo, upgrade};
+pub(crate) use session::{Ending, Goodbye, Protocol, refuse, run_protocol};
 pub use watched::{Socket, WatchedIo};

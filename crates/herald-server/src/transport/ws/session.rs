@@ -1,6 +1,7 @@
 //! One WebSocket connection: a single task running one `select!` over shutdown, pushes out (or
 //! the mark that the connection lagged), frames in, and the heartbeat; then a goodbye that fits
-//! the ending.
+//! the ending. What the messages mean is the [`Protocol`]'s: Herald's own ([`Connection`]) or
+//! the Pusher door's, over the same loop.
 //!
 //! Every open connection holds this task's state, so it is kept small: what only some wake-ups
 //! need (commands, pings, blocked writes, the goodbye) runs in boxed futures.
@@ -13,7 +14,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{ChannelName, Inbox, PositionTracker, Push};
+use herald_core::{Inbox, PositionTracker, Push};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 
@@ -25,6 +26,7 @@ use crate::auth::Identity;
 use crate::encode::{EncodedPresence, wire_position};
 use crate::presence::ClientId;
 use crate::state::AppState;
+use crate::transport::Expiry;
 use crate::transport::limits::ConnectionPermit;
 use herald_wire::ErrorBody;
 use herald_wire::close_code;
@@ -36,6 +38,32 @@ const PING_FRAME: [u8; 2] = [0x89, 0x00];
 const WRITE_BATCH: usize = 256;
 /// How long a closing connection waits for its goodbye to be written and for the peer's close.
 pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// What a session speaks: how it answers the client's messages, which frame each push becomes,
+/// and how it says goodbye. The session owns the socket, the inbox and the loop.
+pub(crate) trait Protocol: Send + 'static {
+    fn app(&self) -> &AppState;
+    /// When the client's credentials run out, if they do.
+    fn expiry(&mut self) -> &mut Expiry;
+    /// Answers a text message: the frames to send, or the ending it calls for.
+    fn on_text(&mut self, text: &str) -> impl Future<Output = Result<Vec<Bytes>, Ending>> + Send;
+    /// Answers a binary message.
+    fn on_binary(&mut self) -> Result<Vec<Bytes>, Ending>;
+    /// Queues the frame of a push, if this client gets it.
+    fn queue_push(&mut self, push: Push, pending: &mut VecDeque<Bytes>);
+    /// Leaves every channel: the session is over.
+    fn leave_all(&mut self) -> impl Future<Output = ()> + Send;
+    /// How the session says goodbye after `ending`: the close code and reason, and a last
+    /// frame before the close; `None`: no goodbye.
+    fn goodbye(&self, ending: Ending) -> Option<Goodbye>;
+}
+
+/// A session's last words: an optional frame, then a close frame.
+pub(crate) struct Goodbye {
+    pub(crate) code: u16,
+    pub(crate) reason: &'static str,
+    pub(crate) last_frame: Option<Bytes>,
+}
 
 /// The connection's task. The session is built before the future: an `async fn` would keep its
 /// arguments (the socket among them) in its state beside the session they were moved into.
@@ -63,24 +91,41 @@ where
         publish_rate,
     };
     connection.set_identity(identity);
+    run_protocol(connection, inbox, socket, permit, Vec::new())
+}
+
+/// The task of a connection speaking `protocol`, whose pushes arrive in `inbox`; `greeting`
+/// is written first.
+pub(crate) fn run_protocol<T, P>(
+    protocol: P,
+    inbox: Inbox,
+    socket: WatchedIo<T>,
+    permit: ConnectionPermit,
+    greeting: Vec<Bytes>,
+) -> impl Future<Output = ()>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    P: Protocol,
+{
     let mut session = Session {
-        connection,
+        connection: protocol,
         inbox,
         socket,
         reader: MessageReader::default(),
-        pending: VecDeque::new(),
+        pending: VecDeque::from(greeting),
         _permit: Box::new(permit),
     };
     async move {
-        let ending = session.serve().await;
+        let greeted = session.pending.is_empty() || Box::pin(session.send(Vec::new())).await.is_ok();
+        let ending = if greeted { session.serve().await } else { Ending::WriteFailed };
         // Boxed: the goodbye is rare, and this keeps it out of every idle connection's state.
         Box::pin(session.finish(ending)).await;
     }
 }
 
-pub(super) struct Session<T> {
-    /// Who the client is and what it follows: what its commands act on.
-    connection: Connection,
+pub(super) struct Session<T, P> {
+    /// Who the client is and what it follows: what its messages act on.
+    connection: P,
     inbox: Inbox,
     socket: WatchedIo<T>,
     /// The client's messages, put together from the socket's input.
@@ -94,7 +139,7 @@ pub(super) struct Session<T> {
 
 /// Why a session ended, which decides how it says goodbye.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ending {
+pub(crate) enum Ending {
     PeerClosed,
     PeerGone,
     Shutdown,
@@ -133,8 +178,8 @@ impl Ending {
         }
     }
 
-    /// The close code, reason, and whether the client should reconnect; `None`: no goodbye.
-    fn goodbye(self) -> Option<(u16, &'static str, bool)> {
+    /// Herald's close code, reason, and whether the client should reconnect; `None`: no goodbye.
+    pub(crate) fn goodbye(self) -> Option<(u16, &'static str, bool)> {
         match self {
             Self::PeerClosed | Self::PeerGone | Self::WriteFailed => None,
             Self::Shutdown => Some((close_code::GOING_AWAY, "server shutting down", true)),
@@ -155,16 +200,17 @@ impl Ending {
     }
 }
 
-impl<T> Session<T>
+impl<T, P> Session<T, P>
 where
     T: AsyncRead + AsyncWrite + Unpin,
+    P: Protocol,
 {
     async fn serve(&mut self) -> Ending {
         // The settings are read where used rather than kept: every open connection holds this
         // future's state.
-        let mut heartbeat = Box::pin(tokio::time::sleep(self.connection.app.settings.websocket.ping_interval));
+        let mut heartbeat = Box::pin(tokio::time::sleep(self.connection.app().settings.websocket.ping_interval));
         let mut last_heard = Instant::now();
-        let shutdown = self.connection.app.shutdown.clone();
+        let shutdown = self.connection.app().shutdown.clone();
         let waiter = pin!(shutdown.cancelled());
         let mut stop = crate::transport::stop_signal(&shutdown, waiter);
         let mut batch = Vec::new();
@@ -173,8 +219,11 @@ where
             // A full batch means pushes may keep coming: look at the client's side once first,
             // so its commands and pongs are never starved.
             if check_socket_first
-                && let Poll::Ready(message) =
-                    futures_util::poll!(next_message(&mut self.socket, &mut self.reader, &self.connection.app))
+                && let Poll::Ready(message) = futures_util::poll!(next_message(
+                    &mut self.socket,
+                    &mut self.reader,
+                    self.connection.app().settings.limits.max_message_size.get()
+                ))
             {
                 last_heard = Instant::now();
                 if let Err(ending) = Box::pin(self.handle_message(message)).await {
@@ -197,16 +246,16 @@ where
                     }
                 }
                 // Read only when input may have arrived: most wake-ups are pushes.
-                message = next_message(&mut self.socket, &mut self.reader, &self.connection.app) => {
+                message = next_message(&mut self.socket, &mut self.reader, self.connection.app().settings.limits.max_message_size.get()) => {
                     last_heard = Instant::now();
                     // Boxed, like every rare path: messages from the client are few next to pushes.
                     if let Err(ending) = Box::pin(self.handle_message(message)).await {
                         return ending;
                     }
                 }
-                () = crate::transport::until_expiry(&mut self.connection.expiry) => return Ending::TokenExpired,
+                () = crate::transport::until_expiry(self.connection.expiry()) => return Ending::TokenExpired,
                 () = heartbeat.as_mut() => {
-                    let settings = &self.connection.app.settings.websocket;
+                    let settings = &self.connection.app().settings.websocket;
                     if last_heard.elapsed() >= settings.ping_interval + settings.pong_timeout {
                         return Ending::NoPong;
                     }
@@ -231,11 +280,11 @@ where
             Ok(Incoming::Ping(payload)) => self.send(vec![frames::frame(frames::OPCODE_PONG, &payload)]).await,
             Ok(Incoming::Pong) => Ok(()),
             Ok(Incoming::Binary(_)) => {
-                let error = ErrorBody::new("binary_not_supported", "send commands as JSON text frames");
-                self.send(vec![error_reply(None, error)]).await
+                let replies = self.connection.on_binary()?;
+                self.send(replies).await
             }
             Ok(Incoming::Text(text)) => {
-                let replies = self.connection.handle_command(&text).await;
+                let replies = self.connection.on_text(&text).await?;
                 self.send(replies).await
             }
         }
@@ -271,25 +320,18 @@ where
         let write = write_frames(&mut self.socket, &mut self.pending);
         tokio::select! {
             biased;
-            () = self.connection.app.shutdown.cancelled() => Err(Ending::Shutdown),
+            () = self.connection.app().shutdown.cancelled() => Err(Ending::Shutdown),
             _ = self.inbox.lagged() => Err(Ending::Lagged),
-            written = timeout(self.connection.app.settings.websocket.write_timeout, write) => match written {
+            written = timeout(self.connection.app().settings.websocket.write_timeout, write) => match written {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) | Err(_) => Err(Ending::WriteFailed),
             },
         }
     }
 
-    /// Queues a push's shared frame, unless it is a publication this connection has seen.
+    /// Queues a push's frame, if the client gets it.
     fn queue_push(&mut self, push: Push) {
-        match push {
-            Push::Publication(publication) => {
-                if let Some(frame) = self.connection.publication_frame(&publication) {
-                    self.pending.push_back(frame);
-                }
-            }
-            Push::Presence(event) => self.pending.push_back(EncodedPresence::of(&event).ws_frame),
-        }
+        self.connection.queue_push(push, &mut self.pending);
     }
 
     /// Writes complete frames (replies, pongs, pings) after whatever is queued.
@@ -307,16 +349,10 @@ where
     /// Unsubscribes everywhere, then says goodbye the way the ending calls for. On shutdown
     /// the pushes already queued go out first: in-flight work is finished.
     async fn finish(mut self, ending: Ending) {
-        let channels: Vec<ChannelName> = self.connection.positions.iter().map(|(channel, _)| channel.clone()).collect();
-        let client = self.connection.client.to_string();
-        for channel in &channels {
-            // Gone, unless the client is back within the grace period.
-            self.connection.app.hub.leave_presence(channel, &client, true);
-            self.connection.app.hub.unsubscribe(&self.connection.subscriber, channel).await;
-        }
+        self.connection.leave_all().await;
         let ending = match ending {
             // A write that failed while the queue overflowed: the client is too slow.
-            Ending::WriteFailed if self.connection.app.shutdown.is_cancelled() => Ending::Shutdown,
+            Ending::WriteFailed if self.connection.app().shutdown.is_cancelled() => Ending::Shutdown,
             Ending::WriteFailed if self.inbox.is_lagged() => Ending::Lagged,
             other => other,
         };
@@ -337,27 +373,78 @@ where
             return;
         }
         // After the peer's close, the reply to it was among the queued frames.
-        let Some((code, reason, reconnect)) = ending.goodbye() else {
+        let Some(goodbye) = self.connection.goodbye(ending) else {
             return;
         };
-        if ending != Ending::NoPong {
+        if let Some(frame) = goodbye.last_frame {
+            self.pending.push_back(frame);
+        }
+        if !matches!(timeout(CLOSE_WAIT, write_frames(&mut self.socket, &mut self.pending)).await, Ok(Ok(()))) {
+            // The push is cut short: a close frame now would land inside it.
+            return;
+        }
+        let max_message = self.connection.app().settings.limits.max_message_size.get();
+        let (code, reason) = (goodbye.code, goodbye.reason);
+        close_and_linger(&mut self.socket, &mut self.reader, max_message, code, reason, ending.read_failed()).await;
+    }
+}
+
+/// Herald's own protocol on the session.
+impl Protocol for Connection {
+    fn app(&self) -> &AppState {
+        &self.app
+    }
+
+    fn expiry(&mut self) -> &mut Expiry {
+        &mut self.expiry
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<Vec<Bytes>, Ending> {
+        Ok(self.handle_command(text).await)
+    }
+
+    fn on_binary(&mut self) -> Result<Vec<Bytes>, Ending> {
+        let error = ErrorBody::new("binary_not_supported", "send commands as JSON text frames");
+        Ok(vec![error_reply(None, error)])
+    }
+
+    /// A push's shared frame, unless it is a publication this connection has seen.
+    fn queue_push(&mut self, push: Push, pending: &mut VecDeque<Bytes>) {
+        match push {
+            Push::Publication(publication) => {
+                if let Some(frame) = self.publication_frame(&publication) {
+                    pending.push_back(frame);
+                }
+            }
+            Push::Presence(event) => pending.push_back(EncodedPresence::of(&event).ws_frame),
+        }
+    }
+
+    async fn leave_all(&mut self) {
+        let channels: Vec<herald_core::ChannelName> =
+            self.positions.iter().map(|(channel, _)| channel.clone()).collect();
+        let client = self.client.to_string();
+        for channel in &channels {
+            // Gone, unless the client is back within the grace period.
+            self.app.hub.leave_presence(channel, &client, true);
+            self.app.hub.unsubscribe(&self.subscriber, channel).await;
+        }
+    }
+
+    /// Herald's close code, after a `disconnect` push with the positions to recover from.
+    fn goodbye(&self, ending: Ending) -> Option<Goodbye> {
+        let (code, reason, reconnect) = ending.goodbye()?;
+        let last_frame = (ending != Ending::NoPong).then(|| {
             let positions = self
-                .connection
                 .positions
                 .iter()
                 .map(|(channel, position)| (channel.to_string(), wire_position(position)))
                 .collect();
             let push =
                 DisconnectPush { disconnect: Disconnect { code, reason: reason.to_string(), reconnect, positions } };
-            let json = serde_json::to_string(&push).unwrap_or_default();
-            self.pending.push_back(frames::text_frame(json).1);
-        }
-        if !matches!(timeout(CLOSE_WAIT, write_frames(&mut self.socket, &mut self.pending)).await, Ok(Ok(()))) {
-            // The push is cut short: a close frame now would land inside it.
-            return;
-        }
-        let max_message = self.connection.app.settings.limits.max_message_size.get();
-        close_and_linger(&mut self.socket, &mut self.reader, max_message, code, reason, ending.read_failed()).await;
+            frames::text_frame(serde_json::to_string(&push).unwrap_or_default()).1
+        });
+        Some(Goodbye { code, reason, last_frame })
     }
 }
 
@@ -366,12 +453,11 @@ where
 fn next_message<'a, T>(
     socket: &'a mut WatchedIo<T>,
     reader: &'a mut MessageReader,
-    app: &AppState,
+    max_message: usize,
 ) -> impl Future<Output = Result<Incoming, ReadError>> + 'a
 where
     T: AsyncRead + Unpin,
 {
-    let max_message = app.settings.limits.max_message_size.get();
     std::future::poll_fn(move |context| {
         std::task::ready!(socket.poll_input(context));
         reader.poll_next(socket, context, max_message)
@@ -428,6 +514,17 @@ where
     }
     // Nothing on plain TCP; over TLS, what the session took may still wait in its buffer.
     Pin::new(raw).poll_flush(context)
+}
+
+/// Refuses a connection just opened: `frame` (saying why), then the close.
+pub(crate) async fn refuse<T>(mut socket: WatchedIo<T>, frame: Bytes, code: u16, reason: &str, max_message: usize)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut pending = VecDeque::from([frame]);
+    if matches!(timeout(CLOSE_WAIT, write_frames(&mut socket, &mut pending)).await, Ok(Ok(()))) {
+        close_and_linger(&mut socket, &mut MessageReader::default(), max_message, code, reason, false).await;
+    }
 }
 
 /// After a read error on the echo route: the close code that fits it, then lingering.

@@ -1,0 +1,374 @@
+//! The HTTP fallbacks pusher-js uses when WebSocket fails, under its `httpPath` (`/pusher` by
+//! default), as pusher-js's `src/core/http/` speaks them:
+//!
+//! - `POST {path}/app/{key}/{server}/{session}/xhr_streaming`: one long response of frames;
+//! - `POST …/xhr`: a long poll, one batch of frames per request;
+//! - `POST …/xhr_send`: the client's events, a JSON array of JSON-encoded events.
+//!
+//! Frames are lines: `o` (open), `a[…]` (events, each a JSON string), `h` (heartbeat),
+//! `c[code,"reason"]` (close). One task per session runs the same [`PusherSession`] as the
+//! WebSocket route, and outlives its requests: a poll's gap, or a stream pusher-js reopens
+//! once its buffer grows long, finds the session where it was. A session with no request for
+//! [`DETACHED_LIMIT`] ends.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes as BodyBytes};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use herald_core::{Inbox, Push};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+
+use super::session::{Close, Outgoing, PusherSession};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::transport::limits::{ConnectionKind, ConnectionPermit};
+
+/// How long a session lives with no receiving request (pusher-js polls again at once, and
+/// reopens a stream within a second).
+pub const DETACHED_LIMIT: Duration = Duration::from_secs(15);
+/// How long a poll waits for events before answering a heartbeat; a stream's heartbeat period.
+const HEARTBEAT: Duration = Duration::from_secs(25);
+/// Client messages waiting for the session at most (`xhr_send` answers 429 beyond).
+const INCOMING_CAPACITY: usize = 64;
+/// Pushes per batch taken from the inbox.
+const BATCH: usize = 256;
+
+/// The HTTP sessions open on this node, by `{key}/{server}/{session}`.
+#[derive(Default)]
+pub struct HttpSessions(Mutex<HashMap<String, SessionHandle>>);
+
+#[derive(Clone)]
+struct SessionHandle {
+    incoming: mpsc::Sender<Vec<String>>,
+    receivers: mpsc::Sender<Receiver>,
+}
+
+impl HttpSessions {
+    fn get(&self, id: &str) -> Option<SessionHandle> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(id).cloned()
+    }
+
+    fn insert(&self, id: String, handle: SessionHandle) {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(id, handle);
+    }
+
+    fn remove(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(id);
+    }
+}
+
+/// A request waiting for frames: a stream takes every frame until it goes; a poll takes one
+/// batch.
+enum Receiver {
+    Stream(mpsc::Sender<Bytes>),
+    Poll(oneshot::Sender<Bytes>),
+}
+
+/// Which fallback a request is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Streaming,
+    Polling,
+}
+
+type SessionPath = Path<(String, String, String)>;
+
+pub async fn xhr_streaming(
+    State(app): State<AppState>,
+    axum::Extension(sessions): axum::Extension<Arc<HttpSessions>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Path((key, server, session)): SessionPath,
+    RawQuery(query): RawQuery,
+) -> Response {
+    receive(app, sessions, peer, (key, server, session), query, Kind::Streaming).await
+}
+
+pub async fn xhr_polling(
+    State(app): State<AppState>,
+    axum::Extension(sessions): axum::Extension<Arc<HttpSessions>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Path((key, server, session)): SessionPath,
+    RawQuery(query): RawQuery,
+) -> Response {
+    receive(app, sessions, peer, (key, server, session), query, Kind::Polling).await
+}
+
+/// `xhr_send`: hands the client's events to its session, in order.
+pub async fn xhr_send(
+    axum::Extension(sessions): axum::Extension<Arc<HttpSessions>>,
+    Path((key, server, session)): SessionPath,
+    body: BodyBytes,
+) -> Response {
+    let Some(handle) = sessions.get(&format!("{key}/{server}/{session}")) else {
+        return ApiError::new(StatusCode::NOT_FOUND, "session_not_found", "no such session: open one first")
+            .into_response();
+    };
+    let messages: Vec<String> = match serde_json::from_slice(&body) {
+        Ok(messages) => messages,
+        Err(error) => {
+            return ApiError::bad_request("invalid_json", format!("xhr_send takes a JSON array of strings: {error}"))
+                .into_response();
+        }
+    };
+    if messages.is_empty() {
+        // pusher-js's heartbeat.
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    match handle.incoming.try_send(messages) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many events waiting: slow down")
+                .into_response()
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            ApiError::new(StatusCode::NOT_FOUND, "session_not_found", "the session has ended").into_response()
+        }
+    }
+}
+
+async fn receive(
+    app: AppState,
+    sessions: Arc<HttpSessions>,
+    peer: std::net::SocketAddr,
+    (key, server, session): (String, String, String),
+    query: Option<String>,
+    kind: Kind,
+) -> Response {
+    let id = format!("{key}/{server}/{session}");
+    let (receiver, response_body) = receiver(kind);
+    if let Some(handle) = sessions.get(&id) {
+        // A stream reopened, or the next poll: the session goes on.
+        if handle.receivers.send(receiver).await.is_err() {
+            return frames_response(close_frame(Close { code: 1006, reason: "session ended" }));
+        }
+        return response(response_body);
+    }
+    if let Some(close) = super::socket::refusal(&app, &key, query.as_deref()) {
+        return frames_response(close_frame(close));
+    }
+    let Some(pusher_app) = app.settings.pusher.by_key(&key).cloned() else {
+        return frames_response(close_frame(Close { code: 4001, reason: "no app with this key on this server" }));
+    };
+    if app.shutdown.is_cancelled() {
+        return frames_response(close_frame(Close { code: 4200, reason: "server shutting down: reconnect" }));
+    }
+    let permit = match app.connections.admit(peer.ip(), ConnectionKind::Stream) {
+        Ok(permit) => permit,
+        Err(_) => return frames_response(close_frame(Close { code: 4100, reason: "over capacity" })),
+    };
+    let capacity = app.settings.websocket.outbox_capacity.get();
+    let (pusher_session, inbox) = PusherSession::new(app.clone(), pusher_app, capacity);
+    let (incoming_tx, incoming) = mpsc::channel(INCOMING_CAPACITY);
+    let (receivers_tx, receivers) = mpsc::channel(4);
+    sessions.insert(id.clone(), SessionHandle { incoming: incoming_tx, receivers: receivers_tx });
+    let task = SessionTask {
+        session: pusher_session,
+        inbox,
+        incoming,
+        receivers,
+        receiver: Some(receiver),
+        queued: VecDeque::new(),
+        queue_limit: capacity,
+        _permit: permit,
+    };
+    let opening = task.session.greeting();
+    app.tasks.spawn(async move {
+        task.run(opening).await;
+        sessions.remove(&id);
+    });
+    response(response_body)
+}
+
+/// A receiver and the body of its response.
+fn receiver(kind: Kind) -> (Receiver, Body) {
+    match kind {
+        Kind::Streaming => {
+            let (sender, receiver) = mpsc::channel::<Bytes>(64);
+            let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+                receiver.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), receiver))
+            });
+            (Receiver::Stream(sender), Body::from_stream(stream))
+        }
+        Kind::Polling => {
+            let (sender, receiver) = oneshot::channel::<Bytes>();
+            let stream =
+                futures_util::stream::once(async move { Ok::<_, Infallible>(receiver.await.unwrap_or_default()) });
+            (Receiver::Poll(sender), Body::from_stream(stream))
+        }
+    }
+}
+
+fn response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/javascript; charset=UTF-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store, no-cache, must-revalidate, max-age=0"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+fn frames_response(frames: Bytes) -> Response {
+    response(Body::from(frames))
+}
+
+fn close_frame(close: Close) -> Bytes {
+    let json = serde_json::json!([close.code, close.reason]);
+    Bytes::from(format!("c{json}\n"))
+}
+
+const OPEN_FRAME: &[u8] = b"o\n";
+const HEARTBEAT_FRAME: &[u8] = b"h\n";
+
+/// One HTTP session's task: the Pusher session, the requests that receive its frames, and the
+/// frames waiting for the next one.
+struct SessionTask {
+    session: PusherSession,
+    inbox: Inbox,
+    incoming: mpsc::Receiver<Vec<String>>,
+    receivers: mpsc::Receiver<Receiver>,
+    receiver: Option<Receiver>,
+    /// Event JSON waiting for a receiver.
+    queued: VecDeque<Bytes>,
+    queue_limit: usize,
+    _permit: ConnectionPermit,
+}
+
+/// Why a session ends.
+enum End {
+    Closed(Close),
+    /// No receiving request for too long: the client is gone.
+    Abandoned,
+}
+
+impl SessionTask {
+    async fn run(mut self, greeting: String) {
+        // The open frame first (a poll's whole first answer), then the handshake event.
+        self.send_frame(Bytes::from_static(OPEN_FRAME));
+        self.queued.push_back(Bytes::from(greeting));
+        let end = self.serve().await;
+        self.session.leave_all().await;
+        if let End::Closed(close) = end {
+            crate::metrics::websocket_closed("pusher_http_closed");
+            self.flush();
+            self.send_frame(close_frame(close));
+        }
+    }
+
+    async fn serve(&mut self) -> End {
+        let app = self.session.app().clone();
+        let mut batch = Vec::with_capacity(16);
+        let mut detached_since = self.receiver.is_none().then(Instant::now);
+        let mut heartbeat_at = Instant::now() + HEARTBEAT;
+        loop {
+            self.flush();
+            if self.receiver.is_none() && detached_since.is_none() {
+                detached_since = Some(Instant::now());
+            }
+            if self.queued.len() > self.queue_limit {
+                return End::Closed(Close {
+                    code: 4100,
+                    reason: "over capacity: events waited too long for a request",
+                });
+            }
+            let detached_deadline = detached_since.map(|since| since + DETACHED_LIMIT);
+            tokio::select! {
+                biased;
+                () = app.shutdown.cancelled() => return End::Closed(Close { code: 4200, reason: "server shutting down: reconnect" }),
+                received = self.inbox.recv_many(&mut batch, BATCH) => {
+                    if received.is_err() {
+                        return End::Closed(Close { code: 4100, reason: "over capacity: too slow to take the channel's events" });
+                    }
+                    for push in batch.drain(..) {
+                        self.queue_push(push);
+                    }
+                }
+                Some(messages) = self.incoming.recv() => {
+                    for message in messages {
+                        match self.session.on_message(&message).await {
+                            Ok(outgoing) => outgoing.into_iter().for_each(|event| self.queue(event)),
+                            Err(close) => return End::Closed(close),
+                        }
+                    }
+                }
+                Some(receiver) = self.receivers.recv() => {
+                    // A newer request replaces an older one, which is answered now.
+                    if let Some(Receiver::Poll(old)) = self.receiver.take() {
+                        let _ = old.send(Bytes::from_static(HEARTBEAT_FRAME));
+                    }
+                    self.receiver = Some(receiver);
+                    detached_since = None;
+                    heartbeat_at = Instant::now() + HEARTBEAT;
+                }
+                () = receiver_gone(&self.receiver) => {
+                    self.receiver = None;
+                }
+                () = sleep_until(heartbeat_at), if self.receiver.is_some() => {
+                    self.send_frame(Bytes::from_static(HEARTBEAT_FRAME));
+                    heartbeat_at = Instant::now() + HEARTBEAT;
+                }
+                () = sleep_until(detached_deadline.unwrap_or_else(Instant::now)), if detached_deadline.is_some() => {
+                    return End::Abandoned;
+                }
+            }
+        }
+    }
+
+    fn queue_push(&mut self, push: Push) {
+        if let Some(outgoing) = self.session.on_push(push) {
+            self.queue(outgoing);
+        }
+    }
+
+    fn queue(&mut self, outgoing: Outgoing) {
+        self.queued.push_back(match outgoing {
+            Outgoing::Own(json) => Bytes::from(json),
+            Outgoing::Shared(form) => form.json,
+        });
+    }
+
+    /// Sends what is queued to the receiver, as one `a[…]` frame.
+    fn flush(&mut self) {
+        if self.queued.is_empty() || self.receiver.is_none() {
+            return;
+        }
+        let mut frame = BytesMut::from(&b"a"[..]);
+        let events: Vec<&str> = self.queued.iter().map(|json| std::str::from_utf8(json).unwrap_or("null")).collect();
+        // Each event is a JSON string inside the array: pusher-js parses it once more.
+        serde_json::to_writer((&mut frame).writer(), &events).unwrap_or_default();
+        frame.put_u8(b'\n');
+        if self.send_frame(frame.freeze()) {
+            self.queued.clear();
+        }
+    }
+
+    /// Gives a frame to the receiver; false when there is none to take it.
+    fn send_frame(&mut self, frame: Bytes) -> bool {
+        match self.receiver.take() {
+            Some(Receiver::Stream(sender)) => match sender.try_send(frame) {
+                Ok(()) => {
+                    self.receiver = Some(Receiver::Stream(sender));
+                    true
+                }
+                // A stream that cannot keep up is let go: pusher-js opens another.
+                Err(_) => false,
+            },
+            Some(Receiver::Poll(sender)) => sender.send(frame).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// Resolves when the receiving request has gone (its client closed it).
+async fn receiver_gone(receiver: &Option<Receiver>) {
+    match receiver {
+        Some(Receiver::Stream(sender)) => sender.closed().await,
+        Some(Receiver::Poll(_)) | None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,384 @@
+//! One Pusher connection, whatever carries it (the WebSocket route, or the HTTP fallbacks):
+//! its socket id, the channels it subscribed with their signatures checked, the members of
+//! its presence channels, client events and their rate, and what each hub push becomes.
+//!
+//! The hub's presence is per client; Pusher's members are users. Each presence channel keeps
+//! which clients belong to which user, so `member_added` and `member_removed` come once per
+//! user however many connections it has, and never for the connection's own joins.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_core::{
+    ChannelName, HistoryQuery, Inbox, PositionTracker, PresenceChange, PresenceEntry, PublishRequest, Push,
+    SubscriberHandle,
+};
+use serde_json::value::RawValue;
+
+use super::apps::{ChannelKind, PusherApp, is_cache};
+use super::events::{self, ChannelData, ClientMessage, PusherPublication, StoredEvent, SubscribeData};
+use crate::presence::ClientId;
+use crate::state::AppState;
+use crate::transport::limits::TokenBucket;
+
+/// The largest `channel_data` a presence subscription may carry, in bytes (Pusher's limit on
+/// user info is 1 KB; the id and the JSON around it fit in the rest).
+const MAX_CHANNEL_DATA: usize = 2048;
+/// Pusher's longest user id.
+const MAX_USER_ID: usize = 128;
+
+/// What the connection sends: an event of its own, or a publication's shared form.
+pub enum Outgoing {
+    Own(String),
+    Shared(PusherPublication),
+}
+
+/// Why the server closes a Pusher connection: a code in the ranges pusher-js acts on
+/// (4000-4099: do not reconnect, 4100-4199: back off, 4200-4299: reconnect now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+pub struct PusherSession {
+    app: AppState,
+    pusher_app: Arc<PusherApp>,
+    subscriber: SubscriberHandle,
+    client: ClientId,
+    socket_id: Arc<str>,
+    positions: PositionTracker,
+    channels: Vec<Subscription>,
+    /// Client events' rate (made on the first client event: most connections send none).
+    client_events: Option<Box<TokenBucket>>,
+}
+
+struct Subscription {
+    channel: ChannelName,
+    name: Box<str>,
+    kind: ChannelKind,
+    members: Option<Box<Members>>,
+}
+
+/// A presence channel's members as this connection knows them.
+struct Members {
+    /// This connection's own user.
+    me: String,
+    /// Present clients and their users.
+    clients: HashMap<String, String>,
+    /// Users with how many clients each.
+    users: HashMap<String, usize>,
+}
+
+impl Members {
+    /// Adds a client; true when its user is new (and not this connection's own).
+    fn add(&mut self, client: &str, user: &str) -> bool {
+        if user.is_empty() || self.clients.contains_key(client) {
+            return false;
+        }
+        self.clients.insert(client.to_string(), user.to_string());
+        let count = self.users.entry(user.to_string()).or_default();
+        *count += 1;
+        *count == 1 && user != self.me
+    }
+
+    /// Removes a client; the user it was the last client of, if any.
+    fn remove(&mut self, client: &str) -> Option<String> {
+        let user = self.clients.remove(client)?;
+        let count = self.users.get_mut(&user)?;
+        *count -= 1;
+        if *count > 0 {
+            return None;
+        }
+        self.users.remove(&user);
+        (user != self.me).then_some(user)
+    }
+}
+
+impl PusherSession {
+    pub fn new(app: AppState, pusher_app: Arc<PusherApp>, queue_capacity: usize) -> (Self, Inbox) {
+        let (subscriber, inbox) = app.hub.connect(queue_capacity);
+        let client = ClientId::random();
+        let bits = u128::from_be_bytes(client.to_bytes());
+        // Pusher's socket ids are two decimal numbers; the server SDKs check that shape.
+        let socket_id = Arc::from(format!("{}.{}", (bits >> 64) as u64, bits as u64));
+        let session = Self {
+            app,
+            pusher_app,
+            subscriber,
+            client,
+            socket_id,
+            positions: PositionTracker::default(),
+            channels: Vec::new(),
+            client_events: None,
+        };
+        (session, inbox)
+    }
+
+    pub fn app(&self) -> &AppState {
+        &self.app
+    }
+
+    pub fn socket_id(&self) -> &str {
+        &self.socket_id
+    }
+
+    /// `pusher:connection_established`, the first event of every connection.
+    pub fn greeting(&self) -> String {
+        let activity_timeout = self.app.settings.pusher.activity_timeout.as_secs();
+        let data = serde_json::json!({"socket_id": &*self.socket_id, "activity_timeout": activity_timeout});
+        events::event("pusher:connection_established", None, &data.to_string())
+    }
+
+    /// Handles one message from the client.
+    pub async fn on_message(&mut self, text: &str) -> Result<Vec<Outgoing>, Close> {
+        let message: ClientMessage<'_> = match serde_json::from_str(text) {
+            Ok(message) => message,
+            Err(error) => return Ok(own(events::error(None, &format!("an event is a JSON object: {error}")))),
+        };
+        let outgoing = match &*message.event {
+            "pusher:ping" => own(events::event("pusher:pong", None, "{}")),
+            "pusher:pong" => Vec::new(),
+            "pusher:subscribe" => self.subscribe(message.data).await,
+            "pusher:unsubscribe" => self.unsubscribe(message.data).await,
+            name if name.starts_with("client-") => self.client_event(&message).await,
+            name => own(events::error(None, &format!("unknown event {name:?}"))),
+        };
+        Ok(outgoing)
+    }
+
+    async fn subscribe(&mut self, data: Option<&RawValue>) -> Vec<Outgoing> {
+        let Some(request) = data.and_then(|data| serde_json::from_str::<SubscribeData>(data.get()).ok()) else {
+            return own(events::error(None, "pusher:subscribe needs data {channel, auth?, channel_data?}"));
+        };
+        let name = request.channel.as_str();
+        let refuse =
+            |kind: &str, message: &str, status: u16| own(events::subscription_error(name, kind, message, status));
+        let channel = match self.pusher_app.channel(name) {
+            Ok(channel) => channel,
+            Err(reason) => return refuse("InvalidChannel", &reason, 400),
+        };
+        if self.channels.iter().any(|subscription| subscription.channel == channel) {
+            return refuse("AlreadySubscribed", "already subscribed to this channel", 400);
+        }
+        let limit = self.app.settings.limits.max_channels_per_connection.get();
+        if self.channels.len() >= limit {
+            return refuse("LimitReached", &format!("at most {limit} channels per connection"), 400);
+        }
+        let kind = ChannelKind::of(name);
+        if kind.needs_auth() {
+            let channel_data = if kind == ChannelKind::Presence { request.channel_data.as_deref() } else { None };
+            let app = &self.pusher_app;
+            let signed = request.auth.as_deref().is_some_and(|auth| {
+                super::signature::channel_auth_matches(auth, &app.key, &app.secret, &self.socket_id, name, channel_data)
+            });
+            if !signed {
+                crate::metrics::refused("pusher_bad_signature");
+                return refuse("AuthError", "invalid signature for this socket and channel", 401);
+            }
+        }
+        let member = match kind {
+            ChannelKind::Presence => match presence_member(request.channel_data.as_deref()) {
+                Ok(member) => Some(member),
+                Err(message) => return refuse("InvalidChannelData", &message, 400),
+            },
+            _ => None,
+        };
+        let subscribed = match self.app.hub.subscribe(&self.subscriber, &channel, None).await {
+            Ok(subscribed) => subscribed,
+            Err(error) => return refuse("ServerError", &format!("engine unavailable: {error}"), 503),
+        };
+        self.positions.track(channel.clone(), subscribed.position.clone());
+        let mut subscription = Subscription { channel: channel.clone(), name: name.into(), kind, members: None };
+        let succeeded_data = match member {
+            Some((user, info)) => {
+                let entry = PresenceEntry {
+                    client: self.client.to_string(),
+                    user: user.clone(),
+                    info,
+                    since_ms: herald_core::unix_millis(),
+                };
+                self.app.hub.join_presence(&channel, entry).await;
+                let present = self.app.hub.presence(&channel).await.ok().flatten().map(|snapshot| snapshot.clients);
+                let mut members = Members { me: user, clients: HashMap::new(), users: HashMap::new() };
+                let mut hash = serde_json::Map::new();
+                let mut ids = Vec::new();
+                for entry in present.iter().flatten() {
+                    members.add(&entry.client, &entry.user);
+                    if !entry.user.is_empty() && !hash.contains_key(&entry.user) {
+                        ids.push(entry.user.clone());
+                        hash.insert(entry.user.clone(), user_info(entry));
+                    }
+                }
+                subscription.members = Some(Box::new(members));
+                serde_json::json!({"presence": {"ids": ids, "hash": hash, "count": ids.len()}}).to_string()
+            }
+            None => "{}".to_string(),
+        };
+        let mut outgoing = own(events::event("pusher_internal:subscription_succeeded", Some(name), &succeeded_data));
+        self.channels.push(subscription);
+        if is_cache(name) {
+            outgoing.push(self.cached_event(&channel, name, subscribed.position.offset).await);
+        }
+        outgoing
+    }
+
+    /// A cache channel's last event up to `top` (later ones come live), or `pusher:cache_miss`.
+    async fn cached_event(&self, channel: &ChannelName, name: &str, top: u64) -> Outgoing {
+        let query = HistoryQuery { since: Some(top.saturating_add(1)), limit: 1, reverse: true };
+        match self.app.hub.history(channel, query).await {
+            Ok(page) if !page.publications.is_empty() => Outgoing::Shared(PusherPublication::of(&page.publications[0])),
+            _ => Outgoing::Own(events::event("pusher:cache_miss", Some(name), "{}")),
+        }
+    }
+
+    async fn unsubscribe(&mut self, data: Option<&RawValue>) -> Vec<Outgoing> {
+        #[derive(serde::Deserialize)]
+        struct Unsubscribe {
+            channel: String,
+        }
+        let Some(request) = data.and_then(|data| serde_json::from_str::<Unsubscribe>(data.get()).ok()) else {
+            return own(events::error(None, "pusher:unsubscribe needs data {channel}"));
+        };
+        let Some(index) = self.channels.iter().position(|subscription| *subscription.name == request.channel) else {
+            // Pusher answers nothing either: the client may unsubscribe before the server heard.
+            return Vec::new();
+        };
+        let subscription = self.channels.swap_remove(index);
+        self.positions.forget(&subscription.channel);
+        self.app.hub.unsubscribe(&self.subscriber, &subscription.channel).await;
+        let client = self.client.to_string();
+        if self.app.hub.leave_presence(&subscription.channel, &client, false) {
+            self.app.hub.settle_presence(&subscription.channel, &client).await;
+        }
+        Vec::new()
+    }
+
+    /// `client-*` on a private or presence channel this connection subscribed: published to
+    /// the channel's other subscribers, at most `client_event_rate` a second.
+    async fn client_event(&mut self, message: &ClientMessage<'_>) -> Vec<Outgoing> {
+        let name = message.channel.as_deref().unwrap_or_default();
+        let Some(subscription) = self.channels.iter().find(|subscription| *subscription.name == *name) else {
+            return own(events::error(
+                None,
+                &format!("client event on {name:?}, which this connection has not subscribed"),
+            ));
+        };
+        if !matches!(subscription.kind, ChannelKind::Private | ChannelKind::Presence) {
+            return own(events::error(
+                None,
+                "client events are for private and presence channels (not encrypted ones)",
+            ));
+        }
+        let rate = self.app.settings.pusher.client_event_rate;
+        let bucket = self.client_events.get_or_insert_with(|| {
+            Box::new(TokenBucket::new(NonZeroUsize::new(rate as usize).unwrap_or(NonZeroUsize::MIN)))
+        });
+        if !bucket.try_take() {
+            crate::metrics::refused("rate_limited");
+            return own(events::error(Some(4301), &format!("client event rejected: at most {rate} a second")));
+        }
+        let user_id = subscription.members.as_ref().map(|members| members.me.as_str());
+        let null = RawValue::NULL;
+        let stored = StoredEvent {
+            event: message.event.clone(),
+            data: message.data.unwrap_or(null),
+            socket_id: Some(self.socket_id.as_ref().into()),
+            user_id: user_id.map(Into::into),
+        };
+        let data = serde_json::to_string(&stored).unwrap_or_default();
+        let max = self.app.settings.limits.max_message_size.get();
+        if data.len() > max {
+            return own(events::error(None, &format!("client event too large: at most {max} bytes")));
+        }
+        let request =
+            PublishRequest { channel: subscription.channel.clone(), data: Bytes::from(data), idempotency_key: None };
+        match crate::publish::publish(&self.app, request).await {
+            Ok(_) => {
+                crate::metrics::published(crate::metrics::PublishedVia::Pusher);
+                Vec::new()
+            }
+            Err(error) => own(events::error(None, &error.body.message)),
+        }
+    }
+
+    /// What a push becomes for this connection, if it gets it.
+    pub fn on_push(&mut self, push: Push) -> Option<Outgoing> {
+        match push {
+            Push::Publication(publication) => {
+                if !self.positions.advance(&publication) {
+                    return None;
+                }
+                let form = PusherPublication::of(&publication);
+                if form.exclude.as_deref() == Some(&*self.socket_id) {
+                    return None;
+                }
+                Some(Outgoing::Shared(form))
+            }
+            Push::Presence(event) => {
+                let subscription =
+                    self.channels.iter_mut().find(|subscription| subscription.channel == event.channel)?;
+                let members = subscription.members.as_mut()?;
+                let entry = &event.entry;
+                match event.change {
+                    PresenceChange::Join if members.add(&entry.client, &entry.user) => {
+                        let data = serde_json::json!({"user_id": &entry.user, "user_info": user_info(entry)});
+                        let name = &subscription.name;
+                        Some(Outgoing::Own(events::event(
+                            "pusher_internal:member_added",
+                            Some(name),
+                            &data.to_string(),
+                        )))
+                    }
+                    PresenceChange::Leave => {
+                        let user = members.remove(&entry.client)?;
+                        let data = serde_json::json!({"user_id": user});
+                        let name = &subscription.name;
+                        Some(Outgoing::Own(events::event(
+                            "pusher_internal:member_removed",
+                            Some(name),
+                            &data.to_string(),
+                        )))
+                    }
+                    PresenceChange::Join => None,
+                }
+            }
+        }
+    }
+
+    /// Leaves every channel: the connection is gone (its members stay for the grace period).
+    pub async fn leave_all(&mut self) {
+        let client = self.client.to_string();
+        for subscription in std::mem::take(&mut self.channels) {
+            self.app.hub.leave_presence(&subscription.channel, &client, true);
+            self.app.hub.unsubscribe(&self.subscriber, &subscription.channel).await;
+        }
+    }
+}
+
+fn own(event: String) -> Vec<Outgoing> {
+    vec![Outgoing::Own(event)]
+}
+
+/// The user and user info of a presence subscription's `channel_data`.
+fn presence_member(channel_data: Option<&str>) -> Result<(String, Option<Bytes>), String> {
+    let text = channel_data.ok_or("a presence channel's subscription needs channel_data")?;
+    if text.len() > MAX_CHANNEL_DATA {
+        return Err(format!("channel_data is {} bytes; at most {MAX_CHANNEL_DATA}", text.len()));
+    }
+    let data: ChannelData =
+        serde_json::from_str(text).map_err(|error| format!("channel_data must be {{user_id, user_info?}}: {error}"))?;
+    let user = data.user_id.into_string();
+    if user.is_empty() || user.len() > MAX_USER_ID {
+        return Err(format!("user_id must be 1 to {MAX_USER_ID} characters"));
+    }
+    // Kept on one line, like every payload of the hub.
+    Ok((user, data.user_info.map(|info| crate::encode::payload(&info))))
+}
+
+/// A presence entry's user info as JSON (`null` without one).
+fn user_info(entry: &PresenceEntry) -> serde_json::Value {
+    entry.info.as_ref().and_then(|info| serde_json::from_slice(info).ok()).unwrap_or(serde_json::Value::Null)
+}
