@@ -10,6 +10,10 @@
 //! WebSocket route, and outlives its requests: a poll's gap, or a stream pusher-js reopens
 //! once its buffer grows long, finds the session where it was. A session with no request for
 //! [`DETACHED_LIMIT`] ends.
+//!
+//! pusher-js sends each event in a request of its own, several at once, so they may arrive
+//! out of order; every request of a session carries `n=`, one counter in send order, and the
+//! session acts on them in that order (see [`RequestOrder`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -46,8 +50,8 @@ pub struct HttpSessions(Mutex<HashMap<String, SessionHandle>>);
 
 #[derive(Clone)]
 struct SessionHandle {
-    incoming: mpsc::Sender<Vec<String>>,
-    receivers: mpsc::Sender<Receiver>,
+    incoming: mpsc::Sender<(Option<u64>, Vec<String>)>,
+    receivers: mpsc::Sender<(Option<u64>, Receiver)>,
 }
 
 impl HttpSessions {
@@ -104,6 +108,7 @@ pub async fn xhr_polling(
 pub async fn xhr_send(
     axum::Extension(sessions): axum::Extension<Arc<HttpSessions>>,
     Path((key, server, session)): SessionPath,
+    RawQuery(query): RawQuery,
     body: BodyBytes,
 ) -> Response {
     let Some(handle) = sessions.get(&format!("{key}/{server}/{session}")) else {
@@ -117,11 +122,8 @@ pub async fn xhr_send(
                 .into_response();
         }
     };
-    if messages.is_empty() {
-        // pusher-js's heartbeat.
-        return StatusCode::NO_CONTENT.into_response();
-    }
-    match handle.incoming.try_send(messages) {
+    // Even pusher-js's heartbeat (`[]`) goes in: its `n` is part of the order.
+    match handle.incoming.try_send((request_number(query.as_deref()), messages)) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(mpsc::error::TrySendError::Full(_)) => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many events waiting: slow down")
@@ -143,9 +145,10 @@ async fn receive(
 ) -> Response {
     let id = format!("{key}/{server}/{session}");
     let (receiver, response_body) = receiver(kind);
+    let number = request_number(query.as_deref());
     if let Some(handle) = sessions.get(&id) {
         // A stream reopened, or the next poll: the session goes on.
-        if handle.receivers.send(receiver).await.is_err() {
+        if handle.receivers.send((number, receiver)).await.is_err() {
             return frames_response(close_frame(Close { code: 1006, reason: "session ended" }));
         }
         return response(response_body);
@@ -174,6 +177,7 @@ async fn receive(
         incoming,
         receivers,
         receiver: Some(receiver),
+        order: RequestOrder::starting_after(number),
         queued: VecDeque::new(),
         queue_limit: capacity,
         _permit: permit,
@@ -231,9 +235,10 @@ const HEARTBEAT_FRAME: &[u8] = b"h\n";
 struct SessionTask {
     session: PusherSession,
     inbox: Inbox,
-    incoming: mpsc::Receiver<Vec<String>>,
-    receivers: mpsc::Receiver<Receiver>,
+    incoming: mpsc::Receiver<(Option<u64>, Vec<String>)>,
+    receivers: mpsc::Receiver<(Option<u64>, Receiver)>,
     receiver: Option<Receiver>,
+    order: RequestOrder,
     /// Event JSON waiting for a receiver.
     queued: VecDeque<Bytes>,
     queue_limit: usize,
@@ -289,15 +294,23 @@ impl SessionTask {
                         self.queue_push(push);
                     }
                 }
-                Some(messages) = self.incoming.recv() => {
-                    for message in messages {
-                        match self.session.on_message(&message).await {
-                            Ok(outgoing) => outgoing.into_iter().for_each(|event| self.queue(event)),
-                            Err(close) => return End::Closed(close),
-                        }
+                Some((number, messages)) = self.incoming.recv() => {
+                    self.order.arrived(number, messages);
+                    if let Err(close) = self.act_in_order().await {
+                        return End::Closed(close);
                     }
                 }
-                Some(receiver) = self.receivers.recv() => {
+                () = sleep_until(self.order.gap_deadline().unwrap_or_else(Instant::now)), if self.order.gap_deadline().is_some() => {
+                    self.order.skip_gap();
+                    if let Err(close) = self.act_in_order().await {
+                        return End::Closed(close);
+                    }
+                }
+                Some((number, receiver)) = self.receivers.recv() => {
+                    self.order.arrived(number, Vec::new());
+                    if let Err(close) = self.act_in_order().await {
+                        return End::Closed(close);
+                    }
                     // A newer request replaces an older one, which is answered now.
                     if let Some(Receiver::Poll(old)) = self.receiver.take() {
                         let _ = old.send(Bytes::from_static(HEARTBEAT_FRAME));
@@ -318,6 +331,17 @@ impl SessionTask {
                 }
             }
         }
+    }
+
+    /// Acts on the client's messages that are next in order.
+    async fn act_in_order(&mut self) -> Result<(), Close> {
+        while let Some(messages) = self.order.next_ready() {
+            for message in messages {
+                let outgoing = self.session.on_message(&message).await?;
+                outgoing.into_iter().for_each(|event| self.queue(event));
+            }
+        }
+        Ok(())
     }
 
     fn queue_push(&mut self, push: Push) {
@@ -365,10 +389,117 @@ impl SessionTask {
     }
 }
 
+/// `n=` of a request's query: pusher-js's counter of the requests it makes.
+fn request_number(query: Option<&str>) -> Option<u64> {
+    form_urlencoded::parse(query?.as_bytes()).find(|(key, _)| key == "n").and_then(|(_, value)| value.parse().ok())
+}
+
+/// How long the session waits for a request missing from the order before going on without
+/// it (another Pusher client on the page shares the counter; a request may be lost).
+const GAP_WAIT: Duration = Duration::from_millis(500);
+
+/// The client's requests put back in the order it made them, by their `n`. Requests without
+/// one are acted on as they come.
+#[derive(Default)]
+struct RequestOrder {
+    /// The `n` expected next; `None` until one is seen.
+    expected: Option<u64>,
+    /// Requests that came ahead of their turn, with their messages.
+    waiting: std::collections::BTreeMap<u64, Vec<String>>,
+    /// Messages ready to act on, in order.
+    ready: VecDeque<Vec<String>>,
+    /// Since when the order has waited for a missing request.
+    gap_since: Option<Instant>,
+}
+
+impl RequestOrder {
+    fn starting_after(number: Option<u64>) -> Self {
+        Self { expected: number.map(|n| n + 1), ..Self::default() }
+    }
+
+    fn arrived(&mut self, number: Option<u64>, messages: Vec<String>) {
+        let Some(number) = number else {
+            self.ready.push_back(messages);
+            return;
+        };
+        let expected = *self.expected.get_or_insert(number);
+        if number < expected {
+            // Behind the order (a request the gap wait gave up on): acted on now.
+            self.ready.push_back(messages);
+            return;
+        }
+        self.waiting.insert(number, messages);
+        self.release();
+    }
+
+    /// Moves what is now in turn to `ready`.
+    fn release(&mut self) {
+        while let Some(expected) = self.expected
+            && let Some(messages) = self.waiting.remove(&expected)
+        {
+            self.ready.push_back(messages);
+            self.expected = Some(expected + 1);
+        }
+        self.gap_since = match (self.waiting.is_empty(), self.gap_since) {
+            (true, _) => None,
+            (false, Some(since)) => Some(since),
+            (false, None) => Some(Instant::now()),
+        };
+    }
+
+    fn gap_deadline(&self) -> Option<Instant> {
+        self.gap_since.map(|since| since + GAP_WAIT)
+    }
+
+    /// Gives up on the missing request: the order goes on from the next that came.
+    fn skip_gap(&mut self) {
+        self.expected = self.waiting.keys().next().copied().or(self.expected);
+        self.gap_since = None;
+        self.release();
+    }
+
+    fn next_ready(&mut self) -> Option<Vec<String>> {
+        self.ready.pop_front()
+    }
+}
+
 /// Resolves when the receiving request has gone (its client closed it).
 async fn receiver_gone(receiver: &Option<Receiver>) {
     match receiver {
         Some(Receiver::Stream(sender)) => sender.closed().await,
         Some(Receiver::Poll(_)) | None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(order: &mut RequestOrder) -> Vec<String> {
+        std::iter::from_fn(|| order.next_ready()).flatten().collect()
+    }
+
+    #[test]
+    fn requests_are_acted_on_in_the_order_they_were_made() {
+        let mut order = RequestOrder::starting_after(Some(10));
+        order.arrived(Some(13), vec!["c".into()]);
+        order.arrived(Some(12), vec!["b".into()]);
+        assert!(drain(&mut order).is_empty(), "11 is missing");
+        assert!(order.gap_deadline().is_some());
+        order.arrived(Some(11), vec![]);
+        assert_eq!(drain(&mut order), ["b", "c"]);
+        assert!(order.gap_deadline().is_none());
+        order.arrived(None, vec!["untagged".into()]);
+        assert_eq!(drain(&mut order), ["untagged"]);
+    }
+
+    #[test]
+    fn a_missing_request_is_given_up_on() {
+        let mut order = RequestOrder::starting_after(Some(1));
+        order.arrived(Some(4), vec!["d".into()]);
+        order.skip_gap();
+        assert_eq!(drain(&mut order), ["d"]);
+        order.arrived(Some(3), vec!["late".into()]);
+        assert_eq!(drain(&mut order), ["late"]);
     }
 }
