@@ -47,6 +47,12 @@ before(async () => {
       const socketId = form.get('socket_id');
       const channel = form.get('channel_name');
       const user = form.get('user');
+      if (request.url === '/pusher/user-auth') {
+        const auth = sdk.authenticateUser(socketId, { id: user, user_info: { name: user } });
+        if (form.get('forge')) auth.auth = `${APP.key}:${'0'.repeat(64)}`;
+        response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(auth));
+        return;
+      }
       if (form.get('deny')) {
         response.writeHead(403).end('forbidden');
         return;
@@ -79,6 +85,7 @@ function pusherClient({ user = 'anon', params = {}, key = APP.key } = {}) {
     enabledTransports: ['ws'],
     disableStats: true,
     channelAuthorization: { endpoint: authUrl, transport: 'ajax', params: { user, ...params } },
+    userAuthentication: { endpoint: authUrl.replace('/auth', '/user-auth'), transport: 'ajax', params: { user, ...params } },
   });
   clients.push(client);
   return client;
@@ -331,4 +338,42 @@ test('laravel-echo with the pusher and reverb broadcasters hears the same events
     assert.deepEqual(events, [['public', { id: 1 }], ['private', { id: 1, total: 10 }]]);
   }
   for (const echo of echoes) echo.disconnect();
+});
+
+test('user sign-in: events to the user on every connection it signed in on, then terminate_connections closes them', { skip: skipWithoutHerald }, async () => {
+  const phone = pusherClient({ user: 'dave' });
+  const laptop = pusherClient({ user: 'dave' });
+  const stranger = pusherClient({ user: 'erin' });
+  const got = { phone: [], laptop: [], stranger: [] };
+  for (const [name, client] of Object.entries({ phone, laptop, stranger })) {
+    client.signin();
+    client.user.bind('notice', (data) => got[name].push(data.text));
+  }
+  const signedIn = (client) => until(() => client.user.serverToUserChannel?.subscribed, 'signed in and following the user channel');
+  await Promise.all([signedIn(phone), signedIn(laptop), signedIn(stranger)]);
+  assert.equal(phone.user.user_data.id, 'dave');
+  await sdk.sendToUser('dave', 'notice', { text: 'hello dave' });
+  await until(() => got.phone.length === 1 && got.laptop.length === 1, 'the notice on both of dave\'s connections');
+  assert.deepEqual(got.phone, ['hello dave']);
+  // A user channel is its user's alone: another connection's subscription is refused.
+  const raw = new WebSocket(`ws://127.0.0.1:${server.port}/app/${APP.key}?protocol=7`);
+  const events = [];
+  raw.on('message', (text) => events.push(JSON.parse(text)));
+  await until(() => events.length === 1, 'connection_established');
+  raw.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel: '#server-to-user-dave' } }));
+  raw.send(JSON.stringify({ event: 'pusher:signin', data: { auth: `${APP.key}:${'0'.repeat(64)}`, user_data: '{"id":"dave"}' } }));
+  await until(() => events.length === 3, 'two refusals');
+  assert.equal(events[1].event, 'pusher:subscription_error');
+  assert.equal(events[1].data.status, 403);
+  assert.equal(events[2].event, 'pusher:error');
+  assert.match(events[2].data.message, /invalid signature/);
+  raw.close();
+  const closes = [];
+  for (const client of [phone, laptop]) client.connection.bind('error', (error) => closes.push(error.error?.data?.code));
+  await sdk.terminateUserConnections('dave');
+  await until(() => phone.connection.state === 'disconnected' && laptop.connection.state === 'disconnected', 'dave disconnected');
+  assert.deepEqual(closes.filter(Boolean), [4009, 4009]);
+  assert.equal(stranger.connection.state, 'connected', 'other users stay');
+  assert.deepEqual(got.stranger, []);
+  stranger.disconnect();
 });

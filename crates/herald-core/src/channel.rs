@@ -6,8 +6,8 @@ use std::sync::Arc;
 /// Longest channel name accepted, in bytes (all allowed characters are ASCII).
 pub const MAX_CHANNEL_NAME_LEN: usize = 255;
 
-/// A validated channel name: 1–255 characters from `[A-Za-z0-9_\-:./@=,;]` (`;` for the
-/// Pusher door, whose channel names allow it).
+/// A validated channel name: 1–255 characters from `[A-Za-z0-9_\-:./@=,;#]` (`;` and `#` for
+/// the Pusher door: its channel names allow `;`, and its user channels are `#server-to-user-…`).
 ///
 /// Cheap to clone (shared string), because the same name is stored in the hub, the engine and
 /// every publication of the channel.
@@ -21,7 +21,7 @@ pub enum InvalidChannelName {
     Empty,
     #[error("channel name is {0} characters long; at most {MAX_CHANNEL_NAME_LEN} are allowed")]
     TooLong(usize),
-    #[error("channel name contains {0:?}; allowed are letters, digits and _ - : . / @ = , ;")]
+    #[error("channel name contains {0:?}; allowed are letters, digits and _ - : . / @ = , ; #")]
     ForbiddenCharacter(char),
 }
 
@@ -50,7 +50,7 @@ impl ChannelName {
 }
 
 fn is_allowed(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.' | '/' | '@' | '=' | ',' | ';')
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.' | '/' | '@' | '=' | ',' | ';' | '#')
 }
 
 impl fmt::Display for ChannelName {
@@ -78,7 +78,7 @@ mod tests {
 
     #[test]
     fn accepts_every_allowed_character() {
-        let name = "Az09_-:./@=,;";
+        let name = "Az09_-:./@=,;#";
         assert_eq!(ChannelName::new(name).unwrap().as_str(), name);
     }
 

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use super::apps::{ChannelKind, PusherApp, check_pusher_channel};
+use super::apps::{ChannelKind, PusherApp, USER_CHANNEL_PREFIX, check_pusher_channel};
 use super::events::StoredEvent;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -165,7 +165,12 @@ fn event_channels(app: &PusherApp, event: &EventBody) -> Result<Vec<(String, Cha
     names
         .into_iter()
         .map(|name| {
-            let channel = app.channel(&name).map_err(|reason| bad("invalid_channel", format!("{name:?}: {reason}")))?;
+            // `#server-to-user-{id}`: an event for a signed-in user (the SDKs' sendToUser).
+            let channel = match name.strip_prefix(USER_CHANNEL_PREFIX) {
+                Some(user) => app.user_channel(user),
+                None => app.channel(&name),
+            }
+            .map_err(|reason| bad("invalid_channel", format!("{name:?}: {reason}")))?;
             Ok((name, channel))
         })
         .collect()
@@ -337,4 +342,23 @@ pub async fn users(
 fn checked_channel(app: &PusherApp, name: &str) -> Result<ChannelName, ApiError> {
     check_pusher_channel(name).map_err(|reason| bad("invalid_channel", reason))?;
     app.channel(name).map_err(|reason| bad("invalid_channel", reason))
+}
+
+/// `POST /apps/{id}/users/{user}/terminate_connections`: closes every connection the user has
+/// signed in on, on every node (an event on the user's channel, which its sessions follow).
+pub async fn terminate_connections(
+    State(app_state): State<AppState>,
+    Path((id, user)): Path<(String, String)>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let signed = verify(&app_state, &id, &method, &uri, &body)?;
+    let empty = RawValue::from_string("\"{}\"".to_string()).map_err(|error| bad("internal", error.to_string()))?;
+    let channel = signed.app.user_channel(&user).map_err(|reason| bad("invalid_user", reason))?;
+    let stored =
+        StoredEvent { event: super::session::TERMINATE_EVENT.into(), data: &empty, socket_id: None, user_id: None };
+    let data = Bytes::from(serde_json::to_string(&stored).unwrap_or_default());
+    crate::publish::publish(&app_state, PublishRequest { channel, data, idempotency_key: None }).await?;
+    Ok(Json(json!({})))
 }

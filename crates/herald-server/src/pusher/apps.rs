@@ -58,6 +58,12 @@ impl PusherApp {
         ChannelName::new(&format!("{}:{name}", self.namespace)).map_err(|error| error.to_string())
     }
 
+    /// The Herald channel of a signed-in user's `#server-to-user-{id}`.
+    pub fn user_channel(&self, user: &str) -> Result<ChannelName, String> {
+        check_pusher_channel(user).map_err(|reason| format!("a user id here follows channel-name rules: {reason}"))?;
+        ChannelName::new(&format!("{}:{USER_CHANNEL_PREFIX}{user}", self.namespace)).map_err(|error| error.to_string())
+    }
+
     /// The Pusher name of a Herald channel of this app's namespace.
     pub fn pusher_name<'a>(&self, channel: &'a ChannelName) -> Option<&'a str> {
         channel.as_str().strip_prefix(self.namespace.as_str())?.strip_prefix(':')
@@ -93,6 +99,9 @@ impl PusherSettings {
         self.apps.iter().find(|app| app.id == id)
     }
 }
+
+/// The channel of a signed-in user's events, `#server-to-user-{id}`.
+pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
 
 /// Pusher's longest channel name.
 pub const MAX_PUSHER_CHANNEL_LEN: usize = 200;
@@ -213,6 +222,8 @@ fn channel_rules(namespaces: Namespaces, namespace: &str) -> Namespaces {
         ("private-cache-", cached(&private)),
         ("private-encrypted-cache-", cached(&private)),
         ("presence-cache-", cached(&presence)),
+        // Users' own channels: only the door's signed-in sessions, or a token granting them.
+        (USER_CHANNEL_PREFIX, private.clone()),
     ];
     rules.into_iter().fold(namespaces, |namespaces, (prefix, options)| {
         namespaces.with_prefix(format!("{namespace}:{prefix}"), options)
@@ -243,6 +254,10 @@ mod tests {
         assert!(options("presence-room").presence && options("presence-room").join_leave);
         assert!(options("presence-cache-room").presence && options("presence-cache-room").history_ttl >= CACHE_TTL);
         assert_eq!(app.pusher_name(&app.channel("private-x").unwrap()), Some("private-x"));
+        let user = app.user_channel("bob").unwrap();
+        assert_eq!(user.as_str(), "shop:#server-to-user-bob");
+        assert!(!namespaces.options_for(&user).anonymous);
+        assert!(app.user_channel("a b").is_err() && app.channel("#server-to-user-bob").is_err());
         assert!(!format!("{app:?}").contains("\"s\""), "the secret is not shown");
     }
 

@@ -119,29 +119,31 @@ pub struct PusherPublication {
     pub ws_frame: Bytes,
     /// The socket that sent it (or was excluded by the publisher): it does not get it.
     pub exclude: Option<Arc<str>>,
+    /// The event's name, when the publication is a Pusher event.
+    pub event: Option<Arc<str>>,
 }
 
 impl PusherPublication {
     pub fn of(publication: &Publication) -> Self {
         publication.encoded(|publication| {
-            let (json, exclude) = pusher_json(publication);
+            let (json, exclude, event) = pusher_json(publication);
             let (text, ws_frame) = text_frame(json);
-            Self { json: Bytes::from(text), ws_frame, exclude: exclude.map(Arc::from) }
+            Self { json: Bytes::from(text), ws_frame, exclude: exclude.map(Arc::from), event: event.map(Arc::from) }
         })
     }
 }
 
-/// The event JSON of a publication, and the socket it excludes.
-fn pusher_json(publication: &Publication) -> (String, Option<String>) {
+/// The event JSON of a publication, the socket it excludes, and its event name.
+fn pusher_json(publication: &Publication) -> (String, Option<String>, Option<String>) {
     let channel = publication.channel.as_str().split_once(':').map_or(publication.channel.as_str(), |(_, name)| name);
     let data = std::str::from_utf8(&publication.data).unwrap_or("null");
     match serde_json::from_str::<StoredEvent<'_>>(data) {
         Ok(stored) => {
             let payload = as_string(stored.data);
             let json = encode(&stored.event, Some(channel), &payload, stored.user_id.as_deref());
-            (json, stored.socket_id.map(|id| id.into_owned()))
+            (json, stored.socket_id.map(|id| id.into_owned()), Some(stored.event.into_owned()))
         }
-        Err(_) => (encode(HERALD_PUBLICATION, Some(channel), data, None), None),
+        Err(_) => (encode(HERALD_PUBLICATION, Some(channel), data, None), None, None),
     }
 }
 

@@ -25,7 +25,7 @@ use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_core::{Inbox, Push};
+use herald_core::Inbox;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
@@ -291,7 +291,10 @@ impl SessionTask {
                         return End::Closed(Close { code: 4100, reason: "over capacity: too slow to take the channel's events" });
                     }
                     for push in batch.drain(..) {
-                        self.queue_push(push);
+                        match self.session.on_push(push) {
+                            Ok(outgoing) => outgoing.into_iter().for_each(|event| self.queue(event)),
+                            Err(close) => return End::Closed(close),
+                        }
                     }
                 }
                 Some((number, messages)) = self.incoming.recv() => {
@@ -342,12 +345,6 @@ impl SessionTask {
             }
         }
         Ok(())
-    }
-
-    fn queue_push(&mut self, push: Push) {
-        if let Some(outgoing) = self.session.on_push(push) {
-            self.queue(outgoing);
-        }
     }
 
     fn queue(&mut self, outgoing: Outgoing) {

@@ -45,4 +45,5 @@ pub fn api_routes() -> Router<AppState> {
         .route("/apps/{id}/channels", get(api::channels))
         .route("/apps/{id}/channels/{name}", get(api::channel))
         .route("/apps/{id}/channels/{name}/users", get(api::users))
+        .route("/apps/{id}/users/{user}/terminate_connections", post(api::terminate_connections))
 }

@@ -5,6 +5,11 @@
 //! The hub's presence is per client; Pusher's members are users. Each presence channel keeps
 //! which clients belong to which user, so `member_added` and `member_removed` come once per
 //! user however many connections it has, and never for the connection's own joins.
+//!
+//! A signed-in user (`pusher:signin`) has a channel of its own, `#server-to-user-{id}`, which
+//! the session follows from the sign-in on: what the app sends the user arrives there once the
+//! client subscribes to it, and the app's `terminate_connections` is an event on it, so it
+//! reaches the user's connections on every node.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -17,7 +22,7 @@ use herald_core::{
 };
 use serde_json::value::RawValue;
 
-use super::apps::{ChannelKind, PusherApp, is_cache};
+use super::apps::{ChannelKind, PusherApp, USER_CHANNEL_PREFIX, is_cache};
 use super::events::{self, ChannelData, ClientMessage, PusherPublication, StoredEvent, SubscribeData};
 use crate::presence::ClientId;
 use crate::state::AppState;
@@ -28,6 +33,9 @@ use crate::transport::limits::TokenBucket;
 const MAX_CHANNEL_DATA: usize = 2048;
 /// Pusher's longest user id.
 const MAX_USER_ID: usize = 128;
+
+/// The event on a user's channel that closes that user's connections.
+pub const TERMINATE_EVENT: &str = "pusher_internal:terminate_connections";
 
 /// What the connection sends: an event of its own, or a publication's shared form.
 pub enum Outgoing {
@@ -53,6 +61,16 @@ pub struct PusherSession {
     channels: Vec<Subscription>,
     /// Client events' rate (made on the first client event: most connections send none).
     client_events: Option<Box<TokenBucket>>,
+    /// The signed-in user, if any.
+    user: Option<Box<SignedIn>>,
+}
+
+struct SignedIn {
+    id: String,
+    /// `#server-to-user-{id}`, followed from the sign-in on.
+    channel: ChannelName,
+    /// Whether the client subscribed to it: its events are passed on from then.
+    delivering: bool,
 }
 
 struct Subscription {
@@ -113,6 +131,7 @@ impl PusherSession {
             positions: PositionTracker::default(),
             channels: Vec::new(),
             client_events: None,
+            user: None,
         };
         (session, inbox)
     }
@@ -143,6 +162,7 @@ impl PusherSession {
             "pusher:pong" => Vec::new(),
             "pusher:subscribe" => self.subscribe(message.data).await,
             "pusher:unsubscribe" => self.unsubscribe(message.data).await,
+            "pusher:signin" => self.sign_in(message.data).await,
             name if name.starts_with("client-") => self.client_event(&message).await,
             name => own(events::error(None, &format!("unknown event {name:?}"))),
         };
@@ -156,6 +176,15 @@ impl PusherSession {
         let name = request.channel.as_str();
         let refuse =
             |kind: &str, message: &str, status: u16| own(events::subscription_error(name, kind, message, status));
+        if let Some(user) = name.strip_prefix(USER_CHANNEL_PREFIX) {
+            return match &mut self.user {
+                Some(signed_in) if signed_in.id == user => {
+                    signed_in.delivering = true;
+                    own(events::event("pusher_internal:subscription_succeeded", Some(name), "{}"))
+                }
+                _ => refuse("AuthError", "a user's channel is for that user's signed-in connections", 403),
+            };
+        }
         let channel = match self.pusher_app.channel(name) {
             Ok(channel) => channel,
             Err(reason) => return refuse("InvalidChannel", &reason, 400),
@@ -242,6 +271,13 @@ impl PusherSession {
         let Some(request) = data.and_then(|data| serde_json::from_str::<Unsubscribe>(data.get()).ok()) else {
             return own(events::error(None, "pusher:unsubscribe needs data {channel}"));
         };
+        if let Some(user) = &mut self.user
+            && request.channel.strip_prefix(USER_CHANNEL_PREFIX) == Some(user.id.as_str())
+        {
+            // Still followed, for terminate_connections; its events just stop.
+            user.delivering = false;
+            return Vec::new();
+        }
         let Some(index) = self.channels.iter().position(|subscription| *subscription.name == request.channel) else {
             // Pusher answers nothing either: the client may unsubscribe before the server heard.
             return Vec::new();
@@ -254,6 +290,55 @@ impl PusherSession {
             self.app.hub.settle_presence(&subscription.channel, &client).await;
         }
         Vec::new()
+    }
+
+    /// `pusher:signin {auth, user_data}`: the app's signature over the user's data makes this
+    /// connection that user's, and its channel is followed from now.
+    async fn sign_in(&mut self, data: Option<&RawValue>) -> Vec<Outgoing> {
+        #[derive(serde::Deserialize)]
+        struct SignIn {
+            auth: String,
+            user_data: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct UserData {
+            id: String,
+        }
+        let refuse = |message: &str| own(events::error(Some(4009), message));
+        let Some(request) = data.and_then(|data| serde_json::from_str::<SignIn>(data.get()).ok()) else {
+            return refuse("pusher:signin needs data {auth, user_data}");
+        };
+        if self.user.is_some() {
+            return refuse("this connection has signed in already");
+        }
+        let app = &self.pusher_app;
+        if !super::signature::user_auth_matches(
+            &request.auth,
+            &app.key,
+            &app.secret,
+            &self.socket_id,
+            &request.user_data,
+        ) {
+            crate::metrics::refused("pusher_bad_signature");
+            return refuse("invalid signature for this socket and user data");
+        }
+        let Ok(user) = serde_json::from_str::<UserData>(&request.user_data) else {
+            return refuse("user_data must be JSON with a string id");
+        };
+        if user.id.is_empty() || user.id.len() > MAX_USER_ID {
+            return refuse(&format!("a user id is 1 to {MAX_USER_ID} characters"));
+        }
+        let channel = match self.pusher_app.user_channel(&user.id) {
+            Ok(channel) => channel,
+            Err(reason) => return refuse(&reason),
+        };
+        match self.app.hub.subscribe(&self.subscriber, &channel, None).await {
+            Ok(subscribed) => self.positions.track(channel.clone(), subscribed.position),
+            Err(error) => return refuse(&format!("engine unavailable: {error}")),
+        }
+        self.user = Some(Box::new(SignedIn { id: user.id, channel, delivering: false }));
+        let data = serde_json::json!({"user_data": request.user_data});
+        own(events::event("pusher:signin_success", None, &data.to_string()))
     }
 
     /// `client-*` on a private or presence channel this connection subscribed: published to
@@ -304,48 +389,50 @@ impl PusherSession {
         }
     }
 
-    /// What a push becomes for this connection, if it gets it.
-    pub fn on_push(&mut self, push: Push) -> Option<Outgoing> {
+    /// What a push becomes for this connection, if it gets it; `Err`: the app has ended the
+    /// connection.
+    pub fn on_push(&mut self, push: Push) -> Result<Option<Outgoing>, Close> {
         match push {
             Push::Publication(publication) => {
                 if !self.positions.advance(&publication) {
-                    return None;
+                    return Ok(None);
                 }
                 let form = PusherPublication::of(&publication);
+                if let Some(user) = &self.user
+                    && user.channel == publication.channel
+                {
+                    if form.event.as_deref() == Some(TERMINATE_EVENT) {
+                        return Err(Close { code: 4009, reason: "connection terminated by the app" });
+                    }
+                    if !user.delivering {
+                        return Ok(None);
+                    }
+                }
                 if form.exclude.as_deref() == Some(&*self.socket_id) {
-                    return None;
+                    return Ok(None);
                 }
-                Some(Outgoing::Shared(form))
+                Ok(Some(Outgoing::Shared(form)))
             }
-            Push::Presence(event) => {
-                let subscription =
-                    self.channels.iter_mut().find(|subscription| subscription.channel == event.channel)?;
-                let members = subscription.members.as_mut()?;
-                let entry = &event.entry;
-                match event.change {
-                    PresenceChange::Join if members.add(&entry.client, &entry.user) => {
-                        let data = serde_json::json!({"user_id": &entry.user, "user_info": user_info(entry)});
-                        let name = &subscription.name;
-                        Some(Outgoing::Own(events::event(
-                            "pusher_internal:member_added",
-                            Some(name),
-                            &data.to_string(),
-                        )))
-                    }
-                    PresenceChange::Leave => {
-                        let user = members.remove(&entry.client)?;
-                        let data = serde_json::json!({"user_id": user});
-                        let name = &subscription.name;
-                        Some(Outgoing::Own(events::event(
-                            "pusher_internal:member_removed",
-                            Some(name),
-                            &data.to_string(),
-                        )))
-                    }
-                    PresenceChange::Join => None,
-                }
-            }
+            Push::Presence(event) => Ok(self.member_event(&event)),
         }
+    }
+
+    /// A presence channel's join or leave as Pusher's member event, when it changes the users.
+    fn member_event(&mut self, event: &herald_core::PresenceEvent) -> Option<Outgoing> {
+        let subscription = self.channels.iter_mut().find(|subscription| subscription.channel == event.channel)?;
+        let members = subscription.members.as_mut()?;
+        let entry = &event.entry;
+        let (name, data) = match event.change {
+            PresenceChange::Join if members.add(&entry.client, &entry.user) => (
+                "pusher_internal:member_added",
+                serde_json::json!({"user_id": &entry.user, "user_info": user_info(entry)}),
+            ),
+            PresenceChange::Leave => {
+                ("pusher_internal:member_removed", serde_json::json!({"user_id": members.remove(&entry.client)?}))
+            }
+            PresenceChange::Join => return None,
+        };
+        Some(Outgoing::Own(events::event(name, Some(&subscription.name), &data.to_string())))
     }
 
     /// Leaves every channel: the connection is gone (its members stay for the grace period).
@@ -354,6 +441,9 @@ impl PusherSession {
         for subscription in std::mem::take(&mut self.channels) {
             self.app.hub.leave_presence(&subscription.channel, &client, true);
             self.app.hub.unsubscribe(&self.subscriber, &subscription.channel).await;
+        }
+        if let Some(user) = self.user.take() {
+            self.app.hub.unsubscribe(&self.subscriber, &user.channel).await;
         }
     }
 }

@@ -52,6 +52,11 @@ pub fn channel_auth_matches(
     equal(given, &channel_auth(key, secret, socket_id, channel, channel_data))
 }
 
+/// Whether `given` is the sign-in auth for these values.
+pub fn user_auth_matches(given: &str, key: &str, secret: &str, socket_id: &str, user_data: &str) -> bool {
+    equal(given, &user_auth(key, secret, socket_id, user_data))
+}
+
 /// Why an HTTP API request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {

@@ -37,7 +37,7 @@ pub async fn upgrade(
                 let capacity = session_app.settings.websocket.outbox_capacity.get();
                 let (session, inbox) = PusherSession::new(session_app, pusher_app, capacity);
                 let greeting = vec![text_frame(session.greeting()).1];
-                let protocol = PusherSocket { session, expiry: None };
+                let protocol = PusherSocket { session, expiry: None, terminated: None };
                 crate::transport::ws::run_protocol(protocol, inbox, socket, permit, greeting).await;
             }
             (refusal, _) => {
@@ -73,6 +73,8 @@ struct PusherSocket {
     session: PusherSession,
     /// Pusher connections have no token to run out; the session loop asks all protocols.
     expiry: Expiry,
+    /// Why the app ended the connection, once it has.
+    terminated: Option<Close>,
 }
 
 fn frame(outgoing: Outgoing) -> Bytes {
@@ -102,9 +104,16 @@ impl Protocol for PusherSocket {
         Ok(vec![text_frame(events::error(None, "the Pusher protocol is JSON text frames")).1])
     }
 
-    fn queue_push(&mut self, push: Push, pending: &mut VecDeque<Bytes>) {
-        if let Some(outgoing) = self.session.on_push(push) {
-            pending.push_back(frame(outgoing));
+    fn queue_push(&mut self, push: Push, pending: &mut VecDeque<Bytes>) -> Result<(), Ending> {
+        match self.session.on_push(push) {
+            Ok(outgoing) => {
+                pending.extend(outgoing.map(frame));
+                Ok(())
+            }
+            Err(close) => {
+                self.terminated = Some(close);
+                Err(Ending::Terminated)
+            }
         }
     }
 
@@ -119,6 +128,10 @@ impl Protocol for PusherSocket {
             Ending::Shutdown => (4200, "server shutting down: reconnect"),
             Ending::Lagged => (4100, "over capacity: too slow to take the channel's events"),
             Ending::NoPong => (4201, "pong reply not received"),
+            Ending::Terminated => {
+                let close = self.terminated.unwrap_or(Close { code: 4009, reason: "connection terminated by the app" });
+                (close.code, close.reason)
+            }
             other => {
                 let (code, reason, _) = other.goodbye()?;
                 (code, reason)

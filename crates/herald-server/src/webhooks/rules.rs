@@ -20,7 +20,7 @@ pub fn check_patterns(patterns: &[String]) -> Result<(), ErrorBody> {
     for pattern in patterns {
         let valid = !pattern.is_empty()
             && pattern.len() <= 255
-            && pattern.chars().all(|c| c == '*' || c.is_ascii_alphanumeric() || "_-:./@=,;".contains(c));
+            && pattern.chars().all(|c| c == '*' || c.is_ascii_alphanumeric() || "_-:./@=,;#".contains(c));
         if !valid {
             return Err(ErrorBody::new(
                 "invalid_channels",

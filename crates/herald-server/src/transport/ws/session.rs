@@ -49,8 +49,8 @@ pub(crate) trait Protocol: Send + 'static {
     fn on_text(&mut self, text: &str) -> impl Future<Output = Result<Vec<Bytes>, Ending>> + Send;
     /// Answers a binary message.
     fn on_binary(&mut self) -> Result<Vec<Bytes>, Ending>;
-    /// Queues the frame of a push, if this client gets it.
-    fn queue_push(&mut self, push: Push, pending: &mut VecDeque<Bytes>);
+    /// Queues the frame of a push, if this client gets it; `Err`: the push ends the session.
+    fn queue_push(&mut self, push: Push, pending: &mut VecDeque<Bytes>) -> Result<(), Ending>;
     /// Leaves every channel: the session is over.
     fn leave_all(&mut self) -> impl Future<Output = ()> + Send;
     /// How the session says goodbye after `ending`: the close code and reason, and a last
@@ -150,6 +150,8 @@ pub(crate) enum Ending {
     TooBig,
     InvalidUtf8,
     ProtocolError,
+    /// The application ended the connection (the Pusher door's `terminate_connections`).
+    Terminated,
 }
 
 impl Ending {
@@ -175,6 +177,7 @@ impl Ending {
             Self::TooBig => "message_too_big",
             Self::InvalidUtf8 => "invalid_utf8",
             Self::ProtocolError => "protocol_error",
+            Self::Terminated => "terminated",
         }
     }
 
@@ -191,6 +194,7 @@ impl Ending {
             Self::TooBig => Some((close_code::MESSAGE_TOO_BIG, "message too big", false)),
             Self::InvalidUtf8 => Some((close_code::INVALID_DATA, "text frame is not valid UTF-8", false)),
             Self::ProtocolError => Some((close_code::PROTOCOL_ERROR, "websocket protocol error", false)),
+            Self::Terminated => Some((close_code::GOING_AWAY, "disconnected by the application", false)),
         }
     }
 
@@ -295,7 +299,7 @@ where
     /// frames are always written before anything else, so positions say what the client gets.
     async fn write_pushes(&mut self, batch: &mut Vec<Push>) -> Result<(), Ending> {
         for push in batch.drain(..) {
-            self.queue_push(push);
+            self.connection.queue_push(push, &mut self.pending)?;
         }
         self.write_pending().await
     }
@@ -329,11 +333,6 @@ where
         }
     }
 
-    /// Queues a push's frame, if the client gets it.
-    fn queue_push(&mut self, push: Push) {
-        self.connection.queue_push(push, &mut self.pending);
-    }
-
     /// Writes complete frames (replies, pongs, pings) after whatever is queued.
     async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), Ending> {
         self.pending.extend(frames);
@@ -362,7 +361,9 @@ where
         }
         if ending == Ending::Shutdown {
             while let Some(push) = self.inbox.try_recv() {
-                self.queue_push(push);
+                if self.connection.queue_push(push, &mut self.pending).is_err() {
+                    break;
+                }
             }
         }
         // Frames already queued (perhaps half written when the session ended) go first.
@@ -409,7 +410,7 @@ impl Protocol for Connection {
     }
 
     /// A push's shared frame, unless it is a publication this connection has seen.
-    fn queue_push(&mut self, push: Push, pending: &mut VecDeque<Bytes>) {
+    fn queue_push(&mut self, push: Push, pending: &mut VecDeque<Bytes>) -> Result<(), Ending> {
         match push {
             Push::Publication(publication) => {
                 if let Some(frame) = self.publication_frame(&publication) {
@@ -418,6 +419,7 @@ impl Protocol for Connection {
             }
             Push::Presence(event) => pending.push_back(EncodedPresence::of(&event).ws_frame),
         }
+        Ok(())
     }
 
     async fn leave_all(&mut self) {
