@@ -19,6 +19,7 @@ mod mixed_transports;
 mod node_client;
 mod poll;
 mod presence;
+mod pusher;
 mod python_client;
 mod readme;
 mod resume;
