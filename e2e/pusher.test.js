@@ -9,7 +9,9 @@ import { PusherClient, PusherServer, Echo, WebSocket } from '../clients/js/test/
 import { startHerald, publish, until, sleep, freePort, skipWithoutHerald } from '../clients/js/test/support/herald.js';
 
 const APP = { id: '4242', key: 'test-key', secret: 'test-secret' };
-const CONFIG = `
+const CONFIG = (hooks) => `
+allow_private_webhook_targets = true
+
 [presence]
 grace_period = "300ms"
 
@@ -22,6 +24,9 @@ key = "${APP.key}"
 secret = "${APP.secret}"
 namespace = "shop"
 
+[[pusher.apps.webhooks]]
+url = "${hooks}"
+
 [[pusher.apps]]
 id = "other"
 key = "other-key"
@@ -33,10 +38,26 @@ let sdk;
 let authServer;
 let authUrl;
 const clients = [];
+let hookServer;
+/** Webhook calls as received: the SDK's view of each, checked with the app's secret. */
+const hooks = [];
 
 before(async () => {
   if (skipWithoutHerald) return;
-  server = await startHerald({ config: CONFIG });
+  // The app's webhook receiver, as an app writes it with the server SDK.
+  hookServer = http.createServer((request, response) => {
+    let rawBody = '';
+    request.on('data', (chunk) => (rawBody += chunk));
+    request.on('end', () => {
+      const webhook = sdk.webhook({ headers: request.headers, rawBody });
+      const forged = new PusherServer({ appId: APP.id, key: APP.key, secret: 'not-it' }).webhook({ headers: request.headers, rawBody });
+      hooks.push({ valid: webhook.isValid(), validWithOtherSecret: forged.isValid(), events: webhook.getEvents(), time: webhook.getTime() });
+      response.writeHead(200).end();
+    });
+  });
+  const hookPort = await freePort();
+  await new Promise((resolve) => hookServer.listen(hookPort, '127.0.0.1', resolve));
+  server = await startHerald({ config: CONFIG(`http://127.0.0.1:${hookPort}/pusher/webhooks`) });
   sdk = new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: '127.0.0.1', port: String(server.port), useTLS: false });
   // The app's auth endpoint, as an app writes it with the server SDK; `user` says who asks.
   authServer = http.createServer((request, response) => {
@@ -72,6 +93,7 @@ before(async () => {
 after(async () => {
   for (const client of clients) client.disconnect();
   authServer?.close();
+  hookServer?.close();
   await server?.stop();
 });
 
@@ -376,4 +398,38 @@ test('user sign-in: events to the user on every connection it signed in on, then
   assert.equal(stranger.connection.state, 'connected', 'other users stay');
   assert.deepEqual(got.stranger, []);
   stranger.disconnect();
+});
+
+test('webhooks in Pusher\'s format, signed with the app\'s secret: occupied, vacated, members once per user, client events', { skip: skipWithoutHerald }, async () => {
+  const events = (name, channel) => hooks.flatMap((hook) => hook.events).filter((event) => event.name === name && event.channel === channel);
+  const alice1 = pusherClient({ user: 'alice' });
+  const alice2 = pusherClient({ user: 'alice' });
+  const bob = pusherClient({ user: 'bob' });
+  await subscribed(alice1.subscribe('presence-hooked'));
+  await subscribed(alice2.subscribe('presence-hooked'));
+  const bobRoom = bob.subscribe('presence-hooked');
+  await subscribed(bobRoom);
+  await until(() => events('channel_occupied', 'presence-hooked').length === 1, 'channel_occupied');
+  await until(() => events('member_added', 'presence-hooked').length === 2, 'member_added for alice and bob');
+  assert.deepEqual(events('member_added', 'presence-hooked').map((event) => event.user_id).sort(), ['alice', 'bob']);
+  bobRoom.trigger('client-wave', { hi: 1 });
+  await until(() => events('client_event', 'presence-hooked').length === 1, 'client_event');
+  const wave = events('client_event', 'presence-hooked')[0];
+  assert.equal(wave.event, 'client-wave');
+  assert.deepEqual(JSON.parse(wave.data), { hi: 1 });
+  assert.equal(wave.socket_id, bob.connection.socket_id);
+  assert.equal(wave.user_id, 'bob');
+  // Server events are not client events: no webhook for them.
+  await sdk.trigger('presence-hooked', 'server-news', {});
+  alice1.disconnect();
+  await sleep(700);
+  assert.equal(events('member_removed', 'presence-hooked').length, 0, 'alice is still there on another connection');
+  alice2.disconnect();
+  bob.disconnect();
+  await until(() => events('member_removed', 'presence-hooked').length === 2, 'member_removed for both');
+  await until(() => events('channel_vacated', 'presence-hooked').length === 1, 'channel_vacated');
+  const mine = hooks.filter((hook) => hook.events.some((event) => event.channel === 'presence-hooked'));
+  assert.ok(mine.every((hook) => hook.valid && !hook.validWithOtherSecret), 'every call signed with the app\'s secret');
+  assert.ok(mine.every((hook) => Math.abs(hook.time - Date.now()) < 60000), 'time_ms is now');
+  assert.equal(mine.flatMap((hook) => hook.events).filter((event) => event.name === 'client_event').length, 1);
 });

@@ -433,6 +433,8 @@ impl Settings {
         )?;
         let (pusher, namespaces) =
             crate::pusher::apps::settings(&raw.pusher, namespaces).map_err(|(key, reason)| invalid(key, reason))?;
+        let mut webhooks = webhook_settings(&raw)?;
+        webhooks.endpoints.extend(pusher_webhook_endpoints(&pusher)?);
         Ok(Self {
             listen,
             data_dir: overrides
@@ -452,7 +454,7 @@ impl Settings {
             streaming: streaming(&raw.streaming)?,
             poll: poll(&raw.poll)?,
             presence: presence(&raw.presence)?,
-            webhooks: webhook_settings(&raw)?,
+            webhooks,
             limits: limits(&raw.limits)?,
             shutdown_grace: duration("shutdown_grace", raw.shutdown_grace.as_deref(), "10s")?,
             allowed_origins: raw.allowed_origins,
@@ -781,6 +783,27 @@ fn namespace_options(key: &str, raw: &RawNamespace, auth: bool) -> Result<Namesp
     })
 }
 
+/// The Pusher apps' webhook endpoints: every channel of the app's namespace, signed with the
+/// app's secret in Pusher's way.
+fn pusher_webhook_endpoints(pusher: &crate::pusher::apps::PusherSettings) -> Result<Vec<ConfigEndpoint>, ConfigError> {
+    let mut endpoints = Vec::new();
+    for (index, app) in pusher.apps.iter().enumerate() {
+        for (number, webhook) in app.webhooks.iter().enumerate() {
+            crate::webhooks::target::parse_url(&webhook.url)
+                .map_err(|error| invalid(format!("pusher.apps[{index}].webhooks[{number}].url"), error.message))?;
+            endpoints.push(ConfigEndpoint {
+                url: webhook.url.clone(),
+                channels: vec![format!("{}:*", app.namespace)],
+                events: webhook.herald_events.clone(),
+                secret: app.secret.clone(),
+                description: Some(format!("Pusher app {}", app.id)),
+                pusher_key: Some(app.key.clone()),
+            });
+        }
+    }
+    Ok(endpoints)
+}
+
 /// How webhooks are delivered, and the endpoints the file declares.
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
@@ -810,6 +833,8 @@ pub struct ConfigEndpoint {
     pub events: Vec<String>,
     pub secret: String,
     pub description: Option<String>,
+    /// A Pusher app's webhook (`[[pusher.apps.webhooks]]`): Pusher's format for this key.
+    pub pusher_key: Option<String>,
 }
 
 /// Without the secret: `check-config` prints the settings.
@@ -867,6 +892,7 @@ fn webhook_settings(raw: &RawConfig) -> Result<WebhookSettings, ConfigError> {
             events: endpoint.events.clone(),
             secret,
             description: endpoint.description.clone(),
+            pusher_key: None,
         });
     }
     Ok(WebhookSettings {

@@ -16,7 +16,7 @@ pub async fn publish_batch(app: &AppState, requests: Vec<PublishRequest>) -> Vec
     let events: Vec<Option<(Bytes, Vec<String>)>> = requests
         .iter()
         .map(|request| {
-            let endpoints = app.webhooks.publication_endpoints(&request.channel);
+            let endpoints = app.webhooks.publication_endpoints(&request.channel, &request.data);
             (!endpoints.is_empty()).then(|| (request.data.clone(), endpoints))
         })
         .collect();

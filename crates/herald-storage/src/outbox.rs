@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS endpoints (
     disabled_reason TEXT,
     failing_since INTEGER,
     created_at INTEGER NOT NULL,
-    from_config INTEGER NOT NULL DEFAULT 0
+    from_config INTEGER NOT NULL DEFAULT 0,
+    pusher_key TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -87,6 +88,9 @@ pub struct EndpointRecord {
     pub created_at: u64,
     /// Declared in the configuration file (managed there, not through the API).
     pub from_config: bool,
+    /// A Pusher app's webhook: Pusher's format, signed with the app's secret (`secret`) and
+    /// named by its key (`X-Pusher-Key`, `X-Pusher-Signature`); `None`: Standard Webhooks.
+    pub pusher_key: Option<String>,
 }
 
 /// Where a delivery is.
@@ -238,6 +242,7 @@ impl SqliteOutbox {
         let writer = open()?;
         writer
             .execute_batch(SCHEMA)
+            .and_then(|()| add_missing_columns(&writer))
             .map_err(|error| StorageOpenError::Corrupt { path: display.clone(), detail: error.to_string() })?;
         let reader = open()?;
         let (writes, queue) = mpsc::channel(QUEUE);
@@ -394,7 +399,7 @@ impl SqliteOutbox {
             connection.execute(
                 &format!(
                     "INSERT OR REPLACE INTO endpoints ({ENDPOINT_COLUMNS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
                 ),
                 params![
                     endpoint.id,
@@ -410,6 +415,7 @@ impl SqliteOutbox {
                     endpoint.failing_since.map(|at| at as i64),
                     endpoint.created_at as i64,
                     endpoint.from_config,
+                    endpoint.pusher_key,
                 ],
             )?;
             Ok(())
@@ -432,7 +438,17 @@ impl SqliteOutbox {
 const DELIVERY_COLUMNS: &str = "id, endpoint, channel, event_type, body, created_at, state, attempts, \
     next_attempt_at, last_status, last_error, last_latency_ms, finished_at";
 const ENDPOINT_COLUMNS: &str = "id, url, channels, events, secret, previous_secret, previous_secret_until, \
-    description, paused, disabled_reason, failing_since, created_at, from_config";
+    description, paused, disabled_reason, failing_since, created_at, from_config, pusher_key";
+
+/// Columns added since the first schema, for outboxes made before them.
+fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
+    let mut statement = connection.prepare("SELECT name FROM pragma_table_info('endpoints')")?;
+    let columns: Vec<String> = statement.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
+    if !columns.iter().any(|column| column == "pusher_key") {
+        connection.execute_batch("ALTER TABLE endpoints ADD COLUMN pusher_key TEXT")?;
+    }
+    Ok(())
+}
 
 fn delivery_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRecord> {
     Ok(DeliveryRecord {
@@ -467,6 +483,7 @@ fn endpoint_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointRecord
         failing_since: row.get::<_, Option<i64>>(10)?.map(|at| at as u64),
         created_at: row.get::<_, i64>(11)? as u64,
         from_config: row.get(12)?,
+        pusher_key: row.get(13)?,
     })
 }
 
@@ -597,6 +614,7 @@ mod tests {
             failing_since: None,
             created_at: 5,
             from_config: false,
+            pusher_key: None,
         }
     }
 
@@ -640,6 +658,21 @@ mod tests {
         assert_eq!(log[2].last_status, Some(200), "newest first");
         let delivered = outbox.deliveries("e1", Some(DeliveryState::Delivered), None, 10).await.unwrap();
         assert_eq!(delivered.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_outbox_made_before_pusher_endpoints_gains_their_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("webhooks.db");
+        let old_schema = SCHEMA.replace(",\n    pusher_key TEXT", "");
+        assert_ne!(old_schema, SCHEMA);
+        Connection::open(&path).unwrap().execute_batch(&old_schema).unwrap();
+        let outbox = SqliteOutbox::open(&path).unwrap();
+        let pusher = EndpointRecord { pusher_key: Some("app-key".into()), ..endpoint("p1") };
+        outbox.put_endpoint(pusher.clone()).await.unwrap();
+        drop(outbox);
+        let reopened = SqliteOutbox::open(&path).unwrap();
+        assert_eq!(reopened.endpoints().await.unwrap(), [pusher]);
     }
 
     #[tokio::test]

@@ -131,6 +131,7 @@ async fn create(_admin: WebhookAdmin, State(app): State<AppState>, body: JsonBod
         failing_since: None,
         created_at: unix_millis(),
         from_config: false,
+        pusher_key: None,
     };
     app.webhooks.create_endpoint(record.clone()).await.map_err(store_error)?;
     Ok((StatusCode::CREATED, Json(endpoint_view(&record, true))).into_response())

@@ -30,6 +30,34 @@ pub struct RawPusherApp {
     pub key: Option<String>,
     pub secret: Option<String>,
     pub namespace: Option<String>,
+    #[serde(default)]
+    pub webhooks: Vec<RawPusherWebhook>,
+}
+
+/// `[[pusher.apps.webhooks]]`: where the app's webhooks go, in Pusher's format.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPusherWebhook {
+    pub url: String,
+    /// Pusher's event names; default: all of [`WEBHOOK_EVENTS`].
+    pub events: Option<Vec<String>>,
+}
+
+/// The webhook events of the Pusher door, and the Herald event each comes from.
+pub const WEBHOOK_EVENTS: [(&str, &str); 5] = [
+    ("channel_occupied", "channel.occupied"),
+    ("channel_vacated", "channel.vacated"),
+    ("member_added", "presence.join"),
+    ("member_removed", "presence.leave"),
+    ("client_event", "publication"),
+];
+
+/// A Pusher app's webhook endpoint, validated.
+#[derive(Debug, Clone)]
+pub struct PusherWebhook {
+    pub url: String,
+    /// The Herald event types it takes.
+    pub herald_events: Vec<String>,
 }
 
 /// One Pusher app: its credentials and the Herald namespace of its channels.
@@ -38,6 +66,7 @@ pub struct PusherApp {
     pub key: String,
     pub secret: String,
     pub namespace: String,
+    pub webhooks: Vec<PusherWebhook>,
 }
 
 impl std::fmt::Debug for PusherApp {
@@ -47,6 +76,7 @@ impl std::fmt::Debug for PusherApp {
             .field("key", &self.key)
             .field("secret", &"(not shown)")
             .field("namespace", &self.namespace)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -199,8 +229,26 @@ pub fn settings(raw: &RawPusher, namespaces: Namespaces) -> Result<(PusherSettin
         if apps.iter().any(|other| other.key == app_key) {
             return Err((key("key"), "two apps have the same key".into()));
         }
+        let mut webhooks = Vec::with_capacity(raw_app.webhooks.len());
+        for (number, webhook) in raw_app.webhooks.iter().enumerate() {
+            let field = |name: &str| key(&format!("webhooks[{number}].{name}"));
+            let names =
+                webhook.events.clone().unwrap_or_else(|| WEBHOOK_EVENTS.map(|(name, _)| name.to_string()).to_vec());
+            if names.is_empty() {
+                return Err((field("events"), "give at least one event, or leave it out for all".into()));
+            }
+            let mut herald_events = Vec::new();
+            for name in &names {
+                let Some((_, herald)) = WEBHOOK_EVENTS.iter().find(|(known, _)| known == name) else {
+                    let known: Vec<&str> = WEBHOOK_EVENTS.iter().map(|(known, _)| *known).collect();
+                    return Err((field("events"), format!("{name:?} is not one of {known:?}")));
+                };
+                herald_events.push(herald.to_string());
+            }
+            webhooks.push(PusherWebhook { url: webhook.url.clone(), herald_events });
+        }
         namespaces = channel_rules(namespaces, &namespace);
-        apps.push(Arc::new(PusherApp { id, key: app_key, secret, namespace }));
+        apps.push(Arc::new(PusherApp { id, key: app_key, secret, namespace, webhooks }));
     }
     Ok((PusherSettings { apps, http_path, activity_timeout, client_event_rate }, namespaces))
 }

@@ -7,7 +7,8 @@
 //! - [`session`]: one Pusher connection's state machine, whatever carries it;
 //! - [`socket`]: `GET /app/{key}`, the WebSocket route;
 //! - [`http`]: the HTTP fallbacks (`xhr_streaming`, `xhr`, `xhr_send`) under `httpPath`;
-//! - [`api`]: the HTTP API under `/apps/{id}`.
+//! - [`api`]: the HTTP API under `/apps/{id}`;
+//! - [`webhooks`]: webhooks in Pusher's format, through Herald's outbox.
 
 pub mod api;
 pub mod apps;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod session;
 pub mod signature;
 pub mod socket;
+pub mod webhooks;
 
 use std::sync::Arc;
 

@@ -136,8 +136,14 @@ impl Webhooks {
     /// The endpoints that want publications of `channel` (usually none, answered from one
     /// atomic load): found once per publish, before it, and handed on to
     /// [`Webhooks::submit_publications`].
-    pub fn publication_endpoints(&self, channel: &ChannelName) -> Vec<String> {
-        self.registry.matching("publication", channel)
+    /// A Pusher app's endpoints take only client events: other publications skip them here,
+    /// so they do not wait for an outbox commit that records nothing.
+    pub fn publication_endpoints(&self, channel: &ChannelName, data: &[u8]) -> Vec<String> {
+        let mut endpoints = self.registry.matching("publication", channel);
+        if !endpoints.is_empty() && !crate::pusher::webhooks::is_client_event(data) {
+            endpoints.retain(|endpoint| !self.registry.is_pusher(endpoint));
+        }
+        endpoints
     }
 
     /// See [`Intake::order_guard`].

@@ -1,7 +1,8 @@
 //! Events into the outbox: a publication's events are handed to the outbox writer in offset
 //! order per channel and committed before the publish is acknowledged
 //! ([`Intake::submit_publications`]); channel events (occupied, vacated, join, leave) come from
-//! the hub through a bounded queue and are written in batches as they are reported.
+//! the hub through a bounded queue and are written in batches as they are reported. A Pusher
+//! app's endpoints get the same events in Pusher's format ([`crate::pusher::webhooks`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,8 @@ pub struct Intake {
     events: mpsc::Sender<ChannelEvent>,
     event_keys: AtomicU64,
     order_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Users' clients per presence channel, for the Pusher format's per-user member events.
+    members: crate::pusher::webhooks::MemberCounts,
 }
 
 impl Intake {
@@ -70,6 +73,7 @@ impl Intake {
             events,
             event_keys: AtomicU64::new(0),
             order_locks: (0..ORDER_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            members: Default::default(),
         };
         (intake, queue)
     }
@@ -110,15 +114,24 @@ impl Intake {
             );
             let body =
                 envelope("publication", published.time_ms, &crate::encode::EncodedPublication::of(&publication).json);
+            let pusher_body =
+                || crate::pusher::webhooks::client_event_body(&published.channel, data, published.time_ms);
             let key = format!("pub:{}:{}:{}", published.channel, published.position.epoch, published.position.offset);
             for endpoint in endpoints {
+                let body = match self.registry.is_pusher(endpoint) {
+                    false => body.clone(),
+                    true => match pusher_body() {
+                        Some(body) => body,
+                        None => continue,
+                    },
+                };
                 deliveries.push(NewDelivery {
                     endpoint: endpoint.clone(),
                     channel: published.channel.to_string(),
                     event_type: "publication".into(),
                     event_key: key.clone(),
                     seq: published.position.offset,
-                    body: body.clone(),
+                    body,
                     created_at: published.time_ms,
                 });
             }
@@ -195,17 +208,29 @@ impl Intake {
         .unwrap_or_default();
         let now = unix_millis();
         let body = envelope(event.kind(), now, &data);
+        // Counted once per event, whatever number of Pusher endpoints take it.
+        let pusher_body = endpoints
+            .iter()
+            .any(|endpoint| self.registry.is_pusher(endpoint))
+            .then(|| crate::pusher::webhooks::channel_event_body(event, &self.members, now))
+            .flatten();
         let key = format!("evt:{now}:{}", self.event_keys.fetch_add(1, Ordering::Relaxed));
         endpoints
             .into_iter()
-            .map(|endpoint| NewDelivery {
-                endpoint,
-                channel: event.channel().to_string(),
-                event_type: event.kind().into(),
-                event_key: key.clone(),
-                seq: 0,
-                body: body.clone(),
-                created_at: now,
+            .filter_map(|endpoint| {
+                let body = match self.registry.is_pusher(&endpoint) {
+                    false => body.clone(),
+                    true => pusher_body.clone()?,
+                };
+                Some(NewDelivery {
+                    endpoint,
+                    channel: event.channel().to_string(),
+                    event_type: event.kind().into(),
+                    event_key: key.clone(),
+                    seq: 0,
+                    body,
+                    created_at: now,
+                })
             })
             .collect()
     }

@@ -217,15 +217,19 @@ impl Lanes {
         {
             secrets.push(previous);
         }
-        let request = self
-            .client
-            .post(&endpoint.url)
-            .timeout(self.settings.timeout)
-            .header("content-type", "application/json")
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature::sign(&secrets, &id, timestamp, &delivery.body))
-            .body(delivery.body.clone());
+        let request =
+            self.client.post(&endpoint.url).timeout(self.settings.timeout).header("content-type", "application/json");
+        let request = match &endpoint.pusher_key {
+            // A Pusher app's webhook: signed the way Pusher's server SDKs check.
+            Some(key) => request
+                .header("x-pusher-key", key)
+                .header("x-pusher-signature", crate::pusher::webhooks::signature(&endpoint.secret, &delivery.body)),
+            None => request
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signature::sign(&secrets, &id, timestamp, &delivery.body)),
+        };
+        let request = request.body(delivery.body.clone());
         match request.send().await {
             Ok(response) => Answer::Status(response.status().as_u16()),
             // Kept short: it is stored with every attempt.

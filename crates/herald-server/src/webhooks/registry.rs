@@ -58,8 +58,12 @@ impl Registry {
         let stored = outbox.endpoints().await?;
         let mut declared = Vec::new();
         for config in configured {
-            // From the URL (unique in the file), so reordering the file keeps every id.
-            let id = format!("cfg_{:08x}", crc32fast::hash(config.url.as_bytes()));
+            // From the URL (unique in the file), so reordering the file keeps every id; a Pusher
+            // app's endpoint of the same URL is another one.
+            let id = match &config.pusher_key {
+                None => format!("cfg_{:08x}", crc32fast::hash(config.url.as_bytes())),
+                Some(key) => format!("pusher_{:08x}", crc32fast::hash(format!("{key} {}", config.url).as_bytes())),
+            };
             let previous = stored.iter().find(|endpoint| endpoint.id == id);
             let record = EndpointRecord {
                 id: id.clone(),
@@ -75,6 +79,7 @@ impl Registry {
                 failing_since: previous.and_then(|previous| previous.failing_since),
                 created_at: previous.map_or_else(unix_millis, |previous| previous.created_at),
                 from_config: true,
+                pusher_key: config.pusher_key.clone(),
             };
             if previous != Some(&record) {
                 outbox.put_endpoint(record.clone()).await?;
@@ -137,6 +142,11 @@ impl Registry {
         let mut endpoints: Vec<_> = self.read().values().cloned().collect();
         endpoints.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         endpoints
+    }
+
+    /// Whether the endpoint takes Pusher's format (a Pusher app's webhook).
+    pub fn is_pusher(&self, id: &str) -> bool {
+        self.read().get(id).is_some_and(|endpoint| endpoint.pusher_key.is_some())
     }
 
     /// Endpoints that want `event_type` on `channel` (paused ones included: they catch up on
