@@ -432,4 +432,8 @@ test('webhooks in Pusher\'s format, signed with the app\'s secret: occupied, vac
   assert.ok(mine.every((hook) => hook.valid && !hook.validWithOtherSecret), 'every call signed with the app\'s secret');
   assert.ok(mine.every((hook) => Math.abs(hook.time - Date.now()) < 60000), 'time_ms is now');
   assert.equal(mine.flatMap((hook) => hook.events).filter((event) => event.name === 'client_event').length, 1);
+  const cached = pusherClient();
+  await subscribed(cached.subscribe('cache-hooked'));
+  await until(() => events('cache_miss', 'cache-hooked').length === 1, 'cache_miss');
+  cached.disconnect();
 });

@@ -44,12 +44,13 @@ pub struct RawPusherWebhook {
 }
 
 /// The webhook events of the Pusher door, and the Herald event each comes from.
-pub const WEBHOOK_EVENTS: [(&str, &str); 5] = [
+pub const WEBHOOK_EVENTS: [(&str, &str); 6] = [
     ("channel_occupied", "channel.occupied"),
     ("channel_vacated", "channel.vacated"),
     ("member_added", "presence.join"),
     ("member_removed", "presence.leave"),
     ("client_event", "publication"),
+    ("cache_miss", "pusher.cache_miss"),
 ];
 
 /// A Pusher app's webhook endpoint, validated.

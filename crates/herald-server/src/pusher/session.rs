@@ -259,7 +259,12 @@ impl PusherSession {
         let query = HistoryQuery { since: Some(top.saturating_add(1)), limit: 1, reverse: true };
         match self.app.hub.history(channel, query).await {
             Ok(page) if !page.publications.is_empty() => Outgoing::Shared(PusherPublication::of(&page.publications[0])),
-            _ => Outgoing::Own(events::event("pusher:cache_miss", Some(name), "{}")),
+            _ => {
+                if let Err(error) = self.app.webhooks.cache_miss(channel).await {
+                    tracing::warn!(%error, "a cache miss could not be recorded for the app's webhooks");
+                }
+                Outgoing::Own(events::event("pusher:cache_miss", Some(name), "{}"))
+            }
         }
     }
 

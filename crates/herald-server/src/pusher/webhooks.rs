@@ -89,6 +89,11 @@ pub fn channel_event_body(event: &ChannelEvent, members: &MemberCounts, time_ms:
     }
 }
 
+/// The Pusher body of a cache channel's miss (a subscriber found no last event).
+pub fn cache_miss_body(channel: &ChannelName, time_ms: u64) -> Option<String> {
+    Some(body(time_ms, json!({"name": "cache_miss", "channel": pusher_name(channel)?})))
+}
+
 /// Whether a publication's data is a client event (what the door publishes for `client-*`,
 /// with the event name first), cheaply, before the publish.
 pub fn is_client_event(data: &[u8]) -> bool {

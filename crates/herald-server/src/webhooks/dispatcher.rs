@@ -146,6 +146,15 @@ impl Webhooks {
         endpoints
     }
 
+    /// A Pusher cache channel's miss, for the endpoints that want it (one atomic load when
+    /// none does).
+    pub async fn cache_miss(&self, channel: &ChannelName) -> Result<(), OutboxError> {
+        if !self.registry.wants("pusher.cache_miss") {
+            return Ok(());
+        }
+        self.intake.submit_cache_miss(channel).await
+    }
+
     /// See [`Intake::order_guard`].
     pub async fn order_guard<'a>(
         &self,

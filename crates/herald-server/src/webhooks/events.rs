@@ -141,6 +141,31 @@ impl Intake {
         Ok(PendingEvents { submitted, lanes, delivery: self.delivery.clone() })
     }
 
+    /// Records a Pusher cache channel's miss for the Pusher endpoints that want it.
+    pub async fn submit_cache_miss(&self, channel: &ChannelName) -> Result<(), OutboxError> {
+        const KIND: &str = "pusher.cache_miss";
+        let endpoints = self.registry.matching(KIND, channel);
+        let now = unix_millis();
+        let Some(body) = crate::pusher::webhooks::cache_miss_body(channel, now) else {
+            return Ok(());
+        };
+        let key = format!("evt:{now}:{}", self.event_keys.fetch_add(1, Ordering::Relaxed));
+        let deliveries = endpoints
+            .into_iter()
+            .filter(|endpoint| self.registry.is_pusher(endpoint))
+            .map(|endpoint| NewDelivery {
+                endpoint,
+                channel: channel.to_string(),
+                event_type: KIND.into(),
+                event_key: key.clone(),
+                seq: 0,
+                body: body.clone(),
+                created_at: now,
+            })
+            .collect();
+        self.enqueue(deliveries).await
+    }
+
     /// Takes a channel event the hub reported, if some endpoint wants its type. Never waits.
     fn take(&self, event: ChannelEvent) {
         crate::metrics::channel_event(event.kind());

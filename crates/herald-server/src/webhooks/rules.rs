@@ -6,9 +6,12 @@ use herald_wire::ErrorBody;
 /// The event types an endpoint may ask for.
 pub const EVENT_TYPES: [&str; 5] =
     ["publication", "channel.occupied", "channel.vacated", "presence.join", "presence.leave"];
+/// Event types only the Pusher door's endpoints take (`[[pusher.apps.webhooks]]`).
+pub const PUSHER_EVENT_TYPES: [&str; 1] = ["pusher.cache_miss"];
+
 /// The bit of `event_type` in a set of event types (0 for an unknown one).
 pub fn event_bit(event_type: &str) -> u8 {
-    EVENT_TYPES.iter().position(|known| *known == event_type).map_or(0, |index| 1 << index)
+    EVENT_TYPES.iter().chain(&PUSHER_EVENT_TYPES).position(|known| *known == event_type).map_or(0, |index| 1 << index)
 }
 
 /// Channel patterns of an endpoint: 1 to 64, each a channel name in which `*` matches any run
