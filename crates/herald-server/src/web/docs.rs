@@ -14,6 +14,7 @@ const DOCS: &[(&str, &str)] = &[
     ("clients", include_str!("../../../../docs/clients.md")),
     ("presence", include_str!("../../../../docs/presence.md")),
     ("webhooks", include_str!("../../../../docs/webhooks.md")),
+    ("pusher", include_str!("../../../../docs/pusher.md")),
     ("scaling", include_str!("../../../../docs/scaling.md")),
     ("conformance", include_str!("../../../../docs/conformance.md")),
     ("fuzzing", include_str!("../../../../docs/fuzzing.md")),
