@@ -11,6 +11,7 @@
 //! - [`presence`]: presence entries and lists;
 //! - [`http`]: the framing pieces of the HTTP transports and the server API;
 //! - [`webhook`]: the body of webhook calls and the webhook management API;
+//! - [`pusher`]: the Pusher Channels protocol of the Pusher door;
 //! - [`close_code`]: the WebSocket close codes Herald uses.
 //!
 //! No transport, no IO: types and encoders only. The server's transports translate between
@@ -24,6 +25,7 @@ pub mod position;
 pub mod presence;
 pub mod publication;
 pub mod push;
+pub mod pusher;
 pub mod reply;
 pub mod webhook;
 

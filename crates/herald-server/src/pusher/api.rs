@@ -5,17 +5,20 @@
 //! Channel counts are this node's (`subscription_count`: its connections to the channel, of
 //! either door); `user_count` and `users` come from presence, which spans the cluster.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{Method, StatusCode};
 use bytes::Bytes;
 use herald_core::{ChannelName, PublishRequest};
+use herald_wire::pusher::{
+    BatchReply, ChannelAttributes, ChannelsReply, StoredEvent, TriggerBatch, TriggerEvent, UserRef, UsersReply,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
 
 use super::apps::{ChannelKind, PusherApp, USER_CHANNEL_PREFIX, check_pusher_channel};
-use super::events::StoredEvent;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -57,29 +60,6 @@ fn now() -> u64 {
     crate::auth::unix_seconds()
 }
 
-/// One event to trigger, as `/events` and each entry of `/batch_events` take it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventBody {
-    name: String,
-    data: Box<RawValue>,
-    #[serde(default)]
-    channel: Option<String>,
-    #[serde(default)]
-    channels: Option<Vec<String>>,
-    #[serde(default)]
-    socket_id: Option<String>,
-    /// Attributes to answer per channel: `subscription_count`, `user_count`.
-    #[serde(default)]
-    info: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    batch: Vec<EventBody>,
-}
-
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, message)
 }
@@ -96,15 +76,12 @@ pub async fn events(
     method: Method,
     OriginalUri(uri): OriginalUri,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ChannelsReply>, ApiError> {
     let signed = verify(&app_state, &id, &method, &uri, &body)?;
-    let event: EventBody = parse_json(&body)?;
+    let event: TriggerEvent = parse_json(&body)?;
     let channels = event_channels(&signed.app, &event)?;
     let info = trigger(&app_state, &signed.app, vec![(event, channels)]).await?;
-    Ok(Json(match info.into_iter().next().flatten() {
-        Some(channels) => json!({"channels": channels}),
-        None => json!({}),
-    }))
+    Ok(Json(ChannelsReply { channels: info.into_iter().next().flatten() }))
 }
 
 /// `POST /apps/{id}/batch_events`: up to 10 events, published in one batch.
@@ -114,9 +91,9 @@ pub async fn batch_events(
     method: Method,
     OriginalUri(uri): OriginalUri,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchReply>, ApiError> {
     let signed = verify(&app_state, &id, &method, &uri, &body)?;
-    let batch: BatchBody = parse_json(&body)?;
+    let batch: TriggerBatch = parse_json(&body)?;
     if batch.batch.len() > MAX_BATCH {
         return Err(bad("batch_too_large", format!("at most {MAX_BATCH} events per batch")));
     }
@@ -131,18 +108,18 @@ pub async fn batch_events(
     let asked_info = events.iter().any(|(event, _)| event.info.is_some());
     let info = trigger(&app_state, &signed.app, events).await?;
     if !asked_info {
-        return Ok(Json(json!({})));
+        return Ok(Json(BatchReply::default()));
     }
     // Each entry's info is its one channel's attributes.
-    let batch: Vec<Value> = info
+    let batch = info
         .into_iter()
-        .map(|channels| channels.and_then(|map| map.into_iter().next().map(|(_, info)| info)).unwrap_or(json!({})))
+        .map(|channels| channels.and_then(|map| map.into_values().next()).unwrap_or_default())
         .collect();
-    Ok(Json(json!({"batch": batch})))
+    Ok(Json(BatchReply { batch: Some(batch) }))
 }
 
 /// The Herald channels an event names, each checked.
-fn event_channels(app: &PusherApp, event: &EventBody) -> Result<Vec<(String, ChannelName)>, ApiError> {
+fn event_channels(app: &PusherApp, event: &TriggerEvent) -> Result<Vec<(String, ChannelName)>, ApiError> {
     if event.name.is_empty() || event.name.len() > MAX_EVENT_NAME {
         return Err(bad("invalid_event", format!("an event name is 1 to {MAX_EVENT_NAME} characters")));
     }
@@ -187,8 +164,8 @@ fn is_socket_id(text: &str) -> bool {
 async fn trigger(
     app_state: &AppState,
     app: &PusherApp,
-    events: Vec<(EventBody, Vec<(String, ChannelName)>)>,
-) -> Result<Vec<Option<Map<String, Value>>>, ApiError> {
+    events: Vec<(TriggerEvent, Vec<(String, ChannelName)>)>,
+) -> Result<Vec<Option<BTreeMap<String, ChannelAttributes>>>, ApiError> {
     let max = app_state.settings.limits.max_message_size.get();
     let mut requests = Vec::new();
     for (event, channels) in &events {
@@ -222,9 +199,9 @@ async fn trigger(
             continue;
         };
         let attributes = Attributes::parse(info)?;
-        let mut map = Map::new();
+        let mut map = BTreeMap::new();
         for (name, channel) in channels {
-            map.insert(name.clone(), Value::Object(attributes.of(app_state, app, channel).await?));
+            map.insert(name.clone(), attributes.of(app_state, app, channel).await?);
         }
         answers.push(Some(map));
     }
@@ -256,17 +233,17 @@ impl Attributes {
         app_state: &AppState,
         app: &PusherApp,
         channel: &ChannelName,
-    ) -> Result<Map<String, Value>, ApiError> {
-        let mut map = Map::new();
+    ) -> Result<ChannelAttributes, ApiError> {
+        let mut attributes = ChannelAttributes::default();
         // Only presence channels have users to count.
         let name = app.pusher_name(channel).unwrap_or_default();
         if self.user_count && ChannelKind::of(name) == ChannelKind::Presence {
-            map.insert("user_count".into(), json!(user_ids(app_state, channel).await?.len()));
+            attributes.user_count = Some(user_ids(app_state, channel).await?.len());
         }
         if self.subscription_count {
-            map.insert("subscription_count".into(), json!(app_state.hub.subscriber_count(channel)));
+            attributes.subscription_count = Some(app_state.hub.subscriber_count(channel));
         }
-        Ok(map)
+        Ok(attributes)
     }
 }
 
@@ -288,7 +265,7 @@ pub async fn channels(
     Path(id): Path<String>,
     method: Method,
     OriginalUri(uri): OriginalUri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ChannelsReply>, ApiError> {
     let signed = verify(&app_state, &id, &method, &uri, &[])?;
     let prefix = query_value(&signed.query, "filter_by_prefix").unwrap_or_default();
     let attributes = Attributes::parse(query_value(&signed.query, "info").unwrap_or_default())?;
@@ -298,14 +275,14 @@ pub async fn channels(
     if attributes.user_count && !prefix.starts_with("presence-") {
         return Err(bad("invalid_info", "user_count needs filter_by_prefix=presence-"));
     }
-    let mut listed = Map::new();
+    let mut listed = BTreeMap::new();
     for (channel, _) in app_state.hub.channels() {
         let Some(name) = signed.app.pusher_name(&channel).filter(|name| name.starts_with(prefix)) else {
             continue;
         };
-        listed.insert(name.to_string(), Value::Object(attributes.of(&app_state, &signed.app, &channel).await?));
+        listed.insert(name.to_string(), attributes.of(&app_state, &signed.app, &channel).await?);
     }
-    Ok(Json(json!({"channels": listed})))
+    Ok(Json(ChannelsReply { channels: Some(listed) }))
 }
 
 /// `GET /apps/{id}/channels/{name}[?info=subscription_count,user_count]`.
@@ -314,13 +291,13 @@ pub async fn channel(
     Path((id, name)): Path<(String, String)>,
     method: Method,
     OriginalUri(uri): OriginalUri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ChannelAttributes>, ApiError> {
     let signed = verify(&app_state, &id, &method, &uri, &[])?;
     let channel = checked_channel(&signed.app, &name)?;
     let attributes = Attributes::parse(query_value(&signed.query, "info").unwrap_or_default())?;
-    let mut map = attributes.of(&app_state, &signed.app, &channel).await?;
-    map.insert("occupied".into(), json!(app_state.hub.subscriber_count(&channel) > 0));
-    Ok(Json(Value::Object(map)))
+    let mut answer = attributes.of(&app_state, &signed.app, &channel).await?;
+    answer.occupied = Some(app_state.hub.subscriber_count(&channel) > 0);
+    Ok(Json(answer))
 }
 
 /// `GET /apps/{id}/channels/{name}/users`: a presence channel's users.
@@ -329,14 +306,14 @@ pub async fn users(
     Path((id, name)): Path<(String, String)>,
     method: Method,
     OriginalUri(uri): OriginalUri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UsersReply>, ApiError> {
     let signed = verify(&app_state, &id, &method, &uri, &[])?;
     let channel = checked_channel(&signed.app, &name)?;
     if ChannelKind::of(&name) != ChannelKind::Presence {
         return Err(bad("not_presence", "users are listed for presence channels only"));
     }
-    let users: Vec<Value> = user_ids(&app_state, &channel).await?.into_iter().map(|id| json!({"id": id})).collect();
-    Ok(Json(json!({"users": users})))
+    let users = user_ids(&app_state, &channel).await?.into_iter().map(|id| UserRef { id }).collect();
+    Ok(Json(UsersReply { users }))
 }
 
 fn checked_channel(app: &PusherApp, name: &str) -> Result<ChannelName, ApiError> {
@@ -352,7 +329,7 @@ pub async fn terminate_connections(
     method: Method,
     OriginalUri(uri): OriginalUri,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ChannelsReply>, ApiError> {
     let signed = verify(&app_state, &id, &method, &uri, &body)?;
     let empty = RawValue::from_string("\"{}\"".to_string()).map_err(|error| bad("internal", error.to_string()))?;
     let channel = signed.app.user_channel(&user).map_err(|reason| bad("invalid_user", reason))?;
@@ -360,5 +337,5 @@ pub async fn terminate_connections(
         StoredEvent { event: super::session::TERMINATE_EVENT.into(), data: &empty, socket_id: None, user_id: None };
     let data = Bytes::from(serde_json::to_string(&stored).unwrap_or_default());
     crate::publish::publish(&app_state, PublishRequest { channel, data, idempotency_key: None }).await?;
-    Ok(Json(json!({})))
+    Ok(Json(ChannelsReply::default()))
 }

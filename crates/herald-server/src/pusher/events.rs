@@ -1,6 +1,5 @@
-//! The Pusher door's events on the wire: what clients send, the events the server sends, and a
-//! Herald publication in its Pusher form, encoded once per publication and shared by every
-//! Pusher subscriber, like Herald's own frames.
+//! A Herald publication in its Pusher form, encoded once per publication and shared by every
+//! Pusher subscriber, like Herald's own frames (the shapes are `herald_wire::pusher`'s).
 //!
 //! A publication is a Pusher event when its data is `{"event": NAME, "data": DATA}` (what the
 //! Pusher HTTP API and client events publish; `socket_id` names a connection that does not get
@@ -12,103 +11,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_core::Publication;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use herald_wire::pusher::{HERALD_PUBLICATION, StoredEvent, as_string, event};
 
 use crate::transport::ws::frames::text_frame;
-
-/// The event name of a publication whose data is not a Pusher event.
-pub const HERALD_PUBLICATION: &str = "herald:publication";
-
-/// An event from a client: `{"event", "channel"?, "data"?}`.
-#[derive(Debug, Deserialize)]
-pub struct ClientMessage<'a> {
-    #[serde(borrow)]
-    pub event: std::borrow::Cow<'a, str>,
-    #[serde(default, borrow)]
-    pub channel: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default, borrow)]
-    pub data: Option<&'a RawValue>,
-}
-
-/// `pusher:subscribe`'s data.
-#[derive(Debug, Deserialize)]
-pub struct SubscribeData {
-    pub channel: String,
-    #[serde(default)]
-    pub auth: Option<String>,
-    #[serde(default)]
-    pub channel_data: Option<String>,
-}
-
-/// A presence channel's `channel_data`, as the app's auth endpoint signed it.
-#[derive(Debug, Deserialize)]
-pub struct ChannelData {
-    pub user_id: UserId,
-    #[serde(default)]
-    pub user_info: Option<Box<RawValue>>,
-}
-
-/// Pusher user ids are strings, though many apps send numbers.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum UserId {
-    Text(String),
-    Number(serde_json::Number),
-}
-
-impl UserId {
-    pub fn into_string(self) -> String {
-        match self {
-            Self::Text(text) => text,
-            Self::Number(number) => number.to_string(),
-        }
-    }
-}
-
-/// The data a Herald publication holds for a Pusher event.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct StoredEvent<'a> {
-    #[serde(borrow)]
-    pub event: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    pub data: &'a RawValue,
-    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
-    pub socket_id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
-    pub user_id: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// One event as the server sends it: `data` is a JSON string, as Pusher's servers send it.
-#[derive(Serialize)]
-struct ServerEvent<'a> {
-    event: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    channel: Option<&'a str>,
-    data: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user_id: Option<&'a str>,
-}
-
-/// An event's JSON, its data given as JSON text (sent as a JSON string).
-pub fn event(name: &str, channel: Option<&str>, data_json: &str) -> String {
-    encode(name, channel, data_json, None)
-}
-
-fn encode(name: &str, channel: Option<&str>, data: &str, user_id: Option<&str>) -> String {
-    serde_json::to_string(&ServerEvent { event: name, channel, data, user_id }).unwrap_or_default()
-}
-
-/// `pusher:error {code, message}` (its data is an object: pusher-js reads it as is).
-pub fn error(code: Option<u16>, message: &str) -> String {
-    serde_json::json!({"event": "pusher:error", "data": {"code": code, "message": message}}).to_string()
-}
-
-/// `pusher:subscription_error` on a channel, with pusher-js's fields.
-pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16) -> String {
-    let data = serde_json::json!({"type": kind, "error": message, "status": status});
-    serde_json::json!({"event": "pusher:subscription_error", "channel": channel, "data": data}).to_string()
-}
 
 /// A publication in its Pusher form, shared by every Pusher subscriber.
 #[derive(Clone)]
@@ -140,18 +45,10 @@ fn pusher_json(publication: &Publication) -> (String, Option<String>, Option<Str
     match serde_json::from_str::<StoredEvent<'_>>(data) {
         Ok(stored) => {
             let payload = as_string(stored.data);
-            let json = encode(&stored.event, Some(channel), &payload, stored.user_id.as_deref());
+            let json = event(&stored.event, Some(channel), &payload, stored.user_id.as_deref());
             (json, stored.socket_id.map(|id| id.into_owned()), Some(stored.event.into_owned()))
         }
-        Err(_) => (encode(HERALD_PUBLICATION, Some(channel), data, None), None, None),
-    }
-}
-
-/// Event data as Pusher sends it: a JSON string is its text; other JSON, its own text.
-pub fn as_string(data: &RawValue) -> std::borrow::Cow<'_, str> {
-    match serde_json::from_str::<std::borrow::Cow<'_, str>>(data.get()) {
-        Ok(text) => text,
-        Err(_) => std::borrow::Cow::Borrowed(data.get()),
+        Err(_) => (event(HERALD_PUBLICATION, Some(channel), data, None), None, None),
     }
 }
 

@@ -24,7 +24,7 @@ use axum::body::{Body, Bytes as BodyBytes};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use herald_core::Inbox;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
@@ -223,12 +223,11 @@ fn frames_response(frames: Bytes) -> Response {
 }
 
 fn close_frame(close: Close) -> Bytes {
-    let json = serde_json::json!([close.code, close.reason]);
-    Bytes::from(format!("c{json}\n"))
+    Bytes::from(herald_wire::pusher::close_frame(close.code, close.reason))
 }
 
-const OPEN_FRAME: &[u8] = b"o\n";
-const HEARTBEAT_FRAME: &[u8] = b"h\n";
+const OPEN_FRAME: &[u8] = herald_wire::pusher::OPEN_FRAME.as_bytes();
+const HEARTBEAT_FRAME: &[u8] = herald_wire::pusher::HEARTBEAT_FRAME.as_bytes();
 
 /// One HTTP session's task: the Pusher session, the requests that receive its frames, and the
 /// frames waiting for the next one.
@@ -359,12 +358,8 @@ impl SessionTask {
         if self.queued.is_empty() || self.receiver.is_none() {
             return;
         }
-        let mut frame = BytesMut::from(&b"a"[..]);
-        let events: Vec<&str> = self.queued.iter().map(|json| std::str::from_utf8(json).unwrap_or("null")).collect();
-        // Each event is a JSON string inside the array: pusher-js parses it once more.
-        serde_json::to_writer((&mut frame).writer(), &events).unwrap_or_default();
-        frame.put_u8(b'\n');
-        if self.send_frame(frame.freeze()) {
+        let events = self.queued.iter().map(|json| std::str::from_utf8(json).unwrap_or("null"));
+        if self.send_frame(Bytes::from(herald_wire::pusher::events_frame(events))) {
             self.queued.clear();
         }
     }

@@ -23,10 +23,14 @@ use herald_core::{
 use serde_json::value::RawValue;
 
 use super::apps::{ChannelKind, PusherApp, USER_CHANNEL_PREFIX, is_cache};
-use super::events::{self, ChannelData, ClientMessage, PusherPublication, StoredEvent, SubscribeData};
+use super::events::PusherPublication;
 use crate::presence::ClientId;
 use crate::state::AppState;
 use crate::transport::limits::TokenBucket;
+use herald_wire::pusher::{
+    self as events, ChannelData, ClientMessage, Member, SignInData, StoredEvent, SubscribeData, UnsubscribeData,
+    UserData,
+};
 
 /// The largest `channel_data` a presence subscription may carry, in bytes (Pusher's limit on
 /// user info is 1 KB; the id and the JSON around it fit in the rest).
@@ -147,8 +151,7 @@ impl PusherSession {
     /// `pusher:connection_established`, the first event of every connection.
     pub fn greeting(&self) -> String {
         let activity_timeout = self.app.settings.pusher.activity_timeout.as_secs();
-        let data = serde_json::json!({"socket_id": &*self.socket_id, "activity_timeout": activity_timeout});
-        events::event("pusher:connection_established", None, &data.to_string())
+        events::connection_established(&self.socket_id, activity_timeout)
     }
 
     /// Handles one message from the client.
@@ -158,7 +161,7 @@ impl PusherSession {
             Err(error) => return Ok(own(events::error(None, &format!("an event is a JSON object: {error}")))),
         };
         let outgoing = match &*message.event {
-            "pusher:ping" => own(events::event("pusher:pong", None, "{}")),
+            "pusher:ping" => own(events::event("pusher:pong", None, "{}", None)),
             "pusher:pong" => Vec::new(),
             "pusher:subscribe" => self.subscribe(message.data).await,
             "pusher:unsubscribe" => self.unsubscribe(message.data).await,
@@ -180,7 +183,7 @@ impl PusherSession {
             return match &mut self.user {
                 Some(signed_in) if signed_in.id == user => {
                     signed_in.delivering = true;
-                    own(events::event("pusher_internal:subscription_succeeded", Some(name), "{}"))
+                    own(events::event("pusher_internal:subscription_succeeded", Some(name), "{}", None))
                 }
                 _ => refuse("AuthError", "a user's channel is for that user's signed-in connections", 403),
             };
@@ -232,21 +235,23 @@ impl PusherSession {
                 self.app.hub.join_presence(&channel, entry).await;
                 let present = self.app.hub.presence(&channel).await.ok().flatten().map(|snapshot| snapshot.clients);
                 let mut members = Members { me: user, clients: HashMap::new(), users: HashMap::new() };
-                let mut hash = serde_json::Map::new();
-                let mut ids = Vec::new();
-                for entry in present.iter().flatten() {
+                let present: Vec<_> = present.into_iter().flatten().filter(|entry| !entry.user.is_empty()).collect();
+                let infos: Vec<_> = present.iter().map(user_info).collect();
+                let listed: Vec<Member<'_>> = present
+                    .iter()
+                    .zip(&infos)
+                    .map(|(entry, info)| Member { user_id: &entry.user, user_info: info.as_deref() })
+                    .collect();
+                for entry in &present {
                     members.add(&entry.client, &entry.user);
-                    if !entry.user.is_empty() && !hash.contains_key(&entry.user) {
-                        ids.push(entry.user.clone());
-                        hash.insert(entry.user.clone(), user_info(entry));
-                    }
                 }
                 subscription.members = Some(Box::new(members));
-                serde_json::json!({"presence": {"ids": ids, "hash": hash, "count": ids.len()}}).to_string()
+                events::presence_data(&listed)
             }
             None => "{}".to_string(),
         };
-        let mut outgoing = own(events::event("pusher_internal:subscription_succeeded", Some(name), &succeeded_data));
+        let mut outgoing =
+            own(events::event("pusher_internal:subscription_succeeded", Some(name), &succeeded_data, None));
         self.channels.push(subscription);
         if is_cache(name) {
             outgoing.push(self.cached_event(&channel, name, subscribed.position.offset).await);
@@ -263,17 +268,13 @@ impl PusherSession {
                 if let Err(error) = self.app.webhooks.cache_miss(channel).await {
                     tracing::warn!(%error, "a cache miss could not be recorded for the app's webhooks");
                 }
-                Outgoing::Own(events::event("pusher:cache_miss", Some(name), "{}"))
+                Outgoing::Own(events::event("pusher:cache_miss", Some(name), "{}", None))
             }
         }
     }
 
     async fn unsubscribe(&mut self, data: Option<&RawValue>) -> Vec<Outgoing> {
-        #[derive(serde::Deserialize)]
-        struct Unsubscribe {
-            channel: String,
-        }
-        let Some(request) = data.and_then(|data| serde_json::from_str::<Unsubscribe>(data.get()).ok()) else {
+        let Some(request) = data.and_then(|data| serde_json::from_str::<UnsubscribeData>(data.get()).ok()) else {
             return own(events::error(None, "pusher:unsubscribe needs data {channel}"));
         };
         if let Some(user) = &mut self.user
@@ -300,17 +301,8 @@ impl PusherSession {
     /// `pusher:signin {auth, user_data}`: the app's signature over the user's data makes this
     /// connection that user's, and its channel is followed from now.
     async fn sign_in(&mut self, data: Option<&RawValue>) -> Vec<Outgoing> {
-        #[derive(serde::Deserialize)]
-        struct SignIn {
-            auth: String,
-            user_data: String,
-        }
-        #[derive(serde::Deserialize)]
-        struct UserData {
-            id: String,
-        }
         let refuse = |message: &str| own(events::error(Some(4009), message));
-        let Some(request) = data.and_then(|data| serde_json::from_str::<SignIn>(data.get()).ok()) else {
+        let Some(request) = data.and_then(|data| serde_json::from_str::<SignInData>(data.get()).ok()) else {
             return refuse("pusher:signin needs data {auth, user_data}");
         };
         if self.user.is_some() {
@@ -342,8 +334,7 @@ impl PusherSession {
             Err(error) => return refuse(&format!("engine unavailable: {error}")),
         }
         self.user = Some(Box::new(SignedIn { id: user.id, channel, delivering: false }));
-        let data = serde_json::json!({"user_data": request.user_data});
-        own(events::event("pusher:signin_success", None, &data.to_string()))
+        own(events::signin_success(&request.user_data))
     }
 
     /// `client-*` on a private or presence channel this connection subscribed: published to
@@ -428,16 +419,17 @@ impl PusherSession {
         let members = subscription.members.as_mut()?;
         let entry = &event.entry;
         let (name, data) = match event.change {
-            PresenceChange::Join if members.add(&entry.client, &entry.user) => (
-                "pusher_internal:member_added",
-                serde_json::json!({"user_id": &entry.user, "user_info": user_info(entry)}),
-            ),
+            PresenceChange::Join if members.add(&entry.client, &entry.user) => {
+                let info = user_info(entry);
+                let member = Member { user_id: &entry.user, user_info: info.as_deref() };
+                ("pusher_internal:member_added", events::member_added_data(&member))
+            }
             PresenceChange::Leave => {
-                ("pusher_internal:member_removed", serde_json::json!({"user_id": members.remove(&entry.client)?}))
+                ("pusher_internal:member_removed", events::member_removed_data(&members.remove(&entry.client)?))
             }
             PresenceChange::Join => return None,
         };
-        Some(Outgoing::Own(events::event(name, Some(&subscription.name), &data.to_string())))
+        Some(Outgoing::Own(events::event(name, Some(&subscription.name), &data, None)))
     }
 
     /// Leaves every channel: the connection is gone (its members stay for the grace period).
@@ -473,7 +465,7 @@ fn presence_member(channel_data: Option<&str>) -> Result<(String, Option<Bytes>)
     Ok((user, data.user_info.map(|info| crate::encode::payload(&info))))
 }
 
-/// A presence entry's user info as JSON (`null` without one).
-fn user_info(entry: &PresenceEntry) -> serde_json::Value {
-    entry.info.as_ref().and_then(|info| serde_json::from_slice(info).ok()).unwrap_or(serde_json::Value::Null)
+/// A presence entry's user info as JSON, if it has one.
+fn user_info(entry: &PresenceEntry) -> Option<Box<RawValue>> {
+    entry.info.as_ref().and_then(|info| serde_json::from_slice(info).ok())
 }

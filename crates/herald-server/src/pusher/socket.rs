@@ -12,12 +12,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::Push;
 
-use super::events;
 use super::session::{Close, Outgoing, PusherSession};
 use crate::state::AppState;
 use crate::transport::Expiry;
 use crate::transport::ws::frames::text_frame;
 use crate::transport::ws::{Ending, Goodbye, Protocol};
+use herald_wire::pusher as events;
 
 /// The protocol versions pusher-js has spoken (7 since 2015); others are refused with 4007.
 const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;

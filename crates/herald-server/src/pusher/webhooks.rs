@@ -12,12 +12,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use herald_core::{ChannelEvent, ChannelName, PresenceChange};
+use herald_wire::pusher::{StoredEvent, WebhookEvent, as_string, webhook_body};
 use hmac::{Hmac, KeyInit, Mac};
-use serde_json::json;
 use sha2::Sha256;
 
 use super::apps::USER_CHANNEL_PREFIX;
-use super::events::{StoredEvent, as_string};
 
 /// `X-Pusher-Signature` of a body.
 pub fn signature(secret: &str, body: &str) -> String {
@@ -31,10 +30,6 @@ pub fn signature(secret: &str, body: &str) -> String {
 fn pusher_name(channel: &ChannelName) -> Option<&str> {
     let (_, name) = channel.as_str().split_once(':')?;
     (!name.starts_with(USER_CHANNEL_PREFIX)).then_some(name)
-}
-
-fn body(time_ms: u64, event: serde_json::Value) -> String {
-    json!({"time_ms": time_ms, "events": [event]}).to_string()
 }
 
 /// Each present user's clients per presence channel, as the events have told them.
@@ -73,32 +68,28 @@ impl MemberCounts {
 pub fn channel_event_body(event: &ChannelEvent, members: &MemberCounts, time_ms: u64) -> Option<String> {
     let name = pusher_name(event.channel())?;
     match event {
-        ChannelEvent::Occupied(_) => Some(body(time_ms, json!({"name": "channel_occupied", "channel": name}))),
-        ChannelEvent::Vacated(_) => Some(body(time_ms, json!({"name": "channel_vacated", "channel": name}))),
+        ChannelEvent::Occupied(_) => Some(webhook_body(time_ms, WebhookEvent::ChannelOccupied { channel: name })),
+        ChannelEvent::Vacated(_) => Some(webhook_body(time_ms, WebhookEvent::ChannelVacated { channel: name })),
         ChannelEvent::Presence(presence) => {
             let user = &presence.entry.user;
             if user.is_empty() || !members.changes_users(event.channel(), user, presence.change) {
                 return None;
             }
-            let kind = match presence.change {
-                PresenceChange::Join => "member_added",
-                PresenceChange::Leave => "member_removed",
+            let event = match presence.change {
+                PresenceChange::Join => WebhookEvent::MemberAdded { channel: name, user_id: user },
+                PresenceChange::Leave => WebhookEvent::MemberRemoved { channel: name, user_id: user },
             };
-            Some(body(time_ms, json!({"name": kind, "channel": name, "user_id": user})))
+            Some(webhook_body(time_ms, event))
         }
     }
 }
 
 /// The Pusher body of a cache channel's miss (a subscriber found no last event).
 pub fn cache_miss_body(channel: &ChannelName, time_ms: u64) -> Option<String> {
-    Some(body(time_ms, json!({"name": "cache_miss", "channel": pusher_name(channel)?})))
+    Some(webhook_body(time_ms, WebhookEvent::CacheMiss { channel: pusher_name(channel)? }))
 }
 
-/// Whether a publication's data is a client event (what the door publishes for `client-*`,
-/// with the event name first), cheaply, before the publish.
-pub fn is_client_event(data: &[u8]) -> bool {
-    data.starts_with(br#"{"event":"client-"#)
-}
+pub use herald_wire::pusher::is_client_event;
 
 /// The Pusher body of a published client event; `None` for other publications.
 pub fn client_event_body(channel: &ChannelName, data: &[u8], time_ms: u64) -> Option<String> {
@@ -107,17 +98,15 @@ pub fn client_event_body(channel: &ChannelName, data: &[u8], time_ms: u64) -> Op
     }
     let name = pusher_name(channel)?;
     let stored: StoredEvent<'_> = serde_json::from_slice(data).ok()?;
-    let mut event = json!({
-        "name": "client_event",
-        "channel": name,
-        "event": stored.event,
-        "data": as_string(stored.data),
-        "socket_id": stored.socket_id,
-    });
-    if let Some(user) = stored.user_id {
-        event["user_id"] = json!(user);
-    }
-    Some(body(time_ms, event))
+    let data = as_string(stored.data);
+    let event = WebhookEvent::ClientEvent {
+        channel: name,
+        event: &stored.event,
+        data: &data,
+        socket_id: stored.socket_id.as_deref(),
+        user_id: stored.user_id.as_deref(),
+    };
+    Some(webhook_body(time_ms, event))
 }
 
 #[cfg(test)]
@@ -138,7 +127,7 @@ mod tests {
         let added = body(presence(PresenceChange::Join, "c1", "alice")).unwrap();
         assert_eq!(
             added,
-            r#"{"events":[{"channel":"presence-r","name":"member_added","user_id":"alice"}],"time_ms":7}"#
+            r#"{"time_ms":7,"events":[{"name":"member_added","channel":"presence-r","user_id":"alice"}]}"#
         );
         assert_eq!(body(presence(PresenceChange::Join, "c2", "alice")), None);
         assert_eq!(body(presence(PresenceChange::Leave, "c1", "alice")), None);
@@ -154,7 +143,7 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(
             parsed["events"][0],
-            json!({"name":"client_event","channel":"private-chat","event":"client-typing","data":"{\"a\":1}","socket_id":"1.2","user_id":"u"})
+            serde_json::json!({"name":"client_event","channel":"private-chat","event":"client-typing","data":"{\"a\":1}","socket_id":"1.2","user_id":"u"})
         );
         assert_eq!(client_event_body(&channel, br#"{"event":"greet","data":"x"}"#, 9), None);
         // HMAC-SHA256 of "hello" with key "key".
