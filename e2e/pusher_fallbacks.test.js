@@ -98,11 +98,23 @@ for (const [transport, blocked] of [
     for (let n = 0; n < 30; n++) await sdk.trigger('private-room', 'greet', { n });
     await page.waitForFunction(() => window.received.length >= 30, null, { timeout: 30000 });
     assert.deepEqual(await page.evaluate(() => window.received), [...Array(30).keys()], 'every event once, in order');
+    // More than pusher-js reads of one stream (256 KiB): it opens the next one on the same
+    // session, and nothing is lost across the change.
+    const filler = 'x'.repeat(8000);
+    for (let n = 30; n < 70; n++) await sdk.trigger('private-room', 'greet', { n, filler });
+    await page.waitForFunction(() => window.received.length >= 70, null, { timeout: 30000 });
+    assert.deepEqual(await page.evaluate(() => window.received), [...Array(70).keys()], 'every event once, in order');
+    assert.equal(await page.evaluate(() => window.pusher.connection.state), 'connected');
     await page.evaluate(() => [0, 1, 2].forEach((i) => window.room.trigger('client-wave', { i })));
     await until(() => fromPage.length === 3, 'the page\'s client events at the peer');
     assert.deepEqual(fromPage, [0, 1, 2]);
     assert.ok(requests.some((url) => url.includes(`/${transport === 'xhr_polling' ? 'xhr' : 'xhr_streaming'}?`)));
     assert.ok(requests.some((url) => url.includes('/xhr_send')));
+    if (transport === 'xhr_streaming') {
+      const streams = requests.filter((url) => url.includes('/xhr_streaming?'));
+      assert.ok(streams.length >= 2, `the stream was reopened past 256 KiB (${streams.length} streams)`);
+      assert.equal(new Set(streams.map((url) => url.split('/xhr_streaming')[0])).size, 1, 'on one session');
+    }
     peer.disconnect();
     await context.close();
   });

@@ -33,7 +33,7 @@ pub mod presence;
 pub mod publication;
 pub mod tracker;
 
-pub use channel::{ChannelName, InvalidChannelName};
+pub use channel::{ChannelName, InvalidChannelName, MAX_CHANNEL_NAME_LEN};
 pub use clock::unix_millis;
 pub use durable::{DurableEngine, Storage};
 pub use engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishError, PublishRequest, Published};

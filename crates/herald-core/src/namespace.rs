@@ -74,6 +74,17 @@ impl Namespaces {
         self
     }
 
+    /// Whether `namespace` has options of its own (rather than the default namespace's).
+    pub fn is_named(&self, namespace: &str) -> bool {
+        self.named.contains_key(namespace)
+    }
+
+    /// Gives `namespace` options of its own.
+    pub fn with_named(mut self, namespace: String, options: NamespaceOptions) -> Self {
+        self.named.insert(namespace, options);
+        self
+    }
+
     /// The options of a namespace's channels without a prefix of their own.
     pub fn options_of_namespace(&self, namespace: &str) -> &NamespaceOptions {
         self.named.get(namespace).unwrap_or(&self.default)

@@ -794,7 +794,9 @@ fn pusher_webhook_endpoints(pusher: &crate::pusher::apps::PusherSettings) -> Res
             endpoints.push(ConfigEndpoint {
                 url: webhook.url.clone(),
                 channels: vec![format!("{}:*", app.namespace)],
-                events: webhook.herald_events.clone(),
+                // The Herald types select the events; the Pusher names beside them (which no
+                // Herald type matches) say which of them the endpoint is sent.
+                events: webhook.herald_events.iter().chain(&webhook.pusher_events).cloned().collect(),
                 secret: app.secret.clone(),
                 description: Some(format!("Pusher app {}", app.id)),
                 pusher_key: Some(app.key.clone()),

@@ -19,6 +19,8 @@ pub struct RawPusher {
     pub activity_timeout: Option<u64>,
     /// Client events (`client-*`) one connection may send per second; Pusher's own limit is 10.
     pub client_event_rate: Option<u32>,
+    /// Users a presence channel holds at most (Pusher's limit is 100).
+    pub max_presence_members: Option<usize>,
     #[serde(default)]
     pub apps: Vec<RawPusherApp>,
 }
@@ -59,6 +61,8 @@ pub struct PusherWebhook {
     pub url: String,
     /// The Herald event types it takes.
     pub herald_events: Vec<String>,
+    /// The Pusher events it asked for.
+    pub pusher_events: Vec<String>,
 }
 
 /// One Pusher app: its credentials and the Herald namespace of its channels.
@@ -108,6 +112,7 @@ pub struct PusherSettings {
     pub http_path: String,
     pub activity_timeout: Duration,
     pub client_event_rate: u32,
+    pub max_presence_members: usize,
 }
 
 impl Default for PusherSettings {
@@ -117,6 +122,7 @@ impl Default for PusherSettings {
             http_path: "/pusher".to_string(),
             activity_timeout: Duration::from_secs(120),
             client_event_rate: 10,
+            max_presence_members: 100,
         }
     }
 }
@@ -206,6 +212,11 @@ pub fn settings(raw: &RawPusher, namespaces: Namespaces) -> Result<(PusherSettin
         Some(0) => return Err(("pusher.client_event_rate".into(), "at least 1 a second".into())),
         Some(rate) => rate,
     };
+    let max_presence_members = match raw.max_presence_members {
+        None => defaults.max_presence_members,
+        Some(0) => return Err(("pusher.max_presence_members".into(), "at least 1".into())),
+        Some(most) => most,
+    };
     let mut apps: Vec<Arc<PusherApp>> = Vec::with_capacity(raw.apps.len());
     let mut namespaces = namespaces;
     for (index, raw_app) in raw.apps.iter().enumerate() {
@@ -217,6 +228,13 @@ pub fn settings(raw: &RawPusher, namespaces: Namespaces) -> Result<(PusherSettin
         let app_key = required(&raw_app.key, "key")?;
         let secret = required(&raw_app.secret, "secret")?;
         let namespace = raw_app.namespace.clone().unwrap_or_else(|| id.clone());
+        if namespace.len() + 1 + MAX_PUSHER_CHANNEL_LEN > herald_core::MAX_CHANNEL_NAME_LEN {
+            let most = herald_core::MAX_CHANNEL_NAME_LEN - 1 - MAX_PUSHER_CHANNEL_LEN;
+            return Err((
+                key("namespace"),
+                format!("at most {most} characters, so Pusher's longest channel names fit"),
+            ));
+        }
         if namespace.is_empty() || namespace.contains(':') || ChannelName::new(&namespace).is_err() {
             let reason = "a Herald namespace name: a channel-name prefix without ':' (the app id by default)";
             return Err((key("namespace"), reason.into()));
@@ -246,12 +264,31 @@ pub fn settings(raw: &RawPusher, namespaces: Namespaces) -> Result<(PusherSettin
                 };
                 herald_events.push(herald.to_string());
             }
-            webhooks.push(PusherWebhook { url: webhook.url.clone(), herald_events });
+            if webhooks.iter().any(|other: &PusherWebhook| other.url == webhook.url) {
+                return Err((field("url"), "this URL is declared twice for this app".into()));
+            }
+            // Members are counted from joins and leaves alike, so an endpoint taking either
+            // takes both from Herald (and is sent only what it asked for).
+            if herald_events.iter().any(|event| event.starts_with("presence.")) {
+                for needed in ["presence.join", "presence.leave"] {
+                    if !herald_events.iter().any(|event| event == needed) {
+                        herald_events.push(needed.to_string());
+                    }
+                }
+            }
+            webhooks.push(PusherWebhook { url: webhook.url.clone(), herald_events, pusher_events: names });
+        }
+        if !namespaces.is_named(&namespace) {
+            // A namespace of its own: Pusher's public channels are open to whoever has the key,
+            // even on a server whose [auth] closes namespaces by default. A namespace the
+            // configuration declares keeps its own `anonymous` (closed: no public channels).
+            let options = NamespaceOptions { anonymous: true, ..namespaces.options_of_namespace(&namespace).clone() };
+            namespaces = namespaces.with_named(namespace.clone(), options);
         }
         namespaces = channel_rules(namespaces, &namespace);
         apps.push(Arc::new(PusherApp { id, key: app_key, secret, namespace, webhooks }));
     }
-    Ok((PusherSettings { apps, http_path, activity_timeout, client_event_rate }, namespaces))
+    Ok((PusherSettings { apps, http_path, activity_timeout, client_event_rate, max_presence_members }, namespaces))
 }
 
 /// The options Pusher's channel prefixes imply, on top of the namespace's own.

@@ -43,6 +43,11 @@ fn pusher_json(publication: &Publication) -> (String, Option<String>, Option<Str
     let channel = publication.channel.as_str().split_once(':').map_or(publication.channel.as_str(), |(_, name)| name);
     let data = std::str::from_utf8(&publication.data).unwrap_or("null");
     match serde_json::from_str::<StoredEvent<'_>>(data) {
+        // The protocol's own events are the server's to send: a publication naming one reaches
+        // Pusher clients as plain data (its name kept for the door, as `terminate_connections`).
+        Ok(stored) if stored.event.starts_with("pusher:") || stored.event.starts_with("pusher_internal:") => {
+            (event(HERALD_PUBLICATION, Some(channel), data, None), None, Some(stored.event.into_owned()))
+        }
         Ok(stored) => {
             let payload = as_string(stored.data);
             let json = event(&stored.event, Some(channel), &payload, stored.user_id.as_deref());
@@ -79,6 +84,15 @@ mod tests {
             r#"{"event":"client-typing","channel":"presence-x","data":"{\"b\":[2]}","user_id":"u1"}"#
         );
         assert!(form.exclude.is_none());
+    }
+
+    #[test]
+    fn a_publication_cannot_pose_as_the_protocol_s_own_events() {
+        let forged =
+            publication("app:presence-x", r#"{"event":"pusher_internal:member_added","data":"{\"user_id\":\"x\"}"}"#);
+        let form = PusherPublication::of(&forged);
+        assert!(form.json.starts_with(br#"{"event":"herald:publication""#), "{:?}", form.json);
+        assert_eq!(form.event.as_deref(), Some("pusher_internal:member_added"));
     }
 
     #[test]

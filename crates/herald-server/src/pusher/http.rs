@@ -24,7 +24,7 @@ use axum::body::{Body, Bytes as BodyBytes};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use herald_core::Inbox;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
@@ -39,39 +39,83 @@ use crate::transport::limits::{ConnectionKind, ConnectionPermit};
 pub const DETACHED_LIMIT: Duration = Duration::from_secs(15);
 /// How long a poll waits for events before answering a heartbeat; a stream's heartbeat period.
 const HEARTBEAT: Duration = Duration::from_secs(25);
-/// Client messages waiting for the session at most (`xhr_send` answers 429 beyond).
+/// Client messages waiting for the session at most (`xhr_send` waits for room, then 429).
 const INCOMING_CAPACITY: usize = 64;
+/// How long `xhr_send` waits for room.
+const SEND_WAIT: Duration = Duration::from_secs(2);
+/// pusher-js reopens a stream once it has read this much of it (its `MAX_BUFFER_LENGTH`):
+/// frames beyond wait for the next request.
+const STREAM_LIMIT: usize = 256 * 1024;
 /// Pushes per batch taken from the inbox.
 const BATCH: usize = 256;
 
-/// The HTTP sessions open on this node, by `{key}/{server}/{session}`.
+/// The HTTP sessions of this node, by `{key}/{server}/{session}`: open ones, and for a while
+/// ended ones, so a poll that comes after the end still learns its close code.
 #[derive(Default)]
-pub struct HttpSessions(Mutex<HashMap<String, SessionHandle>>);
+pub struct HttpSessions(Mutex<HashMap<String, Entry>>);
+
+enum Entry {
+    Open(SessionHandle),
+    Ended { close: Close, at: Instant, peer: std::net::IpAddr },
+}
+
+/// What a request finds under its session id.
+enum Found {
+    Open(SessionHandle),
+    Ended(Close),
+    Nothing,
+}
 
 #[derive(Clone)]
 struct SessionHandle {
     incoming: mpsc::Sender<(Option<u64>, Vec<String>)>,
     receivers: mpsc::Sender<(Option<u64>, Receiver)>,
+    /// The address that opened the session: a session id is only 40 random bits in pusher-js,
+    /// so requests from elsewhere do not reach it (behind a proxy, every client shares one).
+    peer: std::net::IpAddr,
 }
 
 impl HttpSessions {
-    fn get(&self, id: &str) -> Option<SessionHandle> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(id).cloned()
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn insert(&self, id: String, handle: SessionHandle) {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(id, handle);
+    /// The session `id`, as `peer` may see it.
+    fn get(&self, id: &str, peer: std::net::IpAddr) -> Found {
+        match self.lock().get(id) {
+            Some(Entry::Open(handle)) if handle.peer == peer => Found::Open(handle.clone()),
+            Some(Entry::Ended { close, at, peer: opener }) if *opener == peer && at.elapsed() < DETACHED_LIMIT => {
+                Found::Ended(*close)
+            }
+            _ => Found::Nothing,
+        }
     }
 
-    fn remove(&self, id: &str) {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(id);
+    /// Registers a new session; false when the id is taken (by a client elsewhere).
+    fn insert(&self, id: String, handle: SessionHandle) -> bool {
+        let mut sessions = self.lock();
+        sessions.retain(|_, entry| !matches!(entry, Entry::Ended { at, .. } if at.elapsed() >= DETACHED_LIMIT));
+        if sessions.contains_key(&id) {
+            return false;
+        }
+        sessions.insert(id, Entry::Open(handle));
+        true
+    }
+
+    /// The session has ended: with a close, kept a while to tell the client.
+    fn end(&self, id: &str, close: Option<Close>) {
+        let mut sessions = self.lock();
+        if let (Some(close), Some(Entry::Open(handle))) = (close, sessions.remove(id)) {
+            sessions.insert(id.to_string(), Entry::Ended { close, at: Instant::now(), peer: handle.peer });
+        }
     }
 }
 
 /// A request waiting for frames: a stream takes every frame until it goes; a poll takes one
 /// batch.
 enum Receiver {
-    Stream(mpsc::Sender<Bytes>),
+    /// A stream, and how many bytes it has taken.
+    Stream(mpsc::Sender<Bytes>, usize),
     Poll(oneshot::Sender<Bytes>),
 }
 
@@ -107,11 +151,12 @@ pub async fn xhr_polling(
 /// `xhr_send`: hands the client's events to its session, in order.
 pub async fn xhr_send(
     axum::Extension(sessions): axum::Extension<Arc<HttpSessions>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path((key, server, session)): SessionPath,
     RawQuery(query): RawQuery,
     body: BodyBytes,
 ) -> Response {
-    let Some(handle) = sessions.get(&format!("{key}/{server}/{session}")) else {
+    let Found::Open(handle) = sessions.get(&format!("{key}/{server}/{session}"), peer.ip()) else {
         return ApiError::new(StatusCode::NOT_FOUND, "session_not_found", "no such session: open one first")
             .into_response();
     };
@@ -123,13 +168,14 @@ pub async fn xhr_send(
         }
     };
     // Even pusher-js's heartbeat (`[]`) goes in: its `n` is part of the order.
-    match handle.incoming.try_send((request_number(query.as_deref()), messages)) {
+    // pusher-js does not resend what is refused: a full queue is waited on for a while.
+    match handle.incoming.send_timeout((request_number(query.as_deref()), messages), SEND_WAIT).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many events waiting: slow down")
                 .into_response()
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => {
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => {
             ApiError::new(StatusCode::NOT_FOUND, "session_not_found", "the session has ended").into_response()
         }
     }
@@ -146,12 +192,17 @@ async fn receive(
     let id = format!("{key}/{server}/{session}");
     let (receiver, response_body) = receiver(kind);
     let number = request_number(query.as_deref());
-    if let Some(handle) = sessions.get(&id) {
-        // A stream reopened, or the next poll: the session goes on.
-        if handle.receivers.send((number, receiver)).await.is_err() {
-            return frames_response(close_frame(Close { code: 1006, reason: "session ended" }));
+    match sessions.get(&id, peer.ip()) {
+        Found::Open(handle) => {
+            // A stream reopened, or the next poll: the session goes on.
+            if handle.receivers.send((number, receiver)).await.is_err() {
+                return frames_response(close_frame(Close { code: 1006, reason: "session ended" }));
+            }
+            return response(response_body);
         }
-        return response(response_body);
+        // The session ended while no request was there to hear why.
+        Found::Ended(close) => return frames_response(close_frame(close)),
+        Found::Nothing => {}
     }
     if let Some(close) = super::socket::refusal(&app, &key, query.as_deref()) {
         return frames_response(close_frame(close));
@@ -170,13 +221,17 @@ async fn receive(
     let (pusher_session, inbox) = PusherSession::new(app.clone(), pusher_app, capacity);
     let (incoming_tx, incoming) = mpsc::channel(INCOMING_CAPACITY);
     let (receivers_tx, receivers) = mpsc::channel(4);
-    sessions.insert(id.clone(), SessionHandle { incoming: incoming_tx, receivers: receivers_tx });
+    let handle = SessionHandle { incoming: incoming_tx, receivers: receivers_tx, peer: peer.ip() };
+    if !sessions.insert(id.clone(), handle) {
+        return frames_response(close_frame(Close { code: 4200, reason: "session id in use: open another" }));
+    }
     let task = SessionTask {
         session: pusher_session,
         inbox,
         incoming,
         receivers,
         receiver: Some(receiver),
+        retired: None,
         order: RequestOrder::starting_after(number),
         queued: VecDeque::new(),
         queue_limit: capacity,
@@ -184,8 +239,8 @@ async fn receive(
     };
     let opening = task.session.greeting();
     app.tasks.spawn(async move {
-        task.run(opening).await;
-        sessions.remove(&id);
+        let close = task.run(opening).await;
+        sessions.end(&id, close);
     });
     response(response_body)
 }
@@ -198,7 +253,7 @@ fn receiver(kind: Kind) -> (Receiver, Body) {
             let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
                 receiver.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), receiver))
             });
-            (Receiver::Stream(sender), Body::from_stream(stream))
+            (Receiver::Stream(sender, 0), Body::from_stream(stream))
         }
         Kind::Polling => {
             let (sender, receiver) = oneshot::channel::<Bytes>();
@@ -237,6 +292,8 @@ struct SessionTask {
     incoming: mpsc::Receiver<(Option<u64>, Vec<String>)>,
     receivers: mpsc::Receiver<(Option<u64>, Receiver)>,
     receiver: Option<Receiver>,
+    /// A stream past [`STREAM_LIMIT`], kept open until the next request comes.
+    retired: Option<mpsc::Sender<Bytes>>,
     order: RequestOrder,
     /// Event JSON waiting for a receiver.
     queued: VecDeque<Bytes>,
@@ -252,17 +309,24 @@ enum End {
 }
 
 impl SessionTask {
-    async fn run(mut self, greeting: String) {
+    /// Runs the session; the close it ended with, if it was closed rather than abandoned.
+    async fn run(mut self, greeting: String) -> Option<Close> {
         // The open frame first (a poll's whole first answer), then the handshake event.
         self.send_frame(Bytes::from_static(OPEN_FRAME));
         self.queued.push_back(Bytes::from(greeting));
         let end = self.serve().await;
         self.session.leave_all().await;
-        if let End::Closed(close) = end {
-            crate::metrics::websocket_closed("pusher_http_closed");
-            self.flush();
-            self.send_frame(close_frame(close));
+        let End::Closed(close) = end else { return None };
+        crate::metrics::websocket_closed("pusher_http_closed");
+        // What is queued and the close in one frame: a poll takes a single answer.
+        let mut last = BytesMut::new();
+        if !self.queued.is_empty() {
+            let events = self.queued.iter().map(|json| std::str::from_utf8(json).unwrap_or("null"));
+            last.extend_from_slice(herald_wire::pusher::events_frame(events).as_bytes());
         }
+        last.extend_from_slice(&close_frame(close));
+        self.send_frame(last.freeze());
+        Some(close)
     }
 
     async fn serve(&mut self) -> End {
@@ -317,6 +381,7 @@ impl SessionTask {
                     if let Some(Receiver::Poll(old)) = self.receiver.take() {
                         let _ = old.send(Bytes::from_static(HEARTBEAT_FRAME));
                     }
+                    self.retired = None;
                     self.receiver = Some(receiver);
                     detached_since = None;
                     heartbeat_at = Instant::now() + HEARTBEAT;
@@ -367,14 +432,23 @@ impl SessionTask {
     /// Gives a frame to the receiver; false when there is none to take it.
     fn send_frame(&mut self, frame: Bytes) -> bool {
         match self.receiver.take() {
-            Some(Receiver::Stream(sender)) => match sender.try_send(frame) {
-                Ok(()) => {
-                    self.receiver = Some(Receiver::Stream(sender));
-                    true
+            Some(Receiver::Stream(sender, written)) if written > STREAM_LIMIT => {
+                // pusher-js is opening the next stream; this one stays open until it arrives
+                // (ending it now would read as a lost connection).
+                self.retired = Some(sender);
+                false
+            }
+            Some(Receiver::Stream(sender, written)) => {
+                let length = frame.len();
+                match sender.try_send(frame) {
+                    Ok(()) => {
+                        self.receiver = Some(Receiver::Stream(sender, written + length));
+                        true
+                    }
+                    // A stream that cannot keep up is let go: pusher-js opens another.
+                    Err(_) => false,
                 }
-                // A stream that cannot keep up is let go: pusher-js opens another.
-                Err(_) => false,
-            },
+            }
             Some(Receiver::Poll(sender)) => sender.send(frame).is_ok(),
             None => false,
         }
@@ -389,6 +463,8 @@ fn request_number(query: Option<&str>) -> Option<u64> {
 /// How long the session waits for a request missing from the order before going on without
 /// it (another Pusher client on the page shares the counter; a request may be lost).
 const GAP_WAIT: Duration = Duration::from_millis(500);
+/// Requests held for their turn at most; beyond, the order goes on without the missing one.
+const MAX_WAITING: usize = 64;
 
 /// The client's requests put back in the order it made them, by their `n`. Requests without
 /// one are acted on as they come.
@@ -406,7 +482,7 @@ struct RequestOrder {
 
 impl RequestOrder {
     fn starting_after(number: Option<u64>) -> Self {
-        Self { expected: number.map(|n| n + 1), ..Self::default() }
+        Self { expected: number.map(|n| n.saturating_add(1)), ..Self::default() }
     }
 
     fn arrived(&mut self, number: Option<u64>, messages: Vec<String>) {
@@ -421,7 +497,11 @@ impl RequestOrder {
             return;
         }
         self.waiting.insert(number, messages);
-        self.release();
+        if self.waiting.len() > MAX_WAITING {
+            self.skip_gap();
+        } else {
+            self.release();
+        }
     }
 
     /// Moves what is now in turn to `ready`.
@@ -430,7 +510,7 @@ impl RequestOrder {
             && let Some(messages) = self.waiting.remove(&expected)
         {
             self.ready.push_back(messages);
-            self.expected = Some(expected + 1);
+            self.expected = Some(expected.saturating_add(1));
         }
         self.gap_since = match (self.waiting.is_empty(), self.gap_since) {
             (true, _) => None,
@@ -458,7 +538,7 @@ impl RequestOrder {
 /// Resolves when the receiving request has gone (its client closed it).
 async fn receiver_gone(receiver: &Option<Receiver>) {
     match receiver {
-        Some(Receiver::Stream(sender)) => sender.closed().await,
+        Some(Receiver::Stream(sender, _)) => sender.closed().await,
         Some(Receiver::Poll(_)) | None => std::future::pending().await,
     }
 }

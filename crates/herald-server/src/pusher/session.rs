@@ -200,6 +200,13 @@ impl PusherSession {
             return refuse("LimitReached", &format!("at most {limit} channels per connection"), 400);
         }
         let kind = ChannelKind::of(name);
+        if kind == ChannelKind::Public && !self.app.hub.namespaces().options_for(&channel).anonymous {
+            return refuse(
+                "AuthError",
+                "this app's namespace is closed to clients without a token: public channels need anonymous = true",
+                403,
+            );
+        }
         if kind.needs_auth() {
             let channel_data = if kind == ChannelKind::Presence { request.channel_data.as_deref() } else { None };
             let app = &self.pusher_app;
@@ -224,6 +231,7 @@ impl PusherSession {
         };
         self.positions.track(channel.clone(), subscribed.position.clone());
         let mut subscription = Subscription { channel: channel.clone(), name: name.into(), kind, members: None };
+        let max_members = self.app.settings.pusher.max_presence_members;
         let succeeded_data = match member {
             Some((user, info)) => {
                 let entry = PresenceEntry {
@@ -236,6 +244,20 @@ impl PusherSession {
                 let present = self.app.hub.presence(&channel).await.ok().flatten().map(|snapshot| snapshot.clients);
                 let mut members = Members { me: user, clients: HashMap::new(), users: HashMap::new() };
                 let present: Vec<_> = present.into_iter().flatten().filter(|entry| !entry.user.is_empty()).collect();
+                let mut users: Vec<&str> = present.iter().map(|entry| entry.user.as_str()).collect();
+                users.sort_unstable();
+                users.dedup();
+                if users.len() > max_members {
+                    // Full: this connection's join is undone, as is its subscription.
+                    let client = self.client.to_string();
+                    if self.app.hub.leave_presence(&channel, &client, false) {
+                        self.app.hub.settle_presence(&channel, &client).await;
+                    }
+                    self.positions.forget(&channel);
+                    self.app.hub.unsubscribe(&self.subscriber, &channel).await;
+                    let message = format!("a presence channel has at most {max_members} members");
+                    return refuse("LimitReached", &message, 403);
+                }
                 let infos: Vec<_> = present.iter().map(user_info).collect();
                 let listed: Vec<Member<'_>> = present
                     .iter()
@@ -265,9 +287,14 @@ impl PusherSession {
         match self.app.hub.history(channel, query).await {
             Ok(page) if !page.publications.is_empty() => Outgoing::Shared(PusherPublication::of(&page.publications[0])),
             _ => {
-                if let Err(error) = self.app.webhooks.cache_miss(channel).await {
-                    tracing::warn!(%error, "a cache miss could not be recorded for the app's webhooks");
-                }
+                // Recorded beside the subscribe, not in its way (and at most once a minute per
+                // channel: see `Webhooks::cache_miss`).
+                let (app, channel) = (self.app.clone(), channel.clone());
+                self.app.tasks.spawn(async move {
+                    if let Err(error) = app.webhooks.cache_miss(&channel).await {
+                        tracing::warn!(%error, "a cache miss could not be recorded for the app's webhooks");
+                    }
+                });
                 Outgoing::Own(events::event("pusher:cache_miss", Some(name), "{}", None))
             }
         }
@@ -352,6 +379,9 @@ impl PusherSession {
                 None,
                 "client events are for private and presence channels (not encrypted ones)",
             ));
+        }
+        if !self.app.hub.namespaces().options_for(&subscription.channel).client_publish {
+            return own(events::error(None, "client events are off for this app (client_publish = false)"));
         }
         let rate = self.app.settings.pusher.client_event_rate;
         let bucket = self.client_events.get_or_insert_with(|| {

@@ -63,23 +63,33 @@ impl MemberCounts {
     }
 }
 
-/// The Pusher body of a channel event, if Pusher sends one for it. Call once per event: a
-/// presence event is counted here.
-pub fn channel_event_body(event: &ChannelEvent, members: &MemberCounts, time_ms: u64) -> Option<String> {
+/// The Pusher event name and body of a channel event, if Pusher sends one for it. Call once
+/// per event: a presence event is counted here.
+pub fn channel_event_body(
+    event: &ChannelEvent,
+    members: &MemberCounts,
+    time_ms: u64,
+) -> Option<(&'static str, String)> {
     let name = pusher_name(event.channel())?;
     match event {
-        ChannelEvent::Occupied(_) => Some(webhook_body(time_ms, WebhookEvent::ChannelOccupied { channel: name })),
-        ChannelEvent::Vacated(_) => Some(webhook_body(time_ms, WebhookEvent::ChannelVacated { channel: name })),
+        ChannelEvent::Occupied(_) => {
+            Some(("channel_occupied", webhook_body(time_ms, WebhookEvent::ChannelOccupied { channel: name })))
+        }
+        ChannelEvent::Vacated(_) => {
+            Some(("channel_vacated", webhook_body(time_ms, WebhookEvent::ChannelVacated { channel: name })))
+        }
         ChannelEvent::Presence(presence) => {
             let user = &presence.entry.user;
             if user.is_empty() || !members.changes_users(event.channel(), user, presence.change) {
                 return None;
             }
-            let event = match presence.change {
-                PresenceChange::Join => WebhookEvent::MemberAdded { channel: name, user_id: user },
-                PresenceChange::Leave => WebhookEvent::MemberRemoved { channel: name, user_id: user },
+            let (kind, event) = match presence.change {
+                PresenceChange::Join => ("member_added", WebhookEvent::MemberAdded { channel: name, user_id: user }),
+                PresenceChange::Leave => {
+                    ("member_removed", WebhookEvent::MemberRemoved { channel: name, user_id: user })
+                }
             };
-            Some(webhook_body(time_ms, event))
+            Some((kind, webhook_body(time_ms, event)))
         }
     }
 }
@@ -124,14 +134,15 @@ mod tests {
     fn members_are_reported_once_per_user() {
         let members = MemberCounts::default();
         let body = |event| channel_event_body(&event, &members, 7);
-        let added = body(presence(PresenceChange::Join, "c1", "alice")).unwrap();
+        let (kind, added) = body(presence(PresenceChange::Join, "c1", "alice")).unwrap();
+        assert_eq!(kind, "member_added");
         assert_eq!(
             added,
             r#"{"time_ms":7,"events":[{"name":"member_added","channel":"presence-r","user_id":"alice"}]}"#
         );
         assert_eq!(body(presence(PresenceChange::Join, "c2", "alice")), None);
         assert_eq!(body(presence(PresenceChange::Leave, "c1", "alice")), None);
-        assert!(body(presence(PresenceChange::Leave, "c2", "alice")).unwrap().contains("member_removed"));
+        assert_eq!(body(presence(PresenceChange::Leave, "c2", "alice")).unwrap().0, "member_removed");
         assert_eq!(body(presence(PresenceChange::Join, "c3", "")), None, "anonymous clients are no members");
     }
 

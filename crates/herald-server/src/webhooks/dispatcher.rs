@@ -147,9 +147,10 @@ impl Webhooks {
     }
 
     /// A Pusher cache channel's miss, for the endpoints that want it (one atomic load when
-    /// none does).
+    /// none does), at most once a minute per channel: subscribing again and again to an empty
+    /// cache channel does not fill the outbox.
     pub async fn cache_miss(&self, channel: &ChannelName) -> Result<(), OutboxError> {
-        if !self.registry.wants("pusher.cache_miss") {
+        if !self.registry.wants("pusher.cache_miss") || !self.intake.first_cache_miss_in_a_while(channel) {
             return Ok(());
         }
         self.intake.submit_cache_miss(channel).await

@@ -56,6 +56,8 @@ pub struct Intake {
     order_locks: Box<[tokio::sync::Mutex<()>]>,
     /// Users' clients per presence channel, for the Pusher format's per-user member events.
     members: crate::pusher::webhooks::MemberCounts,
+    /// When each channel's last cache miss was recorded (bounded: cleared when it grows large).
+    cache_misses: std::sync::Mutex<std::collections::HashMap<ChannelName, std::time::Instant>>,
 }
 
 impl Intake {
@@ -74,6 +76,7 @@ impl Intake {
             event_keys: AtomicU64::new(0),
             order_locks: (0..ORDER_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             members: Default::default(),
+            cache_misses: Default::default(),
         };
         (intake, queue)
     }
@@ -139,6 +142,26 @@ impl Intake {
         let lanes = deliveries.iter().map(NewDelivery::lane).collect();
         let submitted = self.outbox.submit(deliveries).await?;
         Ok(PendingEvents { submitted, lanes, delivery: self.delivery.clone() })
+    }
+
+    /// Whether a cache miss of `channel` is the first in a minute (and so recorded).
+    pub fn first_cache_miss_in_a_while(&self, channel: &ChannelName) -> bool {
+        const QUIET: Duration = Duration::from_secs(60);
+        const MOST: usize = 10_000;
+        let mut seen = self.cache_misses.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        if seen.get(channel).is_some_and(|last| now.duration_since(*last) < QUIET) {
+            return false;
+        }
+        if seen.len() >= MOST {
+            seen.retain(|_, last| now.duration_since(*last) < QUIET);
+        }
+        if seen.len() >= MOST {
+            // Ten thousand channels missed within a minute: the rest go unrecorded for now.
+            return false;
+        }
+        seen.insert(channel.clone(), now);
+        true
     }
 
     /// Records a Pusher cache channel's miss for the Pusher endpoints that want it.
@@ -245,7 +268,13 @@ impl Intake {
             .filter_map(|endpoint| {
                 let body = match self.registry.is_pusher(&endpoint) {
                     false => body.clone(),
-                    true => pusher_body.clone()?,
+                    true => {
+                        let (name, body) = pusher_body.as_ref()?;
+                        if !self.registry.pusher_wants(&endpoint, name) {
+                            return None;
+                        }
+                        body.clone()
+                    }
                 };
                 Some(NewDelivery {
                     endpoint,

@@ -149,6 +149,12 @@ impl Registry {
         self.read().get(id).is_some_and(|endpoint| endpoint.pusher_key.is_some())
     }
 
+    /// Whether a Pusher app's endpoint asked for Pusher event `name` (its events list the
+    /// Pusher names beside the Herald types that select them).
+    pub fn pusher_wants(&self, id: &str, name: &str) -> bool {
+        self.read().get(id).is_some_and(|endpoint| endpoint.events.iter().any(|event| event == name))
+    }
+
     /// Endpoints that want `event_type` on `channel` (paused ones included: they catch up on
     /// resume; disabled ones are not).
     pub fn matching(&self, event_type: &str, channel: &ChannelName) -> Vec<String> {

@@ -10,11 +10,24 @@ const CONFIG: &str = r#"
 [limits]
 max_message_size = 4096
 
+[pusher]
+max_presence_members = 2
+
 [[pusher.apps]]
 id = "7"
 key = "the-key"
 secret = "the-secret"
 namespace = "p"
+
+[namespaces.closed]
+anonymous = false
+client_publish = false
+
+[[pusher.apps]]
+id = "8"
+key = "closed-key"
+secret = "closed-secret"
+namespace = "closed"
 "#;
 
 async fn event(client: &mut WsClient) -> Value {
@@ -153,7 +166,7 @@ async fn the_http_api_refuses_what_is_not_signed_right() {
         (sign("POST", "/apps/7/events", body, now, "wrong"), "invalid_signature", 401),
         (sign("POST", "/apps/7/events", body, now - 3600, "the-secret"), "invalid_signature", 401),
         (sign("POST", "/apps/7/events", "{}", now, "the-secret"), "invalid_signature", 401),
-        (sign("POST", "/apps/8/events", body, now, "the-secret"), "app_not_found", 404),
+        (sign("POST", "/apps/9/events", body, now, "the-secret"), "app_not_found", 404),
     ] {
         let (status, reply) = post(url, body).await;
         assert_eq!(status, status_expected, "{reply}");
@@ -199,6 +212,73 @@ async fn the_fallbacks_refuse_unknown_sessions_and_bad_sends() {
     let refused =
         server.http().post(server.url("/pusher/app/nope/1/abc/xhr_streaming?protocol=7")).send().await.unwrap();
     assert_eq!(refused.text().await.unwrap(), "c[4001,\"no app with this key on this server\"]\n");
+}
+
+/// Subscribes with a signature made here, as the app's auth endpoint would.
+async fn subscribe_signed(
+    client: &mut WsClient,
+    key: &str,
+    secret: &str,
+    socket_id: &str,
+    channel: &str,
+    user: Option<&str>,
+) -> Value {
+    let channel_data = user.map(|user| json!({"user_id": user}).to_string());
+    let auth = herald_server::pusher::signature::channel_auth(key, secret, socket_id, channel, channel_data.as_deref());
+    let subscribe =
+        json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth,"channel_data":channel_data}});
+    client.send_text(&subscribe.to_string()).await;
+    event(client).await
+}
+
+async fn established(server: &TestServer, key: &str) -> (WsClient, String) {
+    let mut client = connect(server, &format!("/app/{key}?protocol=7")).await;
+    let socket_id = data(&event(&mut client).await)["socket_id"].as_str().unwrap().to_string();
+    (client, socket_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_rules_and_the_member_cap_hold_on_the_door() {
+    let server = TestServer::with_config(CONFIG).await;
+    // A declared namespace closed to clients without a token has no public channels, and
+    // without client_publish no client events.
+    let (mut closed, socket_id) = established(&server, "closed-key").await;
+    closed.send_text(r#"{"event":"pusher:subscribe","data":{"channel":"news"}}"#).await;
+    let refused = event(&mut closed).await;
+    assert_eq!(
+        (refused["event"].as_str(), refused["data"]["status"].as_u64()),
+        (Some("pusher:subscription_error"), Some(403))
+    );
+    let ok = subscribe_signed(&mut closed, "closed-key", "closed-secret", &socket_id, "private-x", None).await;
+    assert_eq!(ok["event"], "pusher_internal:subscription_succeeded");
+    closed.send_text(r#"{"event":"client-x","channel":"private-x","data":{}}"#).await;
+    let refused = event(&mut closed).await;
+    assert!(refused["data"]["message"].as_str().unwrap().contains("client_publish"), "{refused}");
+    // Two members at most: a third user is refused, a second connection of a member is not.
+    let mut members = Vec::new();
+    for user in ["a", "b"] {
+        let (mut client, socket_id) = established(&server, "the-key").await;
+        let reply =
+            subscribe_signed(&mut client, "the-key", "the-secret", &socket_id, "presence-full", Some(user)).await;
+        assert_eq!(reply["event"], "pusher_internal:subscription_succeeded", "{reply}");
+        members.push(client);
+    }
+    let (mut third, socket_id) = established(&server, "the-key").await;
+    let reply = subscribe_signed(&mut third, "the-key", "the-secret", &socket_id, "presence-full", Some("c")).await;
+    assert_eq!(
+        (reply["event"].as_str(), reply["data"]["type"].as_str()),
+        (Some("pusher:subscription_error"), Some("LimitReached"))
+    );
+    let reply = subscribe_signed(&mut third, "the-key", "the-secret", &socket_id, "presence-full", Some("a")).await;
+    assert_eq!(reply["event"], "pusher_internal:subscription_succeeded", "{reply}");
+    assert_eq!(data(&reply)["presence"]["count"], 2);
+    // The refused join left no trace: the users are still a and b.
+    let (_, body) = server.get_json("/api/channels/p:presence-full/presence").await;
+    let mut users: Vec<&str> =
+        body["clients"].as_array().unwrap().iter().filter_map(|entry| entry["user"].as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    assert_eq!(users, ["a", "b"], "{body}");
 }
 
 fn md5_hex(bytes: &[u8]) -> String {
