@@ -63,8 +63,9 @@ wait_port() {
 start_server() {
   case "$1" in
     herald|herald-baseline)
-      # Namespace "durable" keeps its history in the embedded SQLite storage.
-      printf '[namespaces.durable]\ndurable = true\nhistory_size = 1000\n' > "$work/herald.toml"
+      # Namespace "durable" keeps its history in the embedded SQLite storage; app "bench" is the
+      # Pusher door's (its channel N is bench:N).
+      printf '[namespaces.durable]\ndurable = true\nhistory_size = 1000\n\n[[pusher.apps]]\nid = "bench"\nkey = "bench-key"\nsecret = "bench-secret"\n' > "$work/herald.toml"
       rm -rf "$work/data"
       local binary=$herald
       [ "$1" = herald-baseline ] && binary=$HERALD_BASELINE
@@ -182,7 +183,7 @@ if has 5; then
   run "5 many channels, HTTP publish" herald ws --subscribers $many --channels $many --rate 2000 --seconds $seconds
 fi
 if has 6; then
-  for transport in ws sse poll; do
+  for transport in ws pusher sse poll; do
     run "6 fan-out by transport" herald "$transport" --subscribers $fan --rate 10 --seconds $seconds
   done
   # Pushpin's proxy asks the backend for every new request: ramp more gently.

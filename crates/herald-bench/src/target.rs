@@ -1,6 +1,7 @@
 //! How to subscribe and publish on each server the generator can drive.
 //!
-//! Herald over all its transports; and peers for side-by-side runs: a plain WebSocket
+//! Herald over all its transports (and its Pusher door: the Pusher protocol on `/app/{key}`, app
+//! `bench` whose channel `N` is Herald's `bench:N`); and peers for side-by-side runs: a plain WebSocket
 //! broadcast server (every text frame is a message; publish by HTTP POST), NATS over WebSocket
 //! (subjects; publish over NATS's TCP protocol), Socket.IO (engine.io v4 over WebSocket; publish
 //! by HTTP POST).
@@ -37,6 +38,8 @@ pub enum Transport {
     Sse,
     Ndjson,
     Poll,
+    /// Herald's Pusher door over WebSocket (app key `bench-key`, namespace `bench`).
+    Pusher,
 }
 
 /// Where a target listens.
@@ -118,6 +121,9 @@ pub async fn subscriber(
             }
             (Target::Herald, Transport::Poll) => {
                 herald_poll(&http, &endpoints, &target.channel_name(channel), &mut ready, &mut sink, &stop).await
+            }
+            (Target::Herald, Transport::Pusher) => {
+                herald_pusher(&endpoints, channel, source, &mut ready, &mut sink, &stop).await
             }
             (Target::WsBroadcast, Transport::Ws) => {
                 let mut socket = ws_connect(&ws_url(&endpoints.subscribe, "/"), source).await?;
@@ -219,6 +225,39 @@ async fn herald_ws(
             Some(Ok(_)) => {}
             Some(Err(error)) => return Err(error.into()),
             None => bail!("closed before the subscribe reply"),
+        }
+    }
+    signal(ready);
+    read_frames(&mut socket, sink, stop, |_| None).await
+}
+
+/// The Pusher door: `connection_established`, subscribe to channel `N` of app `bench`, then
+/// every event (publications arrive as `herald:publication` with their data as a JSON string).
+async fn herald_pusher(
+    endpoints: &Endpoints,
+    channel: usize,
+    source: Option<IpAddr>,
+    ready: &mut Option<oneshot::Sender<Result<(), String>>>,
+    sink: &mut Recorder<'_>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut socket = ws_connect(&ws_url(&endpoints.subscribe, "/app/bench-key?protocol=7"), source).await?;
+    let subscribe = serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel.to_string()}});
+    let mut subscribed = false;
+    while !subscribed {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) if text.contains("pusher:connection_established") => {
+                socket.send(Message::text(subscribe.to_string())).await?;
+            }
+            Some(Ok(Message::Text(text))) if text.contains("pusher_internal:subscription_succeeded") => {
+                subscribed = true
+            }
+            Some(Ok(Message::Text(text))) if text.contains("pusher:error") || text.contains("subscription_error") => {
+                bail!("the Pusher door refused: {text}")
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(error.into()),
+            None => bail!("closed before the subscription succeeded"),
         }
     }
     signal(ready);

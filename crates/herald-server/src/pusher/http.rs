@@ -128,24 +128,20 @@ enum Kind {
 
 type SessionPath = Path<(String, String, String)>;
 
-pub async fn xhr_streaming(
+/// `…/xhr_streaming` and `…/xhr`: a request that receives the session's frames.
+pub async fn receiving(
     State(app): State<AppState>,
     axum::Extension(sessions): axum::Extension<Arc<HttpSessions>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    Path((key, server, session)): SessionPath,
+    Path((key, server, session, receiver)): Path<(String, String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    receive(app, sessions, peer, (key, server, session), query, Kind::Streaming).await
-}
-
-pub async fn xhr_polling(
-    State(app): State<AppState>,
-    axum::Extension(sessions): axum::Extension<Arc<HttpSessions>>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    Path((key, server, session)): SessionPath,
-    RawQuery(query): RawQuery,
-) -> Response {
-    receive(app, sessions, peer, (key, server, session), query, Kind::Polling).await
+    let kind = match receiver.as_str() {
+        "xhr_streaming" => Kind::Streaming,
+        "xhr" => Kind::Polling,
+        _ => return ApiError::not_found().into_response(),
+    };
+    receive(app, sessions, peer, (key, server, session), query, kind).await
 }
 
 /// `xhr_send`: hands the client's events to its session, in order.

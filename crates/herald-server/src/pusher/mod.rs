@@ -33,8 +33,8 @@ pub fn client_routes(http_path: &str) -> Router<AppState> {
     Router::new()
         .route("/app/{key}", get(socket::upgrade))
         .route(&format!("{http_path}/app/{{key}}"), get(socket::upgrade))
-        .route(&format!("{session}/xhr_streaming"), post(http::xhr_streaming))
-        .route(&format!("{session}/xhr"), post(http::xhr_polling))
+        // `xhr_streaming` and `xhr` (a static segment wins over the parameter).
+        .route(&format!("{session}/{{receiver}}"), post(http::receiving))
         .route(&format!("{session}/xhr_send"), post(http::xhr_send))
         .layer(axum::Extension(Arc::new(http::HttpSessions::default())))
 }

@@ -140,3 +140,37 @@ impl Protocol for PusherSocket {
         Some(Goodbye { code, reason, last_frame: None })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Overrides, Settings};
+    use crate::transport::limits::ConnectionKind;
+    use crate::transport::ws::WatchedIo;
+    use std::sync::Arc;
+
+    /// Every open Pusher connection holds this future, as a Herald one holds its own (see the
+    /// session's `an_idle_connection_s_task_state_stays_small`).
+    #[tokio::test]
+    async fn an_idle_pusher_connection_s_task_state_stays_small() {
+        let data_dir = tempfile::tempdir().unwrap();
+        let overrides = Overrides { data_dir: Some(data_dir.path().to_path_buf()), ..Default::default() };
+        let toml = "[[pusher.apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let settings = Arc::new(Settings::from_toml(toml, &overrides).unwrap());
+        let (shutdown, tasks) = (tokio_util::sync::CancellationToken::new(), tokio_util::task::TaskTracker::new());
+        let outbox = crate::wiring::outbox(&settings).await.unwrap();
+        let webhooks =
+            crate::webhooks::Webhooks::start(outbox, &settings, tasks.clone(), shutdown.clone()).await.unwrap();
+        let hub = crate::wiring::hub(&settings, &tasks, &shutdown).await.unwrap();
+        let app = AppState::new(hub, webhooks, settings.clone(), shutdown, tasks);
+        let (io, _peer) = tokio::io::duplex(64);
+        let permit = app.connections.admit([127, 0, 0, 1].into(), ConnectionKind::WebSocket).unwrap();
+        let pusher_app = settings.pusher.by_key("k").unwrap().clone();
+        let (session, inbox) = PusherSession::new(app, pusher_app, 16);
+        let protocol = PusherSocket { session, expiry: None, terminated: None };
+        let task = crate::transport::ws::run_protocol(protocol, inbox, WatchedIo::new(io), permit, Vec::new());
+        let size = std::mem::size_of_val(&task);
+        eprintln!("Pusher session future: {size} bytes");
+        assert!(size <= 700, "the per-connection future grew to {size} bytes");
+    }
+}
