@@ -31,6 +31,12 @@ url = "${hooks}"
 id = "other"
 key = "other-key"
 secret = "other-secret"
+
+[[pusher.apps]]
+id = "counted"
+key = "counted-key"
+secret = "counted-secret"
+subscription_count = true
 `;
 
 let server;
@@ -321,6 +327,65 @@ test('server SDK: batches, channel lists, and signatures it did not make are ref
   assert.match(bad.body, /invalid_channel/);
   assert.equal(seen.length, 1, 'nothing refused was delivered');
   client.disconnect();
+});
+
+test('subscription counting: pusher:subscription_count follows the connections of both doors, not on presence channels or apps without it', { skip: skipWithoutHerald, timeout: 60000 }, async () => {
+  const counted = new PusherServer({ appId: 'counted', key: 'counted-key', secret: 'counted-secret' });
+  const countingClient = () => {
+    const client = new PusherClient('counted-key', {
+      cluster: 'local', wsHost: '127.0.0.1', wsPort: server.port, forceTLS: false, enabledTransports: ['ws'], disableStats: true,
+      channelAuthorization: {
+        transport: 'ajax',
+        endpoint: 'unused',
+        customHandler: ({ socketId, channelName }, callback) =>
+          callback(null, counted.authorizeChannel(socketId, channelName, { user_id: `u${clients.length}` })),
+      },
+    });
+    clients.push(client);
+    return client;
+  };
+  const counts = (channel) => {
+    const seen = [];
+    channel.bind('pusher:subscription_count', (data) => seen.push(data.subscription_count));
+    return seen;
+  };
+  const first = countingClient();
+  const firstViewers = first.subscribe('viewers');
+  const firstCounts = counts(firstViewers);
+  await subscribed(firstViewers);
+  await until(() => firstCounts.at(-1) === 1, 'a count of 1 for the first subscriber');
+  const second = countingClient();
+  const secondViewers = second.subscribe('viewers');
+  const secondCounts = counts(secondViewers);
+  await subscribed(secondViewers);
+  await until(() => firstCounts.at(-1) === 2 && secondCounts.at(-1) === 2, 'both hear 2');
+  // A Herald WebSocket subscriber of the same channel is a connection too.
+  const socket = new WebSocket(`ws://127.0.0.1:${server.port}/ws`);
+  const replies = [];
+  socket.on('message', (text) => replies.push(JSON.parse(text)));
+  await new Promise((resolve) => socket.on('open', resolve));
+  socket.send(JSON.stringify({ id: 1, op: 'subscribe', channel: 'counted:viewers' }));
+  await until(() => firstCounts.at(-1) === 3 && secondCounts.at(-1) === 3, 'both hear 3');
+  assert.ok(replies.every((reply) => reply.id === 1), 'the Herald client gets no count event');
+  second.disconnect();
+  socket.close();
+  await until(() => firstCounts.at(-1) === 1, 'back to 1 once the others left');
+  // Each count came once per change window, never out of range.
+  assert.ok(firstCounts.every((count) => count >= 1 && count <= 3), `${firstCounts}`);
+
+  // No counts on presence channels (they have members), nor on an app without the option.
+  const room = first.subscribe('presence-room');
+  const roomCounts = counts(room);
+  await subscribed(room);
+  const plain = pusherClient();
+  const plainViewers = plain.subscribe('viewers');
+  const plainCounts = counts(plainViewers);
+  await subscribed(plainViewers);
+  await sleep(1500);
+  assert.deepEqual(roomCounts, []);
+  assert.deepEqual(plainCounts, []);
+  first.disconnect();
+  plain.disconnect();
 });
 
 test('an unknown key is refused with 4001, which pusher-js does not retry', { skip: skipWithoutHerald, timeout: 60000 }, async () => {

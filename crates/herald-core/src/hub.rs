@@ -22,10 +22,21 @@ use crate::inbox::{Inbox, InboxSender, Push, inbox};
 use crate::local_presence::{LocalPresence, PresenceTiming};
 use crate::namespace::Namespaces;
 use crate::position::Position;
-use crate::presence::{ChannelEvent, ChannelEventSink, PresenceEntry, PresenceEvent, PresenceSnapshot};
+use crate::presence::{
+    ChannelEvent, ChannelEventSink, PresenceEntry, PresenceEvent, PresenceSnapshot, SubscriptionCount,
+};
 use crate::publication::Publication;
 
 const SHARDS: usize = 64;
+
+/// A channel's counting subscribers hear of a change in its subscriber count at once, unless
+/// they heard of one less than this ago; then at the next [`Hub::tick`]. So a channel that
+/// thousands join at once costs about one count a second to each of them, not one per join.
+const COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The top bit of a subscriber's id: it asked for subscription counts. Kept in the id so that
+/// the handle a channel holds per subscriber stays two words (fan-out walks these).
+const COUNTS_BIT: u64 = 1 << 63;
 
 /// One connection as the hub knows it; the session holds it and passes it to every call.
 #[derive(Debug, Clone)]
@@ -37,6 +48,10 @@ pub struct SubscriberHandle {
 impl SubscriberHandle {
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    fn wants_counts(&self) -> bool {
+        self.id & COUNTS_BIT != 0
     }
 }
 
@@ -70,6 +85,55 @@ struct ChannelSubscribers {
     /// the first one's engine subscribe is still under way: it could miss a publication);
     /// should the subscribe fail, the next waiter tries again.
     interest: Arc<tokio::sync::OnceCell<()>>,
+    /// How many of the subscribers asked for counts.
+    counting: u32,
+    /// The count changed since the counting subscribers last heard it, at `counted_at`.
+    count_pending: bool,
+    counted_at: Option<Instant>,
+}
+
+impl ChannelSubscribers {
+    fn add(&mut self, channel: &ChannelName, subscriber: &SubscriberHandle) {
+        if self.subscribers.iter().any(|existing| existing.id == subscriber.id) {
+            return;
+        }
+        self.subscribers.push(subscriber.clone());
+        self.counting += u32::from(subscriber.wants_counts());
+        self.count_changed(channel, Instant::now());
+    }
+
+    /// Removes the subscriber; returns whether it was there.
+    fn remove(&mut self, channel: &ChannelName, subscriber: &SubscriberHandle) -> bool {
+        let Some(index) = self.subscribers.iter().position(|existing| existing.id == subscriber.id) else {
+            return false;
+        };
+        self.subscribers.swap_remove(index);
+        self.counting -= u32::from(subscriber.wants_counts());
+        self.count_changed(channel, Instant::now());
+        true
+    }
+
+    /// Tells the counting subscribers the new count now, or marks it for the next tick when
+    /// they heard one within [`COUNT_INTERVAL`].
+    fn count_changed(&mut self, channel: &ChannelName, now: Instant) {
+        if self.counting == 0 {
+            return;
+        }
+        if self.counted_at.is_some_and(|at| now.duration_since(at) < COUNT_INTERVAL) {
+            self.count_pending = true;
+        } else {
+            self.send_count(channel, now);
+        }
+    }
+
+    fn send_count(&mut self, channel: &ChannelName, now: Instant) {
+        self.count_pending = false;
+        self.counted_at = Some(now);
+        let count = Arc::new(SubscriptionCount::new(channel.clone(), self.subscribers.len()));
+        for subscriber in self.subscribers.iter().filter(|subscriber| subscriber.wants_counts()) {
+            subscriber.inbox.push(Push::Count(count.clone()));
+        }
+    }
 }
 
 type Subscribers = HashMap<ChannelName, ChannelSubscribers>;
@@ -118,6 +182,13 @@ impl Hub {
         (SubscriberHandle { id, inbox: sender }, inbox)
     }
 
+    /// A new connection that also gets [`Push::Count`]: its channels' local subscriber counts,
+    /// when they change (at most about once a second per channel, see [`COUNT_INTERVAL`]).
+    pub fn connect_counting(&self, queue_capacity: usize) -> (SubscriberHandle, Inbox) {
+        let (SubscriberHandle { id, inbox: sender }, inbox) = self.connect(queue_capacity);
+        (SubscriberHandle { id: id | COUNTS_BIT, inbox: sender }, inbox)
+    }
+
     fn shard(&self, channel: &ChannelName) -> std::sync::MutexGuard<'_, Subscribers> {
         let shard = &self.shards[self.hasher.hash_one(channel) as usize % SHARDS];
         shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -135,9 +206,7 @@ impl Hub {
         let interest = {
             let mut shard = self.shard(channel);
             let local = shard.entry(channel.clone()).or_default();
-            if !local.subscribers.iter().any(|existing| existing.id == subscriber.id) {
-                local.subscribers.push(subscriber.clone());
-            }
+            local.add(channel, subscriber);
             // A channel in its grace period keeps the engine's interest.
             local.idle_since = None;
             local.interest.clone()
@@ -146,7 +215,7 @@ impl Hub {
         if let Err(error) = taken {
             let mut shard = self.shard(channel);
             if let Some(local) = shard.get_mut(channel) {
-                local.subscribers.retain(|existing| existing.id != subscriber.id);
+                local.remove(channel, subscriber);
                 // Nobody left, and the engine never took the interest: nothing to release.
                 if local.subscribers.is_empty() && !local.interest.initialized() {
                     shard.remove(channel);
@@ -214,10 +283,9 @@ impl Hub {
         let Some(local) = shard.get_mut(channel) else {
             return (false, false);
         };
-        let Some(index) = local.subscribers.iter().position(|existing| existing.id == subscriber.id) else {
+        if !local.remove(channel, subscriber) {
             return (false, false);
-        };
-        local.subscribers.swap_remove(index);
+        }
         if !local.subscribers.is_empty() {
             return (true, false);
         }
@@ -239,7 +307,8 @@ impl Hub {
     }
 
     /// Periodic work, about once a second: releases the engine's interest in channels idle for
-    /// the grace period, and settles presence (leaves past their grace, lease refreshes).
+    /// the grace period, settles presence (leaves past their grace, lease refreshes), and sends
+    /// the subscriber counts held back by [`COUNT_INTERVAL`].
     pub async fn tick(&self) {
         // Leaves first: a channel's last client leaves before the channel is vacated.
         self.presence.tick(&*self.engine).await;
@@ -252,6 +321,8 @@ impl Hub {
                 let expired = local.idle_since.is_some_and(|since| now.duration_since(since) >= grace);
                 if expired {
                     released.push(channel.clone());
+                } else if local.count_pending && local.counting > 0 {
+                    local.send_count(channel, now);
                 }
                 !expired
             });
@@ -731,5 +802,37 @@ mod tests {
         }
         let offsets: Vec<u64> = drain(&mut inbox).into_iter().map(|(_, offset)| offset).collect();
         assert_eq!(offsets, (1..=4000).collect::<Vec<_>>());
+    }
+
+    fn counts(inbox: &mut Inbox) -> Vec<(String, usize)> {
+        let mut seen = Vec::new();
+        while let Some(push) = inbox.try_recv() {
+            if let Push::Count(count) = push {
+                seen.push((count.channel.to_string(), count.count));
+            }
+        }
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn counting_subscribers_hear_count_changes_at_most_about_once_a_second() {
+        let hub = hub(NamespaceOptions::default());
+        let (counter, mut counter_inbox) = hub.connect_counting(64);
+        let (plain, mut plain_inbox) = hub.connect(64);
+        hub.subscribe(&counter, &channel("a"), None).await.unwrap();
+        assert_eq!(counts(&mut counter_inbox), [("a".into(), 1)], "its own subscription is counted at once");
+        hub.subscribe(&plain, &channel("a"), None).await.unwrap();
+        let (third, _third_inbox) = hub.connect(64);
+        hub.subscribe(&third, &channel("a"), None).await.unwrap();
+        assert!(counts(&mut counter_inbox).is_empty(), "held back within the interval");
+        hub.tick().await;
+        assert_eq!(counts(&mut counter_inbox), [("a".into(), 3)], "the tick sends the latest count, once");
+        hub.tick().await;
+        assert!(counts(&mut counter_inbox).is_empty(), "nothing changed");
+
+        tokio::time::advance(COUNT_INTERVAL).await;
+        hub.unsubscribe(&third, &channel("a")).await;
+        assert_eq!(counts(&mut counter_inbox), [("a".into(), 2)], "a quiet channel's change is sent at once");
+        assert!(counts(&mut plain_inbox).is_empty(), "only counting subscribers get counts");
     }
 }

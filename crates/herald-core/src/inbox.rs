@@ -15,7 +15,7 @@ use std::future::{Future, poll_fn};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use crate::presence::PresenceEvent;
+use crate::presence::{PresenceEvent, SubscriptionCount};
 use crate::publication::Publication;
 
 /// What the hub pushes to a connection.
@@ -24,6 +24,8 @@ pub enum Push {
     Publication(Arc<Publication>),
     /// A join or leave, in a `join_leave` namespace.
     Presence(Arc<PresenceEvent>),
+    /// The channel's local subscriber count changed; only to connections that asked for it.
+    Count(Arc<SubscriptionCount>),
 }
 
 /// Buffers larger than this are let go once drained, so a burst does not stay in every idle
@@ -186,7 +188,7 @@ mod tests {
     fn offset(push: &Push) -> u64 {
         match push {
             Push::Publication(publication) => publication.position.offset,
-            Push::Presence(_) => panic!("a presence push"),
+            Push::Presence(_) | Push::Count(_) => panic!("not a publication"),
         }
     }
 

@@ -43,6 +43,8 @@ pub use local_presence::{LocalPresence, PresenceTiming};
 pub use memory::MemoryEngine;
 pub use namespace::{NamespaceOptions, Namespaces};
 pub use position::{Epoch, Position};
-pub use presence::{ChannelEvent, ChannelEventSink, PresenceChange, PresenceEntry, PresenceEvent, PresenceSnapshot};
+pub use presence::{
+    ChannelEvent, ChannelEventSink, PresenceChange, PresenceEntry, PresenceEvent, PresenceSnapshot, SubscriptionCount,
+};
 pub use publication::{Payload, Publication};
 pub use tracker::PositionTracker;

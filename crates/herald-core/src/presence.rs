@@ -72,6 +72,35 @@ impl std::fmt::Debug for PresenceEvent {
     }
 }
 
+/// How many local connections a channel has now; pushed, at most about once a second per
+/// channel, to its subscribers that asked for counts ([`crate::Hub::connect_counting`]), encoded
+/// once for all of them.
+pub struct SubscriptionCount {
+    pub channel: ChannelName,
+    pub count: usize,
+    encoded: EncodedSlot,
+}
+
+impl SubscriptionCount {
+    pub fn new(channel: ChannelName, count: usize) -> Self {
+        Self { channel, count, encoded: EncodedSlot::default() }
+    }
+
+    /// The encoded form, made on first use and shared after (see [`EncodedSlot`]).
+    pub fn encoded<T>(&self, encode: impl FnOnce(&SubscriptionCount) -> T) -> T
+    where
+        T: std::any::Any + Clone + Send + Sync,
+    {
+        self.encoded.get_or_encode(|| encode(self))
+    }
+}
+
+impl std::fmt::Debug for SubscriptionCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionCount").field("channel", &self.channel).field("count", &self.count).finish()
+    }
+}
+
 /// Something that happened to a channel, reported once (by the node where it happened), for
 /// webhooks and metrics.
 #[derive(Debug, Clone)]

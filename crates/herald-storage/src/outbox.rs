@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StorageOpenError;
@@ -217,7 +217,7 @@ impl Submitted {
 
 enum Write {
     Enqueue(Vec<NewDelivery>, oneshot::Sender<Result<Vec<i64>, OutboxError>>),
-    Attempt(AttemptRecord, oneshot::Sender<Result<(), OutboxError>>),
+    Attempts(Vec<AttemptRecord>, oneshot::Sender<Result<(), OutboxError>>),
 }
 
 /// The outbox in an SQLite file of its own (its writes never wait on publication appends).
@@ -274,8 +274,13 @@ impl SqliteOutbox {
 
     /// Records an attempt's outcome (committed when this returns).
     pub async fn record_attempt(&self, attempt: AttemptRecord) -> Result<(), OutboxError> {
+        self.record_attempts(vec![attempt]).await
+    }
+
+    /// Records the outcomes of one attempt that carried several deliveries, in one commit.
+    pub async fn record_attempts(&self, attempts: Vec<AttemptRecord>) -> Result<(), OutboxError> {
         let (reply, answer) = oneshot::channel();
-        self.writes.send(Write::Attempt(attempt, reply)).await.map_err(|_| outbox_error("writer stopped"))?;
+        self.writes.send(Write::Attempts(attempts, reply)).await.map_err(|_| outbox_error("writer stopped"))?;
         answer.await.map_err(|_| outbox_error("writer stopped"))?
     }
 
@@ -289,19 +294,21 @@ impl SqliteOutbox {
 
     /// The next pending delivery of a lane.
     pub async fn head(&self, lane: &Lane) -> Result<Option<DeliveryRecord>, OutboxError> {
+        Ok(self.heads(lane, 1).await?.pop())
+    }
+
+    /// The next `limit` pending deliveries of a lane, in the lane's order.
+    pub async fn heads(&self, lane: &Lane, limit: usize) -> Result<Vec<DeliveryRecord>, OutboxError> {
         let lane = lane.clone();
         self.read(move |connection| {
-            connection
-                .query_row(
-                    &format!(
-                        "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                         WHERE endpoint = ?1 AND channel = ?2 AND state = 0 AND (event_type = 'publication') = ?3
-                         ORDER BY seq, id LIMIT 1"
-                    ),
-                    params![lane.endpoint, lane.channel, lane.publications],
-                    delivery_from_row,
-                )
-                .optional()
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                 WHERE endpoint = ?1 AND channel = ?2 AND state = 0 AND (event_type = 'publication') = ?3
+                 ORDER BY seq, id LIMIT ?4"
+            ))?;
+            statement
+                .query_map(params![lane.endpoint, lane.channel, lane.publications, limit as i64], delivery_from_row)?
+                .collect()
         })
         .await
     }
@@ -510,7 +517,7 @@ fn write_loop(mut connection: Connection, mut queue: mpsc::Receiver<Write>) {
                 Write::Enqueue(_, reply) => {
                     let _ = reply.send(result);
                 }
-                Write::Attempt(_, reply) => {
+                Write::Attempts(_, reply) => {
                     let _ = reply.send(result.map(|_| ()));
                 }
             }
@@ -554,17 +561,19 @@ fn write_group(connection: &mut Connection, group: &[Write]) -> Vec<Result<Vec<i
                         }
                         ids.push(these);
                     }
-                    Write::Attempt(attempt, _) => {
-                        update.execute(params![
-                            attempt.id,
-                            attempt.state.code(),
-                            attempt.attempts as i64,
-                            attempt.next_attempt_at as i64,
-                            attempt.status.map(i64::from),
-                            attempt.error,
-                            attempt.latency_ms as i64,
-                            attempt.at as i64,
-                        ])?;
+                    Write::Attempts(attempts, _) => {
+                        for attempt in attempts {
+                            update.execute(params![
+                                attempt.id,
+                                attempt.state.code(),
+                                attempt.attempts as i64,
+                                attempt.next_attempt_at as i64,
+                                attempt.status.map(i64::from),
+                                attempt.error,
+                                attempt.latency_ms as i64,
+                                attempt.at as i64,
+                            ])?;
+                        }
                         ids.push(Vec::new());
                     }
                 }

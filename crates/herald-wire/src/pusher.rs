@@ -220,6 +220,19 @@ pub fn member_added_data(member: &Member<'_>) -> String {
     serde_json::to_string(&added).unwrap_or_default()
 }
 
+/// The event telling a channel's subscribers how many connections it has (an app's
+/// `subscription_count` option; pusher-js passes it on as `pusher:subscription_count`).
+pub const SUBSCRIPTION_COUNT_EVENT: &str = "pusher_internal:subscription_count";
+
+/// `pusher_internal:subscription_count`'s data.
+pub fn subscription_count_data(count: usize) -> String {
+    #[derive(Serialize)]
+    struct Count {
+        subscription_count: usize,
+    }
+    serde_json::to_string(&Count { subscription_count: count }).unwrap_or_default()
+}
+
 /// `pusher_internal:member_removed`'s data.
 pub fn member_removed_data(user_id: &str) -> String {
     #[derive(Serialize)]
@@ -353,9 +366,43 @@ pub fn webhook_body(time_ms: u64, event: WebhookEvent<'_>) -> String {
     serde_json::to_string(&WebhookBody { time_ms, events: vec![event] }).unwrap_or_default()
 }
 
+/// One call's body carrying the events of several bodies, in their order, stamped with the
+/// latest one's time. A body that is not a webhook body is an error (nothing is dropped).
+pub fn webhook_batch<'a>(bodies: impl IntoIterator<Item = &'a str>) -> Result<String, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Stored<'a> {
+        time_ms: u64,
+        #[serde(borrow)]
+        events: Vec<&'a RawValue>,
+    }
+    #[derive(Serialize)]
+    struct Batch<'a> {
+        time_ms: u64,
+        events: Vec<&'a RawValue>,
+    }
+    let mut batch = Batch { time_ms: 0, events: Vec::new() };
+    for body in bodies {
+        let stored: Stored<'_> = serde_json::from_str(body)?;
+        batch.time_ms = batch.time_ms.max(stored.time_ms);
+        batch.events.extend(stored.events);
+    }
+    serde_json::to_string(&batch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_bodies_batch_into_one_call_in_order() {
+        let first = webhook_body(5, WebhookEvent::ChannelOccupied { channel: "a" });
+        let second = webhook_body(7, WebhookEvent::MemberAdded { channel: "presence-a", user_id: "u" });
+        assert_eq!(
+            webhook_batch([first.as_str(), second.as_str()]).unwrap(),
+            r#"{"time_ms":7,"events":[{"name":"channel_occupied","channel":"a"},{"name":"member_added","channel":"presence-a","user_id":"u"}]}"#
+        );
+        assert!(webhook_batch([first.as_str(), "{\"not\":1}"]).is_err());
+    }
 
     #[test]
     fn events_and_frames_are_what_pusher_js_parses() {

@@ -32,6 +32,9 @@ pub struct RawPusherApp {
     pub key: Option<String>,
     pub secret: Option<String>,
     pub namespace: Option<String>,
+    /// Tell subscribers of non-presence channels how many connections the channel has
+    /// (`pusher_internal:subscription_count`), as Pusher's "subscription counting" option does.
+    pub subscription_count: Option<bool>,
     #[serde(default)]
     pub webhooks: Vec<RawPusherWebhook>,
 }
@@ -71,6 +74,8 @@ pub struct PusherApp {
     pub key: String,
     pub secret: String,
     pub namespace: String,
+    /// Subscribers hear `pusher_internal:subscription_count` (off by default, as on Pusher).
+    pub subscription_count: bool,
     pub webhooks: Vec<PusherWebhook>,
 }
 
@@ -81,6 +86,7 @@ impl std::fmt::Debug for PusherApp {
             .field("key", &self.key)
             .field("secret", &"(not shown)")
             .field("namespace", &self.namespace)
+            .field("subscription_count", &self.subscription_count)
             .field("webhooks", &self.webhooks)
             .finish()
     }
@@ -286,7 +292,8 @@ pub fn settings(raw: &RawPusher, namespaces: Namespaces) -> Result<(PusherSettin
             namespaces = namespaces.with_named(namespace.clone(), options);
         }
         namespaces = channel_rules(namespaces, &namespace);
-        apps.push(Arc::new(PusherApp { id, key: app_key, secret, namespace, webhooks }));
+        let subscription_count = raw_app.subscription_count.unwrap_or(false);
+        apps.push(Arc::new(PusherApp { id, key: app_key, secret, namespace, subscription_count, webhooks }));
     }
     Ok((PusherSettings { apps, http_path, activity_timeout, client_event_rate, max_presence_members }, namespaces))
 }

@@ -10,8 +10,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_core::Publication;
-use herald_wire::pusher::{HERALD_PUBLICATION, StoredEvent, as_string, event};
+use herald_core::{Publication, SubscriptionCount};
+use herald_wire::pusher::{
+    HERALD_PUBLICATION, SUBSCRIPTION_COUNT_EVENT, StoredEvent, as_string, event, subscription_count_data,
+};
 
 use crate::transport::ws::frames::text_frame;
 
@@ -36,11 +38,30 @@ impl PusherPublication {
             Self { json: Bytes::from(text), ws_frame, exclude: exclude.map(Arc::from), event: event.map(Arc::from) }
         })
     }
+
+    /// A channel's subscriber count as `pusher_internal:subscription_count`, shared likewise.
+    pub fn of_count(count: &SubscriptionCount) -> Self {
+        count.encoded(|count| {
+            let json = event(
+                SUBSCRIPTION_COUNT_EVENT,
+                Some(pusher_name(&count.channel)),
+                &subscription_count_data(count.count),
+                None,
+            );
+            let (text, ws_frame) = text_frame(json);
+            Self { json: Bytes::from(text), ws_frame, exclude: None, event: Some(Arc::from(SUBSCRIPTION_COUNT_EVENT)) }
+        })
+    }
+}
+
+/// A Herald channel's name without its namespace: the Pusher name.
+fn pusher_name(channel: &herald_core::ChannelName) -> &str {
+    channel.as_str().split_once(':').map_or(channel.as_str(), |(_, name)| name)
 }
 
 /// The event JSON of a publication, the socket it excludes, and its event name.
 fn pusher_json(publication: &Publication) -> (String, Option<String>, Option<String>) {
-    let channel = publication.channel.as_str().split_once(':').map_or(publication.channel.as_str(), |(_, name)| name);
+    let channel = pusher_name(&publication.channel);
     let data = std::str::from_utf8(&publication.data).unwrap_or("null");
     match serde_json::from_str::<StoredEvent<'_>>(data) {
         // The protocol's own events are the server's to send: a publication naming one reaches

@@ -121,7 +121,11 @@ impl Members {
 
 impl PusherSession {
     pub fn new(app: AppState, pusher_app: Arc<PusherApp>, queue_capacity: usize) -> (Self, Inbox) {
-        let (subscriber, inbox) = app.hub.connect(queue_capacity);
+        let (subscriber, inbox) = if pusher_app.subscription_count {
+            app.hub.connect_counting(queue_capacity)
+        } else {
+            app.hub.connect(queue_capacity)
+        };
         let client = ClientId::random();
         let bits = u128::from_be_bytes(client.to_bytes());
         // Pusher's socket ids are two decimal numbers; the server SDKs check that shape.
@@ -440,6 +444,12 @@ impl PusherSession {
                 Ok(Some(Outgoing::Shared(form)))
             }
             Push::Presence(event) => Ok(self.member_event(&event)),
+            // Pusher counts every kind of channel but presence ones (which have members).
+            Push::Count(count) => Ok(self
+                .channels
+                .iter()
+                .any(|subscription| subscription.channel == count.channel && subscription.kind != ChannelKind::Presence)
+                .then(|| Outgoing::Shared(PusherPublication::of_count(&count)))),
         }
     }
 

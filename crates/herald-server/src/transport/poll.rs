@@ -134,6 +134,7 @@ impl OpenPoll {
                                 events.push(event);
                                 None
                             }
+                            Push::Count(_) => None,
                         });
                         take(subscription, &mut messages, publications, max);
                     }

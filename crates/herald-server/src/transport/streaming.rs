@@ -306,6 +306,8 @@ impl OpenStream {
                                     }
                                 }
                                 Push::Presence(event) => format.presence(&mut chunk, &event),
+                                // Herald's own protocol has no count event (it never asks).
+                                Push::Count(_) => {}
                             }
                         }
                         None

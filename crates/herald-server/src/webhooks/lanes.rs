@@ -3,6 +3,11 @@
 //! so a slow or dead endpoint delays only itself. An attempt is a signed POST; its outcome is
 //! committed to the outbox before the lane moves on, and the endpoint's health follows it
 //! (`410 Gone` or failing for `disable_after` disables it).
+//!
+//! A Pusher app's endpoint takes several events per call (`{"time_ms", "events": [...]}`), as
+//! Pusher sends them: an attempt carries the lane's due deliveries, in order, up to
+//! [`MAX_BATCH_EVENTS`], and its outcome is each one's. Events that pile up while a call is under
+//! way, or while the endpoint is failing, so go together in the next one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +27,10 @@ use crate::config::WebhookSettings;
 
 /// How often the delivery log is pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// The most events one call to a Pusher endpoint carries, and about the most bytes.
+const MAX_BATCH_EVENTS: usize = 100;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// A lane with a running task.
 struct LaneState {
@@ -172,13 +181,15 @@ impl Lanes {
                 }
             };
             let Some(_permit) = permit else { return LaneEnd::Stopped };
+            let batch =
+                if endpoint.pusher_key.is_some() { self.due_batch(lane, delivery).await } else { vec![delivery] };
             let started = std::time::Instant::now();
             let answer = tokio::select! {
-                answer = self.attempt(&endpoint, &delivery) => answer,
+                answer = self.attempt(&endpoint, &batch) => answer,
                 // Still pending: sent again after the restart.
                 () = self.shutdown.cancelled() => return LaneEnd::Stopped,
             };
-            self.record(&endpoint, &delivery, answer, started.elapsed()).await;
+            self.record(&endpoint, &batch, answer, started.elapsed()).await;
         }
     }
 
@@ -198,8 +209,26 @@ impl Lanes {
             .clone()
     }
 
-    /// One signed POST of a delivery.
-    async fn attempt(&self, endpoint: &EndpointRecord, delivery: &DeliveryRecord) -> Answer {
+    /// The lane's deliveries from its due `head` on that one call may carry: those due now, in
+    /// order, within the batch limits.
+    async fn due_batch(&self, lane: &Lane, head: DeliveryRecord) -> Vec<DeliveryRecord> {
+        let now = unix_millis();
+        let Ok(heads) = self.outbox.heads(lane, MAX_BATCH_EVENTS).await else { return vec![head] };
+        let mut bytes = 0;
+        let batch: Vec<DeliveryRecord> = heads
+            .into_iter()
+            .take_while(|delivery| {
+                bytes += delivery.body.len();
+                delivery.next_attempt_at <= now && bytes <= MAX_BATCH_BYTES
+            })
+            .collect();
+        // The lane changed under us (the head went meanwhile): send the head alone.
+        if batch.first().is_none_or(|first| first.id != head.id) { vec![head] } else { batch }
+    }
+
+    /// One signed POST of a delivery, or of a batch of them to a Pusher endpoint.
+    async fn attempt(&self, endpoint: &EndpointRecord, batch: &[DeliveryRecord]) -> Answer {
+        let delivery = &batch[0];
         // An address in the URL itself never reaches the resolver: check it here.
         if let Ok(url) = target::parse_url(&endpoint.url)
             && let Some(host) = url.host_str()
@@ -219,17 +248,30 @@ impl Lanes {
         }
         let request =
             self.client.post(&endpoint.url).timeout(self.settings.timeout).header("content-type", "application/json");
-        let request = match &endpoint.pusher_key {
+        let (request, body) = match &endpoint.pusher_key {
             // A Pusher app's webhook: signed the way Pusher's server SDKs check.
-            Some(key) => request
-                .header("x-pusher-key", key)
-                .header("x-pusher-signature", crate::pusher::webhooks::signature(&endpoint.secret, &delivery.body)),
-            None => request
-                .header("webhook-id", &id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", signature::sign(&secrets, &id, timestamp, &delivery.body)),
+            Some(key) => {
+                let body = match batch {
+                    [one] => one.body.clone(),
+                    several => match herald_wire::pusher::webhook_batch(several.iter().map(|d| d.body.as_str())) {
+                        Ok(body) => body,
+                        Err(error) => {
+                            return Answer::Failed(format!("a stored Pusher webhook body is not one: {error}"));
+                        }
+                    },
+                };
+                let signed = crate::pusher::webhooks::signature(&endpoint.secret, &body);
+                (request.header("x-pusher-key", key).header("x-pusher-signature", signed), body)
+            }
+            None => (
+                request
+                    .header("webhook-id", &id)
+                    .header("webhook-timestamp", timestamp.to_string())
+                    .header("webhook-signature", signature::sign(&secrets, &id, timestamp, &delivery.body)),
+                delivery.body.clone(),
+            ),
         };
-        let request = request.body(delivery.body.clone());
+        let request = request.body(body);
         match request.send().await {
             Ok(response) => Answer::Status(response.status().as_u16()),
             // Kept short: it is stored with every attempt.
@@ -237,10 +279,10 @@ impl Lanes {
         }
     }
 
-    /// Records an attempt: the delivery's new state, and the endpoint's health.
-    async fn record(&self, endpoint: &EndpointRecord, delivery: &DeliveryRecord, answer: Answer, took: Duration) {
+    /// Records an attempt: each delivery's new state (the batch's deliveries share its outcome
+    /// and its retry time), and the endpoint's health.
+    async fn record(&self, endpoint: &EndpointRecord, batch: &[DeliveryRecord], answer: Answer, took: Duration) {
         let now = unix_millis();
-        let attempts = delivery.attempts + 1;
         let schedule = &self.settings.retry_schedule;
         let (status, error) = match &answer {
             Answer::Status(status) if (200..300).contains(status) => (Some(*status), None),
@@ -249,32 +291,39 @@ impl Lanes {
         };
         let delivered = error.is_none();
         let gone = matches!(answer, Answer::Status(410));
-        let (state, next_attempt_at) = if delivered {
-            (DeliveryState::Delivered, now)
-        } else if gone {
-            // Kept pending: re-enabling the endpoint sends it.
-            (DeliveryState::Pending, now)
-        } else if let Some(delay) = schedule.get(attempts as usize) {
-            (DeliveryState::Pending, now + jittered(*delay).as_millis() as u64)
-        } else {
-            (DeliveryState::Dead, now)
-        };
-        crate::metrics::webhook_attempt(match state {
-            DeliveryState::Delivered => "delivered",
-            DeliveryState::Pending => "failed",
-            DeliveryState::Dead => "dead",
-        });
-        let attempt = AttemptRecord {
-            id: delivery.id,
-            state,
-            attempts,
-            next_attempt_at,
-            status,
-            error,
-            latency_ms: took.as_millis() as u64,
-            at: now,
-        };
-        while let Err(failure) = self.outbox.record_attempt(attempt.clone()).await {
+        let jitter = jitter();
+        let attempts: Vec<AttemptRecord> = batch
+            .iter()
+            .map(|delivery| {
+                let attempts = delivery.attempts + 1;
+                let (state, next_attempt_at) = if delivered {
+                    (DeliveryState::Delivered, now)
+                } else if gone {
+                    // Kept pending: re-enabling the endpoint sends it.
+                    (DeliveryState::Pending, now)
+                } else if let Some(delay) = schedule.get(attempts as usize) {
+                    (DeliveryState::Pending, now + delay.mul_f64(jitter).as_millis() as u64)
+                } else {
+                    (DeliveryState::Dead, now)
+                };
+                crate::metrics::webhook_attempt(match state {
+                    DeliveryState::Delivered => "delivered",
+                    DeliveryState::Pending => "failed",
+                    DeliveryState::Dead => "dead",
+                });
+                AttemptRecord {
+                    id: delivery.id,
+                    state,
+                    attempts,
+                    next_attempt_at,
+                    status,
+                    error: error.clone(),
+                    latency_ms: took.as_millis() as u64,
+                    at: now,
+                }
+            })
+            .collect();
+        while let Err(failure) = self.outbox.record_attempts(attempts.clone()).await {
             tracing::warn!(error = %failure, "cannot record a webhook attempt; retrying");
             if !self.pause(Duration::from_secs(1)).await {
                 return;
@@ -339,7 +388,7 @@ impl Lanes {
     }
 }
 
-/// ±10% around `delay`, so retries of many deliveries do not arrive all at once.
-fn jittered(delay: Duration) -> Duration {
-    delay.mul_f64(0.9 + fastrand::f64() * 0.2)
+/// A factor of ±10% around a retry delay, so retries of many lanes do not arrive all at once.
+fn jitter() -> f64 {
+    0.9 + fastrand::f64() * 0.2
 }

@@ -4,7 +4,10 @@
 
 use serde_json::{Value, json};
 
+use std::time::Duration;
+
 use crate::helpers::{Received, TestServer, WsClient};
+use crate::webhooks::{Call, Receiver};
 
 const CONFIG: &str = r#"
 [limits]
@@ -279,6 +282,57 @@ async fn namespace_rules_and_the_member_cap_hold_on_the_door() {
     users.sort_unstable();
     users.dedup();
     assert_eq!(users, ["a", "b"], "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_events_that_pile_up_go_in_one_call_in_order_signed() {
+    let mut receiver = Receiver::down().await;
+    let config = format!(
+        "allow_private_webhook_targets = true\n\
+         [webhook_delivery]\ntimeout = \"1s\"\nretry_schedule = [\"0s\", {}]\n\
+         [presence]\ngrace_period = \"0s\"\n\
+         [[pusher.apps]]\nid = \"7\"\nkey = \"the-key\"\nsecret = \"the-secret\"\nnamespace = \"p\"\n\
+         [[pusher.apps.webhooks]]\nurl = \"{}\"\n",
+        vec!["\"200ms\""; 49].join(", "),
+        receiver.url()
+    );
+    let server = TestServer::with_config(&config).await;
+    // While the receiver is down: the channel is occupied and five users join it.
+    let mut clients = Vec::new();
+    for user in ["u1", "u2", "u3", "u4", "u5"] {
+        let (mut client, socket_id) = established(&server, "the-key").await;
+        let reply =
+            subscribe_signed(&mut client, "the-key", "the-secret", &socket_id, "presence-pile", Some(user)).await;
+        assert_eq!(reply["event"], "pusher_internal:subscription_succeeded", "{reply}");
+        clients.push(client);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    receiver.up().await;
+    let names = |calls: &[Call]| -> Vec<String> {
+        calls
+            .iter()
+            .flat_map(|call| call.json()["events"].as_array().unwrap().clone())
+            .map(|event| format!("{} {}", event["name"].as_str().unwrap(), event["user_id"].as_str().unwrap_or("")))
+            .collect()
+    };
+    let calls = receiver.wait_for("six events", Duration::from_secs(20), |calls| names(calls).len() >= 6).await;
+    let expected = ["channel_occupied ", "member_added u1", "member_added u2", "member_added u3", "member_added u4"];
+    assert_eq!(names(&calls)[..5], expected, "in order");
+    assert_eq!(names(&calls)[5], "member_added u5");
+    assert!(calls.len() < 6, "{} calls for 6 events: they were batched", calls.len());
+    for call in &calls {
+        let expected = herald_server::pusher::webhooks::signature("the-secret", &call.body);
+        assert_eq!(call.signature, expected, "the whole batch is signed");
+        let time_ms = call.json()["time_ms"].as_u64().unwrap();
+        assert!(time_ms.abs_diff(herald_core::unix_millis()) < 60_000);
+    }
+    // The outbox's log: every event delivered, each once.
+    let (_, log) = server.get_json("/api/webhooks").await;
+    let id = log["webhooks"][0]["id"].as_str().unwrap().to_string();
+    let (_, deliveries) = server.get_json(&format!("/api/webhooks/{id}/deliveries")).await;
+    let deliveries = deliveries["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 6, "{deliveries:?}");
+    assert!(deliveries.iter().all(|delivery| delivery["state"] == "delivered"));
 }
 
 fn md5_hex(bytes: &[u8]) -> String {

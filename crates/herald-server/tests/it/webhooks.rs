@@ -102,8 +102,9 @@ impl Receiver {
                             let header = |name: &str| {
                                 request.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
                             };
-                            let (id, timestamp, signature) =
-                                (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+                            // Standard Webhooks' signature, or a Pusher app's.
+                            let signature = [header("webhook-signature"), header("x-pusher-signature")].concat();
+                            let (id, timestamp) = (header("webhook-id"), header("webhook-timestamp"));
                             let body = request.into_body().collect().await.unwrap().to_bytes();
                             let next = {
                                 let mut script = behavior.lock().unwrap();

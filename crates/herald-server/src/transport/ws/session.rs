@@ -418,6 +418,8 @@ impl Protocol for Connection {
                 }
             }
             Push::Presence(event) => pending.push_back(EncodedPresence::of(&event).ws_frame),
+            // Herald's own protocol has no count event (it never asks).
+            Push::Count(_) => {}
         }
         Ok(())
     }
