@@ -241,7 +241,7 @@ impl Authenticator {
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         self.check(token).inspect_err(|error| {
             tracing::debug!(%error, "token refused");
-            crate::metrics::token_refused(error.code());
+            crate::metrics::token_failed(error.code());
         })
     }
 

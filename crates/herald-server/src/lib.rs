@@ -14,6 +14,7 @@ pub mod error;
 pub mod front;
 pub mod http_client;
 pub mod jwks;
+pub mod metered;
 pub mod metrics;
 pub mod ops;
 pub mod presence;

@@ -27,7 +27,17 @@ pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
 
 /// `GET /metrics`: the gauges read now, then every metric in the Prometheus text format.
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    metrics::gauge!("herald_connections_open").set(app.connections.open_connections() as f64);
-    metrics::gauge!("herald_channels_with_subscribers").set(app.hub.channels().len() as f64);
+    for (transport, open) in app.connections.open_by_transport() {
+        metrics::gauge!("herald_connections", "transport" => transport.label()).set(open as f64);
+    }
+    let channels = app.hub.channels();
+    metrics::gauge!("herald_channels").set(channels.len() as f64);
+    metrics::gauge!("herald_subscriptions").set(channels.iter().map(|(_, count)| *count).sum::<usize>() as f64);
+    metrics::gauge!("herald_presence_entries").set(app.hub.held_presence_entries() as f64);
+    metrics::gauge!("herald_webhook_event_queue").set(app.webhooks.queued_events() as f64);
+    match app.webhooks.outbox().pending_count().await {
+        Ok(pending) => metrics::gauge!("herald_webhook_outbox_pending").set(pending as f64),
+        Err(error) => tracing::warn!(%error, "cannot count the webhook outbox's pending deliveries"),
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
 }

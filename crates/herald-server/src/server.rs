@@ -218,6 +218,7 @@ fn start_on(listener: TcpListener, app: AppState, adapters: Adapters) -> std::io
                 () = sweeper_shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     hub.tick().await;
+                    crate::metrics::upkeep();
                     if count % SWEEP_EVERY_TICKS == 0 {
                         hub.sweep().await;
                     }

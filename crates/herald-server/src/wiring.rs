@@ -47,7 +47,7 @@ pub async fn hub(
             herald_engines::NatsEngine::start(url, namespaces.clone(), tasks.clone(), shutdown.clone()).await?
         }
     };
-    Ok(Hub::new(engine, namespaces, settings.presence))
+    Ok(Hub::new(Arc::new(crate::metered::MeteredEngine(engine)), namespaces, settings.presence))
 }
 
 /// The storage of durable namespaces: SQLite in the data directory, or PostgreSQL.
@@ -57,7 +57,7 @@ async fn storage(
     shutdown: &CancellationToken,
 ) -> Result<Arc<dyn Storage>, StorageOpenError> {
     let namespaces = Arc::new(settings.namespaces.clone());
-    Ok(match &settings.storage {
+    let storage: Arc<dyn Storage> = match &settings.storage {
         StorageKind::Sqlite => {
             // Opening checks the whole file (quick_check): off the async threads.
             let path = settings.data_dir.join(SQLITE_FILE);
@@ -67,7 +67,8 @@ async fn storage(
             let (tasks, shutdown) = (tasks.clone(), shutdown.clone());
             Arc::new(PostgresStorage::open(url, schema.as_deref(), namespaces, tasks, shutdown).await?)
         }
-    })
+    };
+    Ok(Arc::new(crate::metered::MeteredStorage(storage)))
 }
 
 /// The webhook outbox, in its own SQLite file in the data directory (per node).

@@ -313,6 +313,15 @@ impl SqliteOutbox {
         .await
     }
 
+    /// How many deliveries are pending, across endpoints (the backlog).
+    pub async fn pending_count(&self) -> Result<u64, OutboxError> {
+        self.read(|connection| {
+            connection.query_row("SELECT COUNT(*) FROM deliveries WHERE state = 0", [], |row| row.get::<_, i64>(0))
+        })
+        .await
+        .map(|count| count as u64)
+    }
+
     /// Every lane with pending deliveries (of `endpoint` only, if given).
     pub async fn pending_lanes(&self, endpoint: Option<&str>) -> Result<Vec<Lane>, OutboxError> {
         let endpoint = endpoint.map(str::to_string);

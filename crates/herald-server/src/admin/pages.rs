@@ -14,8 +14,8 @@ use serde_json::json;
 use crate::admin::session::{Access, COOKIE_NAME, SESSION_LIFETIME, csrf_matches};
 use crate::config::KeyScope;
 use crate::error::ApiError;
+use crate::metrics::Transport;
 use crate::state::AppState;
-use crate::transport::limits::ConnectionKind;
 use crate::web::templates::render;
 use crate::webhooks::registry::EndpointState;
 
@@ -146,15 +146,19 @@ fn metric_sum(text: &str, name: &str) -> f64 {
 }
 
 fn connections(app: &AppState) -> serde_json::Value {
-    let mut by_kind = serde_json::Map::new();
-    for (kind, count) in app.connections.open_by_kind() {
-        let name = match kind {
-            ConnectionKind::WebSocket => "websocket",
-            ConnectionKind::Stream => "sse_ndjson",
-            ConnectionKind::ParkedPoll => "long_poll",
-        };
-        by_kind.insert(name.to_string(), count.into());
+    // The console's three kinds: the Pusher door's connections count with what carries them.
+    let (mut websocket, mut streams, mut polls) = (0, 0, 0);
+    for (transport, count) in app.connections.open_by_transport() {
+        match transport {
+            Transport::WebSocket | Transport::PusherWebSocket => websocket += count,
+            Transport::Sse | Transport::Ndjson | Transport::PusherHttp => streams += count,
+            Transport::LongPoll => polls += count,
+        }
     }
+    let mut by_kind = serde_json::Map::new();
+    by_kind.insert("websocket".to_string(), websocket.into());
+    by_kind.insert("sse_ndjson".to_string(), streams.into());
+    by_kind.insert("long_poll".to_string(), polls.into());
     by_kind.insert("total".to_string(), app.connections.open_connections().into());
     serde_json::Value::Object(by_kind)
 }
@@ -166,7 +170,7 @@ fn stats_now(app: &AppState) -> serde_json::Value {
         "time": herald_core::unix_millis(),
         "connections": connections(app),
         "channels": app.hub.channels().len(),
-        "publishes": metric_sum(&metrics, "herald_publishes_total"),
+        "publishes": metric_sum(&metrics, "herald_publications_total"),
         "refused": metric_sum(&metrics, "herald_refused_total"),
         "webhook_attempts": metric_sum(&metrics, "herald_webhook_attempts_total"),
         "presence_held": app.hub.held_presence_entries(),

@@ -25,14 +25,15 @@ use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use herald_core::Inbox;
+use herald_core::{Inbox, Push};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
 use super::session::{Close, Outgoing, PusherSession};
 use crate::error::ApiError;
+use crate::metrics::Transport;
 use crate::state::AppState;
-use crate::transport::limits::{ConnectionKind, ConnectionPermit};
+use crate::transport::limits::ConnectionPermit;
 
 /// How long a session lives with no receiving request (pusher-js polls again at once, and
 /// reopens a stream within a second).
@@ -209,7 +210,7 @@ async fn receive(
     if app.shutdown.is_cancelled() {
         return frames_response(close_frame(Close { code: 4200, reason: "server shutting down: reconnect" }));
     }
-    let permit = match app.connections.admit(peer.ip(), ConnectionKind::Stream) {
+    let permit = match app.connections.admit(peer.ip(), Transport::PusherHttp) {
         Ok(permit) => permit,
         Err(_) => return frames_response(close_frame(Close { code: 4100, reason: "over capacity" })),
     };
@@ -312,8 +313,17 @@ impl SessionTask {
         self.queued.push_back(Bytes::from(greeting));
         let end = self.serve().await;
         self.session.leave_all().await;
-        let End::Closed(close) = end else { return None };
-        crate::metrics::websocket_closed("pusher_http_closed");
+        let End::Closed(close) = end else {
+            crate::metrics::disconnected(Transport::PusherHttp, "peer_gone");
+            return None;
+        };
+        let reason = match close.code {
+            4200 => "shutdown",
+            4100 => "slow_consumer",
+            4009 => "terminated",
+            _ => "closed",
+        };
+        crate::metrics::disconnected(Transport::PusherHttp, reason);
         // What is queued and the close in one frame: a poll takes a single answer.
         let mut last = BytesMut::new();
         if !self.queued.is_empty() {
@@ -349,12 +359,25 @@ impl SessionTask {
                     if received.is_err() {
                         return End::Closed(Close { code: 4100, reason: "over capacity: too slow to take the channel's events" });
                     }
+                    // Counted as queued for the client's requests.
+                    let (mut delivered, mut oldest_ms) = (0, u64::MAX);
                     for push in batch.drain(..) {
+                        let publication_ms = match &push {
+                            Push::Publication(publication) => Some(publication.time_ms),
+                            _ => None,
+                        };
                         match self.session.on_push(push) {
-                            Ok(outgoing) => outgoing.into_iter().for_each(|event| self.queue(event)),
+                            Ok(Some(event)) => {
+                                if let Some(time_ms) = publication_ms {
+                                    (delivered, oldest_ms) = (delivered + 1, oldest_ms.min(time_ms));
+                                }
+                                self.queue(event);
+                            }
+                            Ok(None) => {}
                             Err(close) => return End::Closed(close),
                         }
                     }
+                    crate::metrics::delivered(Transport::PusherHttp, delivered, oldest_ms);
                 }
                 Some((number, messages)) = self.incoming.recv() => {
                     self.order.arrived(number, messages);

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use herald_core::Push;
 
 use super::session::{Close, Outgoing, PusherSession};
+use crate::metrics::Transport;
 use crate::state::AppState;
 use crate::transport::Expiry;
 use crate::transport::ws::frames::text_frame;
@@ -31,7 +32,7 @@ pub async fn upgrade(
     let refusal = refusal(&app, &key, request.uri().query());
     let pusher_app = app.settings.pusher.by_key(&key).cloned();
     let session_app = app.clone();
-    crate::transport::ws::accept(app, peer, request, move |socket, permit| async move {
+    crate::transport::ws::accept(app, peer, request, Transport::PusherWebSocket, move |socket, permit| async move {
         match (refusal, pusher_app) {
             (None, Some(pusher_app)) => {
                 let capacity = session_app.settings.websocket.outbox_capacity.get();
@@ -85,6 +86,8 @@ fn frame(outgoing: Outgoing) -> Bytes {
 }
 
 impl Protocol for PusherSocket {
+    const TRANSPORT: Transport = Transport::PusherWebSocket;
+
     fn app(&self) -> &AppState {
         self.session.app()
     }
@@ -145,7 +148,6 @@ impl Protocol for PusherSocket {
 mod tests {
     use super::*;
     use crate::config::{Overrides, Settings};
-    use crate::transport::limits::ConnectionKind;
     use crate::transport::ws::WatchedIo;
     use std::sync::Arc;
 
@@ -164,7 +166,7 @@ mod tests {
         let hub = crate::wiring::hub(&settings, &tasks, &shutdown).await.unwrap();
         let app = AppState::new(hub, webhooks, settings.clone(), shutdown, tasks);
         let (io, _peer) = tokio::io::duplex(64);
-        let permit = app.connections.admit([127, 0, 0, 1].into(), ConnectionKind::WebSocket).unwrap();
+        let permit = app.connections.admit([127, 0, 0, 1].into(), Transport::PusherWebSocket).unwrap();
         let pusher_app = settings.pusher.by_key("k").unwrap().clone();
         let (session, inbox) = PusherSession::new(app, pusher_app, 16);
         let protocol = PusherSocket { session, expiry: None, terminated: None };

@@ -14,14 +14,7 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderValue, StatusCode, header};
 
 use crate::error::ApiError;
-
-/// What kind of connection asks to be admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectionKind {
-    WebSocket,
-    Stream,
-    ParkedPoll,
-}
+use crate::metrics::Transport;
 
 #[derive(Debug)]
 pub struct ConnectionLimiter {
@@ -30,8 +23,8 @@ pub struct ConnectionLimiter {
     parked_poll_limit: Option<NonZeroUsize>,
     total: AtomicUsize,
     parked_polls: AtomicUsize,
-    /// Open connections of each kind, in the order of [`ConnectionKind`] (for the console).
-    by_kind: [AtomicUsize; 3],
+    /// Open connections of each transport, in the order of [`Transport`].
+    by_transport: [AtomicUsize; Transport::ALL.len()],
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -41,7 +34,7 @@ pub struct ConnectionPermit {
     limiter: Arc<ConnectionLimiter>,
     ip: Option<IpAddr>,
     parked_poll: bool,
-    kind: ConnectionKind,
+    transport: Transport,
 }
 
 fn refused(status: StatusCode, code: &'static str, message: String) -> ApiError {
@@ -62,7 +55,7 @@ impl ConnectionLimiter {
             parked_poll_limit,
             total: AtomicUsize::new(0),
             parked_polls: AtomicUsize::new(0),
-            by_kind: Default::default(),
+            by_transport: Default::default(),
             per_ip: Mutex::new(HashMap::new()),
         })
     }
@@ -71,17 +64,16 @@ impl ConnectionLimiter {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Open connections by kind: WebSockets, SSE/NDJSON streams, parked long-polls.
-    pub fn open_by_kind(&self) -> [(ConnectionKind, usize); 3] {
-        [ConnectionKind::WebSocket, ConnectionKind::Stream, ConnectionKind::ParkedPoll]
-            .map(|kind| (kind, self.by_kind[kind as usize].load(Ordering::Relaxed)))
+    /// Open connections by transport (parked long-polls among them).
+    pub fn open_by_transport(&self) -> [(Transport, usize); Transport::ALL.len()] {
+        Transport::ALL.map(|transport| (transport, self.by_transport[transport as usize].load(Ordering::Relaxed)))
     }
 
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, kind: ConnectionKind) -> Result<ConnectionPermit, ApiError> {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, transport: Transport) -> Result<ConnectionPermit, ApiError> {
         // Each counter is taken first and given back if a later check refuses.
         let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
-        self.by_kind[kind as usize].fetch_add(1, Ordering::AcqRel);
-        let mut permit = ConnectionPermit { limiter: self.clone(), ip: None, parked_poll: false, kind };
+        self.by_transport[transport as usize].fetch_add(1, Ordering::AcqRel);
+        let mut permit = ConnectionPermit { limiter: self.clone(), ip: None, parked_poll: false, transport };
         if let Some(limit) = self.total_limit
             && total > limit.get()
         {
@@ -91,7 +83,7 @@ impl ConnectionLimiter {
                 format!("the server holds its maximum of {limit} connections"),
             ));
         }
-        if kind == ConnectionKind::ParkedPoll {
+        if transport == Transport::LongPoll {
             let parked = self.parked_polls.fetch_add(1, Ordering::AcqRel) + 1;
             permit.parked_poll = true;
             if let Some(limit) = self.parked_poll_limit
@@ -124,7 +116,7 @@ impl ConnectionLimiter {
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         self.limiter.total.fetch_sub(1, Ordering::AcqRel);
-        self.limiter.by_kind[self.kind as usize].fetch_sub(1, Ordering::AcqRel);
+        self.limiter.by_transport[self.transport as usize].fetch_sub(1, Ordering::AcqRel);
         if self.parked_poll {
             self.limiter.parked_polls.fetch_sub(1, Ordering::AcqRel);
         }
@@ -220,16 +212,16 @@ mod tests {
         let limiter = ConnectionLimiter::new(NonZeroUsize::new(3), NonZeroUsize::new(2), NonZeroUsize::new(1));
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let first = limiter.admit(a, ConnectionKind::WebSocket).unwrap();
-        let _second = limiter.admit(a, ConnectionKind::Stream).unwrap();
-        assert_eq!(limiter.admit(a, ConnectionKind::WebSocket).unwrap_err().body.code, "too_many_connections_from_ip");
-        let poll = limiter.admit(b, ConnectionKind::ParkedPoll).unwrap();
-        assert_eq!(limiter.admit(b, ConnectionKind::WebSocket).unwrap_err().body.code, "too_many_connections");
+        let first = limiter.admit(a, Transport::WebSocket).unwrap();
+        let _second = limiter.admit(a, Transport::Sse).unwrap();
+        assert_eq!(limiter.admit(a, Transport::WebSocket).unwrap_err().body.code, "too_many_connections_from_ip");
+        let poll = limiter.admit(b, Transport::LongPoll).unwrap();
+        assert_eq!(limiter.admit(b, Transport::WebSocket).unwrap_err().body.code, "too_many_connections");
         drop(poll);
         assert_eq!(limiter.open_connections(), 2);
-        let _poll = limiter.admit(b, ConnectionKind::ParkedPoll).unwrap();
+        let _poll = limiter.admit(b, Transport::LongPoll).unwrap();
         drop(first);
-        assert_eq!(limiter.admit(b, ConnectionKind::ParkedPoll).unwrap_err().body.code, "too_many_polls");
+        assert_eq!(limiter.admit(b, Transport::LongPoll).unwrap_err().body.code, "too_many_polls");
         assert_eq!(limiter.open_connections(), 2, "refusals give their places back");
     }
 
@@ -237,7 +229,7 @@ mod tests {
     fn without_limits_everything_is_admitted() {
         let limiter = ConnectionLimiter::new(None, None, None);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let permits: Vec<_> = (0..1000).map(|_| limiter.admit(ip, ConnectionKind::WebSocket).unwrap()).collect();
+        let permits: Vec<_> = (0..1000).map(|_| limiter.admit(ip, Transport::WebSocket).unwrap()).collect();
         assert_eq!(limiter.open_connections(), permits.len());
     }
 

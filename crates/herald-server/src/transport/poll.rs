@@ -20,9 +20,10 @@ use bytes::Bytes;
 
 use crate::encode::EncodedPresence;
 use crate::encode::publications_array;
+use crate::metrics::Transport;
 use crate::state::AppState;
 use crate::transport::handoff::Handoff;
-use crate::transport::limits::{ConnectionKind, ConnectionPermit};
+use crate::transport::limits::ConnectionPermit;
 use crate::transport::origin::check_origin;
 use crate::transport::subscription::{HttpSubscription, SubscriptionQuery, Unrecovered, parse_timeout};
 
@@ -77,7 +78,7 @@ impl OpenPoll {
         let settings = &app.settings.poll;
         let wait = parse_timeout(query.timeout.as_deref(), settings.default_timeout, settings.max_timeout)?;
         let live = !wait.is_zero() && !app.shutdown.is_cancelled();
-        let permit = if live { Some(app.connections.admit(peer.ip(), ConnectionKind::ParkedPoll)?) } else { None };
+        let permit = if live { Some(app.connections.admit(peer.ip(), Transport::LongPoll)?) } else { None };
         let max = settings.max_messages.get();
         let expiry = crate::transport::expiry(&query.identity);
         // Room for a full answer plus what arrives while it is taken, so a prefix is never lost.
@@ -166,6 +167,8 @@ impl OpenPoll {
                 encoded_events.iter().map(|typed| std::str::from_utf8(typed).unwrap_or("null")),
             )
         });
+        let oldest_ms = messages.iter().map(|publication| publication.time_ms).min().unwrap_or_default();
+        crate::metrics::delivered(Transport::LongPoll, messages.len(), oldest_ms);
         let notices: Vec<_> = unrecovered.iter().map(Unrecovered::wire).collect();
         let body =
             herald_wire::http::poll_answer(&publications_array(&messages), &cursor, events_json.as_deref(), &notices);

@@ -25,9 +25,10 @@ use tokio::time::{MissedTickBehavior, timeout};
 use crate::encode::EncodedPresence;
 use crate::encode::{EncodedPublication, if_next};
 use crate::error::ApiError;
+use crate::metrics::Transport;
 use crate::state::AppState;
 use crate::transport::handoff::Handoff;
-use crate::transport::limits::{ConnectionKind, ConnectionPermit};
+use crate::transport::limits::ConnectionPermit;
 use crate::transport::origin::check_origin;
 use crate::transport::subscription::{HttpSubscription, Opening, SubscriptionQuery, Unrecovered};
 use herald_wire::close_code;
@@ -48,6 +49,13 @@ pub enum StreamFormat {
 }
 
 impl StreamFormat {
+    fn transport(self) -> Transport {
+        match self {
+            Self::Sse => Transport::Sse,
+            Self::Ndjson => Transport::Ndjson,
+        }
+    }
+
     fn content_type(self) -> &'static str {
         match self {
             Self::Sse => "text/event-stream; charset=utf-8",
@@ -196,7 +204,7 @@ async fn open_stream(
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "server is shutting down"));
     }
     let query = SubscriptionQuery::parse(query.as_deref(), &headers, &app, false)?;
-    let permit = app.connections.admit(peer.ip(), ConnectionKind::Stream)?;
+    let permit = app.connections.admit(peer.ip(), format.transport())?;
     let capacity = app.settings.websocket.outbox_capacity.get();
     let (subscription, inbox, opening) = HttpSubscription::open(&app, &query, true, capacity).await?;
     let expiry = crate::transport::expiry(&query.identity);
@@ -271,12 +279,17 @@ impl OpenStream {
         for notice in std::mem::take(&mut self.opening.unrecovered) {
             format.unrecovered(&mut chunk, &notice, &subscription.cursor());
         }
+        let transport = format.transport();
+        let (mut delivered, mut oldest_ms) = (0, u64::MAX);
         for publication in std::mem::take(&mut self.opening.missed) {
             if let Some(encoded) = if_next(&mut subscription.positions, &publication) {
                 format.publication(&mut chunk, &encoded, &subscription.cursor());
+                (delivered, oldest_ms) = (delivered + 1, oldest_ms.min(publication.time_ms));
             }
         }
+        crate::metrics::delivered(transport, delivered, oldest_ms);
         if !deliver(sink, chunk.freeze(), &app).await {
+            crate::metrics::disconnected(transport, "write_failed");
             return;
         }
 
@@ -288,21 +301,30 @@ impl OpenStream {
         let mut batch = Vec::new();
         loop {
             let mut chunk = BytesMut::new();
+            let (mut delivered, mut oldest_ms) = (0, u64::MAX);
             let ending = tokio::select! {
                 biased;
-                () = &mut stop => Some((close_code::GOING_AWAY, "server shutting down")),
+                () = &mut stop => Some((close_code::GOING_AWAY, "server shutting down", "shutdown")),
                 () = crate::transport::until_expiry(&mut self.expiry) => {
-                    Some((close_code::TOKEN_EXPIRED, "token expired: get a fresh one and reconnect"))
+                    Some((close_code::TOKEN_EXPIRED, "token expired: get a fresh one and reconnect", "token_expired"))
                 }
-                () = sink.gone() => return,
+                () = sink.gone() => {
+                    crate::metrics::disconnected(transport, "peer_gone");
+                    return;
+                }
                 received = self.inbox.recv_many(&mut batch, CHUNK_BATCH) => match received {
-                    Err(_) => Some((close_code::SLOW_CONSUMER, "slow consumer: reconnect and recover from your cursor")),
+                    Err(_) => Some((
+                        close_code::SLOW_CONSUMER,
+                        "slow consumer: reconnect and recover from your cursor",
+                        "slow_consumer",
+                    )),
                     Ok(_) => {
                         for push in batch.drain(..) {
                             match push {
                                 Push::Publication(publication) => {
                                     if let Some(encoded) = if_next(&mut subscription.positions, &publication) {
                                         format.publication(&mut chunk, &encoded, &subscription.cursor());
+                                        (delivered, oldest_ms) = (delivered + 1, oldest_ms.min(publication.time_ms));
                                     }
                                 }
                                 Push::Presence(event) => format.presence(&mut chunk, &event),
@@ -318,7 +340,9 @@ impl OpenStream {
                     None
                 }
             };
-            if let Some((code, reason)) = ending {
+            crate::metrics::delivered(transport, delivered, oldest_ms);
+            if let Some((code, reason, metric)) = ending {
+                crate::metrics::disconnected(transport, metric);
                 format.disconnect(&mut chunk, code, reason, &subscription.cursor());
                 if code == close_code::SLOW_CONSUMER {
                     let _ = deliver(sink, chunk.freeze(), &app).await;
@@ -330,6 +354,7 @@ impl OpenStream {
                 return;
             }
             if !chunk.is_empty() && !deliver(sink, chunk.freeze(), &app).await {
+                crate::metrics::disconnected(transport, "write_failed");
                 return;
             }
         }

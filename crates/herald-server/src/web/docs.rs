@@ -16,6 +16,7 @@ const DOCS: &[(&str, &str)] = &[
     ("webhooks", include_str!("../../../../docs/webhooks.md")),
     ("pusher", include_str!("../../../../docs/pusher.md")),
     ("scaling", include_str!("../../../../docs/scaling.md")),
+    ("metrics", include_str!("../../../../docs/metrics.md")),
     ("conformance", include_str!("../../../../docs/conformance.md")),
     ("fuzzing", include_str!("../../../../docs/fuzzing.md")),
 ];

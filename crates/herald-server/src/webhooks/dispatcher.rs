@@ -116,6 +116,11 @@ impl Webhooks {
         Ok(deleted)
     }
 
+    /// Channel events reported and not yet in the outbox.
+    pub fn queued_events(&self) -> usize {
+        self.intake.queued_events()
+    }
+
     pub fn outbox(&self) -> &SqliteOutbox {
         &self.outbox
     }

@@ -189,6 +189,11 @@ impl Intake {
         self.enqueue(deliveries).await
     }
 
+    /// Channel events waiting to be written to the outbox.
+    pub fn queued_events(&self) -> usize {
+        self.events.max_capacity() - self.events.capacity()
+    }
+
     /// Takes a channel event the hub reported, if some endpoint wants its type. Never waits.
     fn take(&self, event: ChannelEvent) {
         crate::metrics::channel_event(event.kind());

@@ -151,6 +151,6 @@ async fn refusals_show_in_the_metrics() {
     };
     assert!(value("herald_refused_total{code=\"too_many_connections_from_ip\"}") >= 1.0);
     assert!(value("herald_refused_total{code=\"rate_limited\"}") >= 2.0);
-    assert!(value("herald_publishes_total{via=\"websocket\"}") >= 1.0);
-    assert!(value("herald_connections_open") >= 1.0);
+    assert!(value("herald_publications_total{via=\"websocket\"}") >= 1.0);
+    assert!(value("herald_connections{transport=\"websocket\"}") >= 1.0);
 }

@@ -13,8 +13,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use super::session;
 use super::watched::{Socket, WatchedIo};
 use crate::error::ApiError;
+use crate::metrics::Transport;
 use crate::state::AppState;
-use crate::transport::limits::{ConnectionKind, ConnectionPermit};
+use crate::transport::limits::ConnectionPermit;
 use crate::transport::origin::check_origin;
 
 pub async fn upgrade(
@@ -30,8 +31,10 @@ pub async fn upgrade(
         Err(error) => return ApiError::from(error).into_response(),
     };
     let session_app = app.clone();
-    accept(app, peer, request, move |socket, permit| session::run(session_app, socket, identity, permit))
-        .unwrap_or_else(IntoResponse::into_response)
+    accept(app, peer, request, Transport::WebSocket, move |socket, permit| {
+        session::run(session_app, socket, identity, permit)
+    })
+    .unwrap_or_else(IntoResponse::into_response)
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {
@@ -45,7 +48,7 @@ pub async fn echo(
     request: Request,
 ) -> Response {
     let echo_app = app.clone();
-    accept(app, peer, request, move |socket, permit| super::echo::run(echo_app, socket, permit))
+    accept(app, peer, request, Transport::WebSocket, move |socket, permit| super::echo::run(echo_app, socket, permit))
         .unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -57,6 +60,7 @@ pub(crate) fn accept<F, Fut>(
     app: AppState,
     peer: std::net::SocketAddr,
     mut request: Request,
+    transport: Transport,
     serve: F,
 ) -> Result<Response, ApiError>
 where
@@ -64,7 +68,7 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     check_origin(&app.settings, request.headers())?;
-    let permit = app.connections.admit(peer.ip(), ConnectionKind::WebSocket)?;
+    let permit = app.connections.admit(peer.ip(), transport)?;
     let accept_key = check_handshake(request.headers())?;
     if app.shutdown.is_cancelled() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "server is shutting down"));

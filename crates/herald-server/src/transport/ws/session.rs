@@ -42,6 +42,8 @@ pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// What a session speaks: how it answers the client's messages, which frame each push becomes,
 /// and how it says goodbye. The session owns the socket, the inbox and the loop.
 pub(crate) trait Protocol: Send + 'static {
+    /// What the metrics call this protocol's connections.
+    const TRANSPORT: crate::metrics::Transport;
     fn app(&self) -> &AppState;
     /// When the client's credentials run out, if they do.
     fn expiry(&mut self) -> &mut Expiry;
@@ -298,9 +300,24 @@ where
     /// write where the socket takes them. A position moves when its frame is queued: queued
     /// frames are always written before anything else, so positions say what the client gets.
     async fn write_pushes(&mut self, batch: &mut Vec<Push>) -> Result<(), Ending> {
+        let (mut delivered, mut oldest_ms) = (0, u64::MAX);
         for push in batch.drain(..) {
+            let publication_ms = match &push {
+                Push::Publication(publication) => Some(publication.time_ms),
+                _ => None,
+            };
+            let queued = self.pending.len();
             self.connection.queue_push(push, &mut self.pending)?;
+            if let Some(time_ms) = publication_ms
+                && self.pending.len() > queued
+            {
+                delivered += 1;
+                oldest_ms = oldest_ms.min(time_ms);
+            }
         }
+        // Counted as handed to the socket (not after the write: nothing more is held across
+        // the await, which every idle connection's state would carry).
+        crate::metrics::delivered(P::TRANSPORT, delivered, oldest_ms);
         self.write_pending().await
     }
 
@@ -355,7 +372,7 @@ where
             Ending::WriteFailed if self.inbox.is_lagged() => Ending::Lagged,
             other => other,
         };
-        crate::metrics::websocket_closed(ending.metric());
+        crate::metrics::disconnected(P::TRANSPORT, ending.metric());
         if matches!(ending, Ending::Lagged | Ending::NoPong | Ending::TooBig | Ending::ProtocolError) {
             tracing::info!(ending = ending.metric(), "WebSocket connection closed by the server");
         }
@@ -392,6 +409,8 @@ where
 
 /// Herald's own protocol on the session.
 impl Protocol for Connection {
+    const TRANSPORT: crate::metrics::Transport = crate::metrics::Transport::WebSocket;
+
     fn app(&self) -> &AppState {
         &self.app
     }
@@ -589,7 +608,7 @@ pub(super) async fn close_and_linger<T>(
 mod tests {
     use super::*;
     use crate::config::{Overrides, Settings};
-    use crate::transport::limits::ConnectionKind;
+    use crate::metrics::Transport;
     use std::sync::Arc;
 
     /// Every open connection holds this future; what commands and goodbyes need is boxed
@@ -610,7 +629,7 @@ mod tests {
         let app = AppState::new(hub, webhooks, settings, shutdown, tasks);
         let (io, _peer) = tokio::io::duplex(64);
         let socket = WatchedIo::new(io);
-        let permit = app.connections.admit([127, 0, 0, 1].into(), ConnectionKind::WebSocket).unwrap();
+        let permit = app.connections.admit([127, 0, 0, 1].into(), Transport::WebSocket).unwrap();
         let session = run(app, socket, Identity::Anonymous, permit);
         let size = std::mem::size_of_val(&session);
         eprintln!("session future: {size} bytes");
