@@ -53,6 +53,58 @@ pub struct RawConfig {
     pub demo: RawDemo,
     #[serde(default)]
     pub pusher: crate::pusher::apps::RawPusher,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[log]`: what the server logs, and how.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `tracing`'s filter: a level (`info`) or directives (`info,herald_server=debug`);
+    /// `RUST_LOG` overrides it.
+    pub level: Option<String>,
+    /// `human` (default) or `json` (one JSON object a line); `--log-format` overrides it.
+    pub format: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "human" => Some(Self::Human),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+/// `[log]`, validated.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+/// The filter when neither `RUST_LOG` nor `[log] level` says otherwise.
+pub const DEFAULT_LOG_FILTER: &str = "info,tower_http=warn";
+
+fn log(raw: &RawLog) -> Result<LogSettings, ConfigError> {
+    let filter = raw.level.clone().unwrap_or_else(|| DEFAULT_LOG_FILTER.to_string());
+    if let Err(error) = tracing_subscriber::EnvFilter::try_new(&filter) {
+        return Err(invalid("log.level", format!("a level (error, warn, info, debug, trace) or directives: {error}")));
+    }
+    let format = match raw.format.as_deref() {
+        None => LogFormat::Human,
+        Some(text) => LogFormat::parse(text).ok_or_else(|| invalid("log.format", "human or json"))?,
+    };
+    Ok(LogSettings { filter, format })
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -253,6 +305,7 @@ pub struct Settings {
     pub demos: DemoSettings,
     /// The Pusher door: its apps (none: closed) and options.
     pub pusher: crate::pusher::apps::PusherSettings,
+    pub log: LogSettings,
 }
 
 /// `[demo]`, validated.
@@ -457,6 +510,7 @@ impl Settings {
             webhooks,
             limits: limits(&raw.limits)?,
             shutdown_grace: duration("shutdown_grace", raw.shutdown_grace.as_deref(), "10s")?,
+            log: log(&raw.log)?,
             allowed_origins: raw.allowed_origins,
         })
     }
@@ -958,6 +1012,7 @@ fn herald_env() -> Env {
         "storage",
         "tls",
         "pusher",
+        "log",
     ];
     Env::prefixed("HERALD_").split("__").filter(|key| {
         // Keys are lowercased after this filter runs.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use herald_server::config::{Overrides, Settings};
+use herald_server::config::{DEFAULT_LOG_FILTER, LogFormat, LogSettings, Overrides, Settings};
 use herald_server::server;
 
 mod cli;
@@ -22,6 +22,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Parser)]
 #[command(name = "herald", version, propagate_version = true)]
 struct Cli {
+    /// How log lines are written: human or json (one JSON object a line) [config: log.format]
+    #[arg(long, global = true, value_name = "FORMAT", env = "HERALD_LOG_FORMAT", value_parser = ["human", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -133,17 +136,47 @@ impl ConfigArgs {
 fn main() -> ExitCode {
     herald_server::install_crypto_provider();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let log_format = cli.log_format.as_deref().and_then(LogFormat::parse);
     let outcome = match cli.command {
-        Command::Serve(args) => args.settings().and_then(serve),
-        Command::CheckConfig(args) => {
-            args.settings().map(|settings| println!("configuration is valid:\n{settings:#?}"))
+        Command::Serve(args) => args.settings().and_then(|settings| {
+            init_logging(log_format, Some(&settings.log));
+            serve(settings)
+        }),
+        Command::CheckConfig(args) => args.settings().map(|settings| {
+            init_logging(log_format, Some(&settings.log));
+            println!("configuration is valid:\n{settings:#?}")
+        }),
+        command => {
+            init_logging(log_format, None);
+            run_tool(command)
         }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Logs to stderr: the filter from `RUST_LOG`, else `[log] level`; the format from
+/// `--log-format`, else `[log] format`.
+fn init_logging(format: Option<LogFormat>, settings: Option<&LogSettings>) {
+    use tracing_subscriber::EnvFilter;
+    let configured = settings.map_or(DEFAULT_LOG_FILTER, |settings| settings.filter.as_str());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(configured));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format.or(settings.map(|settings| settings.format)).unwrap_or(LogFormat::Human) {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}
+
+/// The commands that are not the server: tokens, keys, a subscriber, a publisher.
+fn run_tool(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) | Command::CheckConfig(_) => unreachable!("handled by main"),
         Command::Token(args) => mint_token(args),
         Command::Keygen => keygen(),
         Command::Subscribe(args) => runtime().and_then(|runtime| {
@@ -152,13 +185,6 @@ fn main() -> ExitCode {
         Command::Publish(args) => runtime().and_then(|runtime| {
             runtime.block_on(cli::publish(&args.url, &args.channel, &args.data, args.api_key.as_deref()))
         }),
-    };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(2)
-        }
     }
 }
 

@@ -232,7 +232,7 @@ async fn receive(
         order: RequestOrder::starting_after(number),
         queued: VecDeque::new(),
         queue_limit: capacity,
-        _permit: permit,
+        permit,
     };
     let opening = task.session.greeting();
     app.tasks.spawn(async move {
@@ -295,7 +295,7 @@ struct SessionTask {
     /// Event JSON waiting for a receiver.
     queued: VecDeque<Bytes>,
     queue_limit: usize,
-    _permit: ConnectionPermit,
+    permit: ConnectionPermit,
 }
 
 /// Why a session ends.
@@ -314,7 +314,7 @@ impl SessionTask {
         let end = self.serve().await;
         self.session.leave_all().await;
         let End::Closed(close) = end else {
-            crate::metrics::disconnected(Transport::PusherHttp, "peer_gone");
+            self.permit.closed("peer_gone");
             return None;
         };
         let reason = match close.code {
@@ -323,7 +323,7 @@ impl SessionTask {
             4009 => "terminated",
             _ => "closed",
         };
-        crate::metrics::disconnected(Transport::PusherHttp, reason);
+        self.permit.closed(reason);
         // What is queued and the close in one frame: a poll takes a single answer.
         let mut last = BytesMut::new();
         if !self.queued.is_empty() {

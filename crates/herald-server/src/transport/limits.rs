@@ -28,13 +28,31 @@ pub struct ConnectionLimiter {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One admitted connection; dropping it frees its place.
+/// One admitted connection; dropping it frees its place. It knows who the connection is and
+/// since when, for the one log line and the metric of its end ([`ConnectionPermit::closed`]).
 #[derive(Debug)]
 pub struct ConnectionPermit {
     limiter: Arc<ConnectionLimiter>,
+    /// The address counted against the per-address limit, if there is one.
     ip: Option<IpAddr>,
+    peer: IpAddr,
+    opened: Instant,
     parked_poll: bool,
     transport: Transport,
+}
+
+impl ConnectionPermit {
+    /// The connection ended for `reason`: counted, and logged at debug with how long it lasted.
+    pub fn closed(&self, reason: &'static str) {
+        crate::metrics::disconnected(self.transport, reason);
+        tracing::debug!(
+            transport = self.transport.label(),
+            peer = %self.peer,
+            reason,
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            "connection closed"
+        );
+    }
 }
 
 fn refused(status: StatusCode, code: &'static str, message: String) -> ApiError {
@@ -73,7 +91,14 @@ impl ConnectionLimiter {
         // Each counter is taken first and given back if a later check refuses.
         let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
         self.by_transport[transport as usize].fetch_add(1, Ordering::AcqRel);
-        let mut permit = ConnectionPermit { limiter: self.clone(), ip: None, parked_poll: false, transport };
+        let mut permit = ConnectionPermit {
+            limiter: self.clone(),
+            ip: None,
+            peer: ip,
+            opened: Instant::now(),
+            parked_poll: false,
+            transport,
+        };
         if let Some(limit) = self.total_limit
             && total > limit.get()
         {
@@ -109,6 +134,7 @@ impl ConnectionLimiter {
             *count += 1;
             permit.ip = Some(ip);
         }
+        tracing::debug!(transport = transport.label(), peer = %ip, "connection opened");
         Ok(permit)
     }
 }

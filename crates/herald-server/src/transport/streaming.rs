@@ -208,7 +208,7 @@ async fn open_stream(
     let capacity = app.settings.websocket.outbox_capacity.get();
     let (subscription, inbox, opening) = HttpSubscription::open(&app, &query, true, capacity).await?;
     let expiry = crate::transport::expiry(&query.identity);
-    let stream = OpenStream { app: app.clone(), subscription, inbox, opening, format, _permit: permit, expiry };
+    let stream = OpenStream { app: app.clone(), subscription, inbox, opening, format, permit, expiry };
     let head = [
         (header::CONTENT_TYPE, format.content_type()),
         (header::CACHE_CONTROL, "no-cache"),
@@ -261,7 +261,7 @@ pub struct OpenStream {
     inbox: Inbox,
     opening: Opening,
     format: StreamFormat,
-    _permit: ConnectionPermit,
+    permit: ConnectionPermit,
     /// When the client's token expires, if it does: the stream ends then.
     expiry: crate::transport::Expiry,
 }
@@ -289,7 +289,7 @@ impl OpenStream {
         }
         crate::metrics::delivered(transport, delivered, oldest_ms);
         if !deliver(sink, chunk.freeze(), &app).await {
-            crate::metrics::disconnected(transport, "write_failed");
+            self.permit.closed("write_failed");
             return;
         }
 
@@ -309,7 +309,7 @@ impl OpenStream {
                     Some((close_code::TOKEN_EXPIRED, "token expired: get a fresh one and reconnect", "token_expired"))
                 }
                 () = sink.gone() => {
-                    crate::metrics::disconnected(transport, "peer_gone");
+                    self.permit.closed("peer_gone");
                     return;
                 }
                 received = self.inbox.recv_many(&mut batch, CHUNK_BATCH) => match received {
@@ -342,7 +342,7 @@ impl OpenStream {
             };
             crate::metrics::delivered(transport, delivered, oldest_ms);
             if let Some((code, reason, metric)) = ending {
-                crate::metrics::disconnected(transport, metric);
+                self.permit.closed(metric);
                 format.disconnect(&mut chunk, code, reason, &subscription.cursor());
                 if code == close_code::SLOW_CONSUMER {
                     let _ = deliver(sink, chunk.freeze(), &app).await;
@@ -354,7 +354,7 @@ impl OpenStream {
                 return;
             }
             if !chunk.is_empty() && !deliver(sink, chunk.freeze(), &app).await {
-                crate::metrics::disconnected(transport, "write_failed");
+                self.permit.closed("write_failed");
                 return;
             }
         }

@@ -15,6 +15,7 @@ mod helpers;
 mod http_front;
 mod http_streaming;
 mod limits;
+mod logs;
 mod metrics;
 mod mixed_transports;
 mod node_client;

@@ -115,7 +115,7 @@ where
         socket,
         reader: MessageReader::default(),
         pending: VecDeque::from(greeting),
-        _permit: Box::new(permit),
+        permit: Box::new(permit),
     };
     async move {
         let greeted = session.pending.is_empty() || Box::pin(session.send(Vec::new())).await.is_ok();
@@ -136,7 +136,7 @@ pub(super) struct Session<T, P> {
     pending: VecDeque<Bytes>,
     /// The connection's admission, given back when the session ends (boxed: see
     /// `an_idle_connection_s_task_state_stays_small`).
-    _permit: Box<ConnectionPermit>,
+    permit: Box<ConnectionPermit>,
 }
 
 /// Why a session ended, which decides how it says goodbye.
@@ -372,7 +372,7 @@ where
             Ending::WriteFailed if self.inbox.is_lagged() => Ending::Lagged,
             other => other,
         };
-        crate::metrics::disconnected(P::TRANSPORT, ending.metric());
+        self.permit.closed(ending.metric());
         if matches!(ending, Ending::Lagged | Ending::NoPong | Ending::TooBig | Ending::ProtocolError) {
             tracing::info!(ending = ending.metric(), "WebSocket connection closed by the server");
         }
