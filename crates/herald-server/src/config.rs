@@ -26,6 +26,7 @@ pub struct RawConfig {
     pub allow_private_webhook_targets: Option<bool>,
     pub engine: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub drain_period: Option<String>,
     #[serde(default)]
     pub api: RawApi,
     pub auth: Option<RawAuth>,
@@ -300,6 +301,9 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// How long shutdown waits for connections to finish before giving up on them.
     pub shutdown_grace: Duration,
+    /// Over how long shutdown tells connected clients to reconnect elsewhere (each at a random
+    /// moment within it, so they do not all come back at once); zero: all at once.
+    pub drain_period: Duration,
     /// TLS termination by Herald itself; `None`: plain HTTP (or a proxy in front terminates).
     pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
     pub demos: DemoSettings,
@@ -510,6 +514,7 @@ impl Settings {
             webhooks,
             limits: limits(&raw.limits)?,
             shutdown_grace: duration("shutdown_grace", raw.shutdown_grace.as_deref(), "10s")?,
+            drain_period: duration_or_zero("drain_period", raw.drain_period.as_deref(), "0s")?,
             log: log(&raw.log)?,
             allowed_origins: raw.allowed_origins,
         })
@@ -998,6 +1003,7 @@ fn herald_env() -> Env {
         "allow_private_webhook_targets",
         "engine",
         "shutdown_grace",
+        "drain_period",
         "api",
         "auth",
         "namespaces",

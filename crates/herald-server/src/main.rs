@@ -247,7 +247,15 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         drop(stdout);
         let shutdown = running.shutdown_token();
         tokio::select! {
-            () = terminate_signal() => tracing::info!("shutting down: finishing in-flight work"),
+            () = terminate_signal() => {
+                tracing::info!("shutting down: draining connections, finishing in-flight work");
+                // A second signal does not wait for the drain.
+                tokio::spawn(async {
+                    terminate_signal().await;
+                    tracing::warn!("second signal: exiting now");
+                    std::process::exit(1);
+                });
+            }
             () = shutdown.cancelled() => {}
         }
         running.shutdown().await.context("shutdown failed")?;

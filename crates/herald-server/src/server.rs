@@ -199,6 +199,63 @@ impl Adapters {
     }
 }
 
+/// The next connection; a failed accept (out of file descriptors and the like) waits a little
+/// rather than spin.
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// What serving an accepted connection takes.
+struct Acceptor {
+    router: Router,
+    timeouts: FrontTimeouts,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    header_timeout: Duration,
+    tasks: TaskTracker,
+}
+
+impl Acceptor {
+    /// Serves the connection in a task of its own, with `http`'s settings, until `shutdown`.
+    fn spawn(
+        &self,
+        (stream, peer): (tokio::net::TcpStream, SocketAddr),
+        http: &Arc<http1::Builder>,
+        shutdown: &CancellationToken,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let (http, router, connection_shutdown, timeouts) =
+            (http.clone(), self.router.clone(), shutdown.clone(), self.timeouts);
+        // Built outside an `async` block, whose captured variables would sit in every
+        // connection's state beside the futures they were moved into.
+        match self.tls.clone() {
+            None => {
+                self.tasks.spawn(serve_io(stream, peer, http, router, timeouts, connection_shutdown));
+            }
+            // Boxed: a TLS connection's state is much larger, and plain connections should
+            // not carry room for it. The handshake gets the header timeout too: a silent
+            // client is not held.
+            Some(acceptor) => {
+                let header_timeout = self.header_timeout;
+                self.tasks.spawn(Box::pin(async move {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_io(stream, peer, http, router, timeouts, connection_shutdown).await,
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }));
+            }
+        }
+    }
+}
+
 /// Serves `app` on an already bound listener.
 fn start_on(listener: TcpListener, app: AppState, adapters: Adapters) -> std::io::Result<RunningServer> {
     let local_addr = listener.local_addr()?;
@@ -233,50 +290,42 @@ fn start_on(listener: TcpListener, app: AppState, adapters: Adapters) -> std::io
     if let Some(auth) = app.settings.auth.clone().filter(|auth| auth.has_remote_keys()) {
         tasks.spawn(refresh_remote_keys(auth, shutdown.clone()));
     }
+    let drain_period = app.settings.drain_period;
     let router = router::router(app);
     let serve_shutdown = shutdown.clone();
     let done = tokio::spawn(async move {
         let mut http = http1::Builder::new();
         // Headers must arrive within the timeout: a slowloris client is cut off.
         http.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+        let acceptor = Acceptor { router, timeouts, tls, header_timeout, tasks: tasks.clone() };
         // Shared: every connection's task keeps a handle to it.
         let http = Arc::new(http);
+        // HTTP connections close once the drain is over, not at the signal: a client's next
+        // request on a kept-alive connection gets its 503 rather than a reset.
+        let connections_stop = CancellationToken::new();
         loop {
-            let (stream, peer) = tokio::select! {
+            tokio::select! {
                 () = serve_shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors and the like: wait a little rather than spin.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let (http, router, connection_shutdown, tls) =
-                (http.clone(), router.clone(), serve_shutdown.clone(), tls.clone());
-            // Built outside an `async` block, whose captured variables would sit in every
-            // connection's state beside the futures they were moved into.
-            match tls {
-                None => {
-                    tasks.spawn(serve_io(stream, peer, http, router, timeouts, connection_shutdown));
-                }
-                // Boxed: a TLS connection's state is much larger, and plain connections should
-                // not carry room for it. The handshake gets the header timeout too: a silent
-                // client is not held.
-                Some(acceptor) => {
-                    tasks.spawn(Box::pin(async move {
-                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => serve_io(stream, peer, http, router, timeouts, connection_shutdown).await,
-                            Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
-                            Err(_) => tracing::debug!("TLS handshake timed out"),
-                        }
-                    }));
+                accepted = accept(&listener) => acceptor.spawn(accepted, &http, &connections_stop),
+            }
+        }
+        // Draining: connected clients are told to go, spread over the drain period, while new
+        // connections get one answer each (503 `shutting_down`, `/readyz` included), so a load
+        // balancer sees the node leave and no client is refused without a word.
+        if !drain_period.is_zero() {
+            let mut one_answer = http1::Builder::new();
+            one_answer.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(false);
+            let one_answer = Arc::new(one_answer);
+            let drained = tokio::time::sleep(drain_period);
+            tokio::pin!(drained);
+            loop {
+                tokio::select! {
+                    () = &mut drained => break,
+                    accepted = accept(&listener) => acceptor.spawn(accepted, &one_answer, &connections_stop),
                 }
             }
         }
+        connections_stop.cancel();
         // Stop accepting; let in-flight requests finish, then wait for every tracked task.
         drop(listener);
         tasks.close();

@@ -340,6 +340,8 @@ impl SessionTask {
         let mut batch = Vec::with_capacity(16);
         let mut detached_since = self.receiver.is_none().then(Instant::now);
         let mut heartbeat_at = Instant::now() + HEARTBEAT;
+        let waiter = std::pin::pin!(app.shutdown.cancelled());
+        let mut stop = crate::transport::stop_signal(&app.shutdown, waiter, app.settings.drain_period);
         loop {
             self.flush();
             if self.receiver.is_none() && detached_since.is_none() {
@@ -354,7 +356,7 @@ impl SessionTask {
             let detached_deadline = detached_since.map(|since| since + DETACHED_LIMIT);
             tokio::select! {
                 biased;
-                () = app.shutdown.cancelled() => return End::Closed(Close { code: 4200, reason: "server shutting down: reconnect" }),
+                () = &mut stop => return End::Closed(Close { code: 4200, reason: "server shutting down: reconnect" }),
                 received = self.inbox.recv_many(&mut batch, BATCH) => {
                     if received.is_err() {
                         return End::Closed(Close { code: 4100, reason: "over capacity: too slow to take the channel's events" });

@@ -63,18 +63,30 @@ use std::task::Poll;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-/// Resolves when `token` is cancelled, and is cheap to poll on every wake-up: the waiter is
-/// registered once (polling a `cancelled()` future again takes the token's lock), then only the
-/// token's flag is read. A connection's task is always the one polling it, so the first waker
-/// stays the right one.
+/// Resolves when `token` is cancelled, after a random part of `spread` (the drain period: so
+/// that the clients of a stopping server do not all reconnect at once), and is cheap to poll on
+/// every wake-up: the waiter is registered once (polling a `cancelled()` future again takes the
+/// token's lock), then only the token's flag is read. A connection's task is always the one
+/// polling it, so the first waker stays the right one.
 pub fn stop_signal<'a: 'w, 'w>(
     token: &'a CancellationToken,
     mut waiter: Pin<&'w mut WaitForCancellationFuture<'a>>,
+    spread: std::time::Duration,
 ) -> impl Future<Output = ()> + Unpin + 'w {
     let mut registered = false;
+    // Kept small (every connection holds this): milliseconds, and the timer once stopping.
+    let spread_ms = u32::try_from(spread.as_millis()).unwrap_or(u32::MAX);
+    let mut turn: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(move |context| {
         if token.is_cancelled() {
-            return Poll::Ready(());
+            if spread_ms == 0 {
+                return Poll::Ready(());
+            }
+            let turn = turn.get_or_insert_with(|| {
+                let wait = std::time::Duration::from_millis(fastrand::u64(0..u64::from(spread_ms)));
+                Box::pin(tokio::time::sleep(wait))
+            });
+            return turn.as_mut().poll(context);
         }
         if !registered {
             registered = true;

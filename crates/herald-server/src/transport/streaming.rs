@@ -297,7 +297,7 @@ impl OpenStream {
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let waiter = std::pin::pin!(app.shutdown.cancelled());
-        let mut stop = crate::transport::stop_signal(&app.shutdown, waiter);
+        let mut stop = crate::transport::stop_signal(&app.shutdown, waiter, app.settings.drain_period);
         let mut batch = Vec::new();
         loop {
             let mut chunk = BytesMut::new();

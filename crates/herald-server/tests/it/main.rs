@@ -10,6 +10,7 @@ mod binary;
 mod cli;
 mod cluster;
 mod demos;
+mod drain;
 mod durable;
 mod helpers;
 mod http_front;

@@ -218,7 +218,7 @@ where
         let mut last_heard = Instant::now();
         let shutdown = self.connection.app().shutdown.clone();
         let waiter = pin!(shutdown.cancelled());
-        let mut stop = crate::transport::stop_signal(&shutdown, waiter);
+        let mut stop = crate::transport::stop_signal(&shutdown, waiter, self.connection.app().settings.drain_period);
         let mut batch = Vec::new();
         let mut check_socket_first = false;
         loop {
