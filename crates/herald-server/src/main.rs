@@ -16,11 +16,14 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// `herald --version`: the crate's version and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HERALD_GIT_COMMIT"), ")");
+
 /// Herald: a real-time messaging server. Backends publish to channels; Herald delivers each
 /// publication to every subscriber over WebSocket, SSE, NDJSON streaming, polling and webhooks,
 /// with history so reconnecting clients miss nothing.
 #[derive(Parser)]
-#[command(name = "herald", version, propagate_version = true)]
+#[command(name = "herald", version = VERSION, propagate_version = true)]
 struct Cli {
     /// How log lines are written: human or json (one JSON object a line) [config: log.format]
     #[arg(long, global = true, value_name = "FORMAT", env = "HERALD_LOG_FORMAT", value_parser = ["human", "json"])]

@@ -30,6 +30,18 @@ fn help_explains_every_subcommand() {
 }
 
 #[test]
+fn version_names_the_release_and_the_commit() {
+    let output = herald().arg("--version").output().unwrap();
+    assert!(output.status.success());
+    let version = String::from_utf8(output.stdout).unwrap();
+    let expected = format!("herald {} (", env!("CARGO_PKG_VERSION"));
+    assert!(version.starts_with(&expected), "{version}");
+    // The commit: hex digits (a checkout) or "unknown" (a tarball), "-modified" for local edits.
+    let commit = version.trim().trim_start_matches(&expected).trim_end_matches(')').trim_end_matches("-modified");
+    assert!(commit == "unknown" || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{version}");
+}
+
+#[test]
 fn a_bad_config_file_is_reported_with_its_key_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herald.toml");
