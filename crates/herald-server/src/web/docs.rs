@@ -17,6 +17,7 @@ const DOCS: &[(&str, &str)] = &[
     ("pusher", include_str!("../../../../docs/pusher.md")),
     ("scaling", include_str!("../../../../docs/scaling.md")),
     ("metrics", include_str!("../../../../docs/metrics.md")),
+    ("configuration", include_str!("../../../../docs/configuration.md")),
     ("conformance", include_str!("../../../../docs/conformance.md")),
     ("fuzzing", include_str!("../../../../docs/fuzzing.md")),
 ];
