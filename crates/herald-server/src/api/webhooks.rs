@@ -2,13 +2,13 @@
 //! log, and replaying. Every call needs a full API key (or dev mode): an endpoint can receive
 //! any channel's publications.
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{MethodRouter, get, post};
 use herald_storage::outbox::{DeliveryRecord, DeliveryState, EndpointRecord};
 use herald_wire::webhook::{
     CreateEndpoint, Delivery, DeliveryLog, Endpoint, EndpointList, Replay, Replayed, UpdateEndpoint,
@@ -29,12 +29,13 @@ use herald_wire::ErrorBody;
 /// Deliveries per log page at most.
 const MAX_LOG_PAGE: usize = 1000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", post(create).get(list))
-        .route("/{id}", get(show).patch(update).delete(remove))
-        .route("/{id}/deliveries", get(deliveries))
-        .route("/{id}/replay", post(replay))
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/webhooks", post(create).get(list)),
+        ("/webhooks/{id}", get(show).patch(update).delete(remove)),
+        ("/webhooks/{id}/deliveries", get(deliveries)),
+        ("/webhooks/{id}/replay", post(replay)),
+    ]
 }
 
 /// Proof of a full API key (or dev mode).

@@ -21,6 +21,7 @@ mod logs;
 mod metrics;
 mod mixed_transports;
 mod node_client;
+mod openapi;
 mod poll;
 mod presence;
 mod pusher;
