@@ -13,15 +13,10 @@ fn main() {
         .map(|commit| commit.trim().to_string())
         .filter(|commit| !commit.is_empty())
         .unwrap_or_else(|| "unknown".to_string());
-    let dirty = Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
-        .output()
-        .ok()
-        .filter(|output| output.status.success())
-        .is_some_and(|output| !output.stdout.is_empty());
-    let suffix = if dirty { "-modified" } else { "" };
-    println!("cargo:rustc-env=HERALD_GIT_COMMIT={commit}{suffix}");
-    // A new commit (or a switch of branch) rebuilds this; edits within one do not.
+    // The commit only: whether the tree had local edits is not known without rerunning this on
+    // every edit, which would rebuild the server each time.
+    println!("cargo:rustc-env=HERALD_GIT_COMMIT={commit}");
+    // A new commit (or a switch of branch) reruns this.
     for path in ["../../.git/HEAD", "../../.git/index"] {
         if std::path::Path::new(path).exists() {
             println!("cargo:rerun-if-changed={path}");

@@ -156,6 +156,24 @@ pub async fn publish(url: &str, channel: &str, data: &str, api_key: Option<&str>
     Ok(())
 }
 
+/// `herald health`: whether the server at `url` is up (`/healthz`) or, with `ready`, ready to
+/// take clients (`/readyz`); for container health checks, which have no curl.
+pub async fn health(url: &str, ready: bool) -> anyhow::Result<()> {
+    let base = url.trim_end_matches('/');
+    let path = if ready { "readyz" } else { "healthz" };
+    let response =
+        http_client()?.get(format!("{base}/{path}")).timeout(Duration::from_secs(5)).send().await.map_err(|error| {
+            anyhow::anyhow!("cannot reach Herald at {base}: {}", herald_server::http_client::describe(&error))
+        })?;
+    let status = response.status();
+    let body = response.text().await.context("reading Herald's answer")?;
+    if !status.is_success() {
+        bail!("{}", herald_error(status, &body));
+    }
+    println!("{}", body.trim_end());
+    Ok(())
+}
+
 fn http_client() -> anyhow::Result<reqwest::Client> {
     herald_server::http_client::builder(concat!("herald-cli/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))

@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub engine: Option<String>,
     pub shutdown_grace: Option<String>,
     pub drain_period: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
     #[serde(default)]
     pub api: RawApi,
     pub auth: Option<RawAuth>,
@@ -304,6 +305,8 @@ pub struct Settings {
     /// Over how long shutdown tells connected clients to reconnect elsewhere (each at a random
     /// moment within it, so they do not all come back at once); zero: all at once.
     pub drain_period: Duration,
+    /// Proxies whose `Forwarded`/`X-Forwarded-For` name the client (none: never believed).
+    pub trusted_proxies: crate::proxy::TrustedProxies,
     /// TLS termination by Herald itself; `None`: plain HTTP (or a proxy in front terminates).
     pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
     pub demos: DemoSettings,
@@ -515,6 +518,8 @@ impl Settings {
             limits: limits(&raw.limits)?,
             shutdown_grace: duration("shutdown_grace", raw.shutdown_grace.as_deref(), "10s")?,
             drain_period: duration_or_zero("drain_period", raw.drain_period.as_deref(), "0s")?,
+            trusted_proxies: crate::proxy::TrustedProxies::parse(raw.trusted_proxies.as_deref().unwrap_or_default())
+                .map_err(|reason| invalid("trusted_proxies", reason))?,
             log: log(&raw.log)?,
             allowed_origins: raw.allowed_origins,
         })
@@ -1004,6 +1009,7 @@ fn herald_env() -> Env {
         "engine",
         "shutdown_grace",
         "drain_period",
+        "trusted_proxies",
         "api",
         "auth",
         "namespaces",

@@ -18,6 +18,7 @@ pub mod metered;
 pub mod metrics;
 pub mod ops;
 pub mod presence;
+pub mod proxy;
 pub mod publish;
 pub mod pusher;
 pub mod router;

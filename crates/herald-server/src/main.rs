@@ -48,6 +48,19 @@ enum Command {
     Publish(PublishArgs),
     /// Print fresh random secrets: an [auth] hmac_secret, an [api] key and a webhook secret.
     Keygen,
+    /// Check that a server is up (GET /healthz; with --ready, GET /readyz): exit 0 if so, 1 if
+    /// not. For container health checks, which have no curl.
+    Health(HealthArgs),
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    /// Herald's URL.
+    #[arg(long, env = "HERALD_URL", default_value = cli::DEFAULT_URL)]
+    url: String,
+    /// Ask whether it is ready to take clients (not draining, engine connected).
+    #[arg(long)]
+    ready: bool,
 }
 
 #[derive(Args)]
@@ -140,6 +153,8 @@ fn main() -> ExitCode {
     herald_server::install_crypto_provider();
     let cli = Cli::parse();
     let log_format = cli.log_format.as_deref().and_then(LogFormat::parse);
+    // A failed health check exits 1, as container runtimes read it (2 is reserved there).
+    let failure = if matches!(cli.command, Command::Health(_)) { 1 } else { 2 };
     let outcome = match cli.command {
         Command::Serve(args) => args.settings().and_then(|settings| {
             init_logging(log_format, Some(&settings.log));
@@ -158,7 +173,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(2)
+            ExitCode::from(failure)
         }
     }
 }
@@ -188,6 +203,7 @@ fn run_tool(command: Command) -> anyhow::Result<()> {
         Command::Publish(args) => runtime().and_then(|runtime| {
             runtime.block_on(cli::publish(&args.url, &args.channel, &args.data, args.api_key.as_deref()))
         }),
+        Command::Health(args) => runtime().and_then(|runtime| runtime.block_on(cli::health(&args.url, args.ready))),
     }
 }
 

@@ -46,7 +46,7 @@ pub fn router(app: AppState) -> Router {
         .fallback(|| async { ApiError::not_found() })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(api_cors_layer(&app.settings));
-    transports
+    let router = transports
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(|| async { ApiError::not_found() })
         .layer(cors_layer(&app.settings))
@@ -54,8 +54,17 @@ pub fn router(app: AppState) -> Router {
         // Pusher's server SDKs sign their requests; no browser calls this API.
         .merge(pusher::api_routes().layer(DefaultBodyLimit::max(body_limit)))
         // After the transports' CORS: the console answers its own origin only.
-        .nest("/admin", admin::router())
-        .with_state(app)
+        .nest("/admin", admin::router());
+    // Last, so it runs first: behind trusted proxies the client's address is the forwarded one.
+    let router = if app.settings.trusted_proxies.is_empty() {
+        router
+    } else {
+        router.layer(axum::middleware::map_request_with_state(
+            app.settings.trusted_proxies.clone(),
+            crate::proxy::client_address,
+        ))
+    };
+    router.with_state(app)
 }
 
 async fn method_not_allowed() -> ApiError {

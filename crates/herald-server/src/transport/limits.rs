@@ -1,7 +1,8 @@
 //! Admission and rate limits: open connections (WebSockets, SSE/NDJSON streams, parked polls)
 //! in total and per client IP, parked long-polls in total, and token buckets for publishing.
 //!
-//! All are off until configured: behind a proxy every client shares one IP. Once set they apply
+//! All are off until configured: behind a proxy every client shares one IP (unless
+//! `trusted_proxies` names the proxy, see [`crate::proxy`]). Once set they apply
 //! to every client, loopback included. A refusal is a clear error and a log line.
 
 use std::collections::HashMap;

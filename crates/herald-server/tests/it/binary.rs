@@ -36,8 +36,8 @@ fn version_names_the_release_and_the_commit() {
     let version = String::from_utf8(output.stdout).unwrap();
     let expected = format!("herald {} (", env!("CARGO_PKG_VERSION"));
     assert!(version.starts_with(&expected), "{version}");
-    // The commit: hex digits (a checkout) or "unknown" (a tarball), "-modified" for local edits.
-    let commit = version.trim().trim_start_matches(&expected).trim_end_matches(')').trim_end_matches("-modified");
+    // The commit: hex digits (a checkout) or "unknown" (a tarball).
+    let commit = version.trim().trim_start_matches(&expected).trim_end_matches(')');
     assert!(commit == "unknown" || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{version}");
 }
 
