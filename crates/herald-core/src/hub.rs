@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::channel::ChannelName;
 use crate::engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishRequest, Published};
-use crate::inbox::{Inbox, InboxSender, Push, inbox};
+use crate::inbox::{Control, Inbox, InboxSender, Push, inbox};
 use crate::local_presence::{LocalPresence, PresenceTiming};
 use crate::namespace::Namespaces;
 use crate::position::Position;
@@ -180,6 +180,11 @@ impl Hub {
         let (sender, inbox) = inbox(queue_capacity);
         let id = self.next_subscriber_id.fetch_add(1, Ordering::Relaxed);
         (SubscriberHandle { id, inbox: sender }, inbox)
+    }
+
+    /// Tells one connection what to do (see [`Control`]), whatever its queue holds.
+    pub fn control(&self, subscriber: &SubscriberHandle, control: Arc<Control>) {
+        subscriber.inbox.push_control(Push::Control(control));
     }
 
     /// A new connection that also gets [`Push::Count`]: its channels' local subscriber counts,

@@ -26,6 +26,15 @@ pub enum Push {
     Presence(Arc<PresenceEvent>),
     /// The channel's local subscriber count changed; only to connections that asked for it.
     Count(Arc<SubscriptionCount>),
+    /// The server tells the connection what to do (the server API's `disconnect`).
+    Control(Arc<Control>),
+}
+
+/// What the server tells one connection to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// End the connection, saying why and whether the client should come back.
+    Disconnect { reason: String, reconnect: bool },
 }
 
 /// Buffers larger than this are let go once drained, so a burst does not stay in every idle
@@ -85,6 +94,21 @@ impl InboxSender {
             }
         }
         if let Some(waker) = &state.waker {
+            waker.wake_by_ref();
+        }
+    }
+
+    /// Queues a control, even when the queue is full: a connection told to go must hear it (a
+    /// lagging one is ending anyway).
+    pub(crate) fn push_control(&self, push: Push) {
+        let mut state = self.0.lock();
+        if state.lagged {
+            return;
+        }
+        state.pushes.push_back(push);
+        if state.pushes.len() == 1
+            && let Some(waker) = &state.waker
+        {
             waker.wake_by_ref();
         }
     }
@@ -188,7 +212,7 @@ mod tests {
     fn offset(push: &Push) -> u64 {
         match push {
             Push::Publication(publication) => publication.position.offset,
-            Push::Presence(_) | Push::Count(_) => panic!("not a publication"),
+            Push::Presence(_) | Push::Count(_) | Push::Control(_) => panic!("not a publication"),
         }
     }
 

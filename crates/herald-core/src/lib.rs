@@ -38,7 +38,7 @@ pub use clock::unix_millis;
 pub use durable::{DurableEngine, Storage};
 pub use engine::{Engine, EngineError, FanOut, HistoryPage, HistoryQuery, PublishError, PublishRequest, Published};
 pub use hub::{Hub, HubError, Subscribed, SubscriberHandle};
-pub use inbox::{Inbox, Lagged, Push};
+pub use inbox::{Control, Inbox, Lagged, Push};
 pub use local_presence::{LocalPresence, PresenceTiming};
 pub use memory::MemoryEngine;
 pub use namespace::{NamespaceOptions, Namespaces};

@@ -427,6 +427,9 @@ impl From<Denied> for ApiError {
 }
 
 pub fn may_subscribe(identity: &Identity, options: &NamespaceOptions, channel: &ChannelName) -> Result<(), Denied> {
+    if crate::control::reserved::is_reserved(channel) {
+        return Err(Denied::NotGranted(format!("subscribing to {channel}: it is the server's own")));
+    }
     match identity {
         Identity::Anonymous if !options.anonymous => Err(Denied::NeedsToken(channel.to_string())),
         Identity::Anonymous => Ok(()),
@@ -436,6 +439,9 @@ pub fn may_subscribe(identity: &Identity, options: &NamespaceOptions, channel: &
 }
 
 pub fn may_publish(identity: &Identity, options: &NamespaceOptions, channel: &ChannelName) -> Result<(), Denied> {
+    if crate::control::reserved::is_reserved(channel) {
+        return Err(Denied::NotGranted(format!("publishing to {channel}: it is the server's own")));
+    }
     if !options.client_publish {
         return Err(Denied::NoClientPublish(channel.to_string()));
     }

@@ -493,6 +493,11 @@ impl Settings {
         )?;
         let (pusher, namespaces) =
             crate::pusher::apps::settings(&raw.pusher, namespaces).map_err(|(key, reason)| invalid(key, reason))?;
+        let reserved = crate::control::reserved::RESERVED_NAMESPACE;
+        if namespaces.is_named(reserved) {
+            return Err(invalid(format!("namespaces.{reserved}"), "the server's own namespace; choose another name"));
+        }
+        let namespaces = crate::control::reserved::reserve(namespaces);
         let mut webhooks = webhook_settings(&raw)?;
         webhooks.endpoints.extend(pusher_webhook_endpoints(&pusher)?);
         Ok(Self {

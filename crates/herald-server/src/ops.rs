@@ -30,7 +30,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     for (transport, open) in app.connections.open_by_transport() {
         metrics::gauge!("herald_connections", "transport" => transport.label()).set(open as f64);
     }
-    let channels = app.hub.channels();
+    let channels = crate::control::reserved::visible(app.hub.channels());
     metrics::gauge!("herald_channels").set(channels.len() as f64);
     metrics::gauge!("herald_subscriptions").set(channels.iter().map(|(_, count)| *count).sum::<usize>() as f64);
     metrics::gauge!("herald_presence_entries").set(app.hub.held_presence_entries() as f64);

@@ -287,6 +287,7 @@ fn start_on(listener: TcpListener, app: AppState, adapters: Adapters) -> std::io
     if app.settings.demos.enabled {
         tasks.spawn(crate::demo::ticker::run(app.clone()));
     }
+    tasks.spawn(crate::control::follow(app.hub.clone(), app.controls.clone(), shutdown.clone()));
     if let Some(auth) = app.settings.auth.clone().filter(|auth| auth.has_remote_keys()) {
         tasks.spawn(refresh_remote_keys(auth, shutdown.clone()));
     }

@@ -33,6 +33,8 @@ pub struct AppInner {
     pub webhooks: Arc<Webhooks>,
     /// The admin console's logins.
     pub admin_sessions: AdminSessions,
+    /// This node's connections that the server API's `disconnect` can reach.
+    pub controls: Arc<crate::control::Registry>,
 }
 
 impl std::ops::Deref for AppState {
@@ -66,6 +68,7 @@ impl AppState {
             client_api_rates,
             webhooks,
             admin_sessions: AdminSessions::default(),
+            controls: Arc::default(),
         }))
     }
 }

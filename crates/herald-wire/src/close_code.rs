@@ -11,3 +11,8 @@ pub const SLOW_CONSUMER: u16 = 4001;
 pub const NO_PONG: u16 = 4002;
 /// The client's token expired and was not refreshed: get a fresh one, then reconnect.
 pub const TOKEN_EXPIRED: u16 = 4003;
+/// The server API disconnected the client, asking it to come back (`reconnect: true`).
+pub const DISCONNECTED: u16 = 4004;
+/// The server API disconnected the client for good (`reconnect: false`): do not reconnect
+/// without a change (a new token, a user's action).
+pub const DISCONNECTED_FOR_GOOD: u16 = 4500;

@@ -169,7 +169,7 @@ fn stats_now(app: &AppState) -> serde_json::Value {
     json!({
         "time": herald_core::unix_millis(),
         "connections": connections(app),
-        "channels": app.hub.channels().len(),
+        "channels": crate::control::reserved::visible(app.hub.channels()).len(),
         "publishes": metric_sum(&metrics, "herald_publications_total"),
         "refused": metric_sum(&metrics, "herald_refused_total"),
         "webhook_attempts": metric_sum(&metrics, "herald_webhook_attempts_total"),
@@ -220,7 +220,7 @@ pub async fn console(State(app): State<AppState>, headers: HeaderMap) -> Respons
     let Some(access) = access(&app, &headers) else {
         return login_page(&app, None, StatusCode::OK);
     };
-    let mut channels = app.hub.channels();
+    let mut channels = crate::control::reserved::visible(app.hub.channels());
     channels.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let total_channels = channels.len();
     let mut rows = Vec::new();

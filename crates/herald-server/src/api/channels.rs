@@ -102,7 +102,7 @@ pub(super) async fn broadcast(
 /// present clients where the namespace keeps presence.
 pub(super) async fn channels(_access: ApiAccess, State(app): State<AppState>) -> Result<Json<ChannelList>, ApiError> {
     let mut channels = Vec::new();
-    for (channel, subscribers) in app.hub.channels() {
+    for (channel, subscribers) in crate::control::reserved::visible(app.hub.channels()) {
         let presence = app.hub.presence_count(&channel).await?;
         channels.push(ChannelSummary { channel: channel.to_string(), subscribers, presence });
     }

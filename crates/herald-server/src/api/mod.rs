@@ -5,6 +5,7 @@
 
 pub mod caller;
 pub mod channels;
+pub mod connections;
 pub mod webhooks;
 
 use axum::Router;
@@ -26,6 +27,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/channels", get(channels::channels)),
         // A wildcard, since channel names may contain '/': `/api/channels/a/b/history`.
         ("/channels/{*channel_and_action}", get(channels::channel_resource)),
+        ("/disconnect", post(connections::disconnect)),
         ("/openapi.json", get(openapi)),
     ];
     routes.extend(webhooks::routes());

@@ -444,6 +444,8 @@ impl PusherSession {
                 Ok(Some(Outgoing::Shared(form)))
             }
             Push::Presence(event) => Ok(self.member_event(&event)),
+            // The Pusher door's connections end by the app's own terminate_connections.
+            Push::Control(_) => Ok(None),
             // Pusher counts every kind of channel but presence ones (which have members).
             Push::Count(count) => Ok(self
                 .channels

@@ -135,7 +135,8 @@ impl OpenPoll {
                                 events.push(event);
                                 None
                             }
-                            Push::Count(_) => None,
+                            // Polls are requests, not connections: no control reaches them.
+                            Push::Count(_) | Push::Control(_) => None,
                         });
                         take(subscription, &mut messages, publications, max);
                     }

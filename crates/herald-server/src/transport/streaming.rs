@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -142,12 +143,12 @@ impl StreamFormat {
         }
     }
 
-    fn disconnect(self, out: &mut BytesMut, code: u16, reason: &str, cursor: &str) {
+    fn disconnect(self, out: &mut BytesMut, code: u16, reason: &str, reconnect: bool, cursor: &str) {
         let mut notice = herald_wire::http::StreamDisconnect {
             kind: None,
             code,
             reason: reason.to_string(),
-            reconnect: true,
+            reconnect,
             cursor: cursor.to_string(),
         };
         match self {
@@ -207,6 +208,7 @@ async fn open_stream(
     let permit = app.connections.admit(peer.ip(), format.transport())?;
     let capacity = app.settings.websocket.outbox_capacity.get();
     let (subscription, inbox, opening) = HttpSubscription::open(&app, &query, true, capacity).await?;
+    subscription.register_controls(&query.identity);
     let expiry = crate::transport::expiry(&query.identity);
     let stream = OpenStream { app: app.clone(), subscription, inbox, opening, format, permit, expiry };
     let head = [
@@ -301,50 +303,58 @@ impl OpenStream {
         let mut batch = Vec::new();
         loop {
             let mut chunk = BytesMut::new();
-            let (mut delivered, mut oldest_ms) = (0, u64::MAX);
-            let ending = tokio::select! {
-                biased;
-                () = &mut stop => Some((close_code::GOING_AWAY, "server shutting down", "shutdown")),
-                () = crate::transport::until_expiry(&mut self.expiry) => {
-                    Some((close_code::TOKEN_EXPIRED, "token expired: get a fresh one and reconnect", "token_expired"))
-                }
-                () = sink.gone() => {
-                    self.permit.closed("peer_gone");
-                    return;
-                }
-                received = self.inbox.recv_many(&mut batch, CHUNK_BATCH) => match received {
-                    Err(_) => Some((
-                        close_code::SLOW_CONSUMER,
-                        "slow consumer: reconnect and recover from your cursor",
-                        "slow_consumer",
-                    )),
-                    Ok(_) => {
-                        for push in batch.drain(..) {
-                            match push {
-                                Push::Publication(publication) => {
-                                    if let Some(encoded) = if_next(&mut subscription.positions, &publication) {
-                                        format.publication(&mut chunk, &encoded, &subscription.cursor());
-                                        (delivered, oldest_ms) = (delivered + 1, oldest_ms.min(publication.time_ms));
+            // In a block of its own, so that only the code and metric outlive it: the rest is
+            // not held across the writes' awaits, in every open stream's state.
+            let ended = {
+                let ending = tokio::select! {
+                    biased;
+                    () = &mut stop => Some(End::Server(close_code::GOING_AWAY, "server shutting down", "shutdown")),
+                    () = crate::transport::until_expiry(&mut self.expiry) => {
+                        let reason = "token expired: get a fresh one and reconnect";
+                        Some(End::Server(close_code::TOKEN_EXPIRED, reason, "token_expired"))
+                    }
+                    () = sink.gone() => {
+                        self.permit.closed("peer_gone");
+                        return;
+                    }
+                    received = self.inbox.recv_many(&mut batch, CHUNK_BATCH) => match received {
+                        Err(_) => Some(End::Server(
+                            close_code::SLOW_CONSUMER,
+                            "slow consumer: reconnect and recover from your cursor",
+                            "slow_consumer",
+                        )),
+                        Ok(_) => {
+                            // Locals of this branch only: nothing here is held across an await, which
+                            // every open stream's state would carry.
+                            let (mut told, mut delivered, mut oldest_ms) = (None, 0, u64::MAX);
+                            for push in batch.drain(..) {
+                                match push {
+                                    Push::Publication(publication) => {
+                                        if let Some(encoded) = if_next(&mut subscription.positions, &publication) {
+                                            format.publication(&mut chunk, &encoded, &subscription.cursor());
+                                            (delivered, oldest_ms) = (delivered + 1, oldest_ms.min(publication.time_ms));
+                                        }
                                     }
+                                    Push::Presence(event) => format.presence(&mut chunk, &event),
+                                    // Herald's own protocol has no count event (it never asks).
+                                    Push::Count(_) => {}
+                                    Push::Control(control) => told = Some(End::Told(control)),
                                 }
-                                Push::Presence(event) => format.presence(&mut chunk, &event),
-                                // Herald's own protocol has no count event (it never asks).
-                                Push::Count(_) => {}
                             }
+                            crate::metrics::delivered(transport, delivered, oldest_ms);
+                            told
                         }
+                    },
+                    _ = heartbeat.tick() => {
+                        format.heartbeat(&mut chunk);
                         None
                     }
-                },
-                _ = heartbeat.tick() => {
-                    format.heartbeat(&mut chunk);
-                    None
-                }
+                };
+                ending.map(|end| end.write(format, &mut chunk, &subscription.cursor()))
             };
-            crate::metrics::delivered(transport, delivered, oldest_ms);
-            if let Some((code, reason, metric)) = ending {
+            if let Some((code, metric)) = ended {
                 self.permit.closed(metric);
-                format.disconnect(&mut chunk, code, reason, &subscription.cursor());
-                if code == close_code::SLOW_CONSUMER {
+                if code == close_code::SLOW_CONSUMER || metric == "disconnected" {
                     let _ = deliver(sink, chunk.freeze(), &app).await;
                 } else {
                     // Only if it can go at once: a reader too slow to take it does not hold up
@@ -357,6 +367,31 @@ impl OpenStream {
                 self.permit.closed("write_failed");
                 return;
             }
+        }
+    }
+}
+
+/// Why a stream ends: for a reason of the server's, or told to by the server API.
+enum End {
+    Server(u16, &'static str, &'static str),
+    Told(Arc<herald_core::Control>),
+}
+
+impl End {
+    /// Writes the `disconnect` notice; the code and the metric's reason.
+    fn write(self, format: StreamFormat, chunk: &mut BytesMut, cursor: &str) -> (u16, &'static str) {
+        match self {
+            Self::Server(code, reason, metric) => {
+                format.disconnect(chunk, code, reason, true, cursor);
+                (code, metric)
+            }
+            Self::Told(control) => match &*control {
+                herald_core::Control::Disconnect { reason, reconnect } => {
+                    let code = if *reconnect { close_code::DISCONNECTED } else { close_code::DISCONNECTED_FOR_GOOD };
+                    format.disconnect(chunk, code, reason, *reconnect, cursor);
+                    (code, "disconnected")
+                }
+            },
         }
     }
 }

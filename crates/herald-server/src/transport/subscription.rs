@@ -267,6 +267,11 @@ impl HttpSubscription {
         Ok((subscription, inbox, opening))
     }
 
+    /// Lets the server API's `disconnect` reach this subscription (an open stream's).
+    pub fn register_controls(&self, identity: &crate::auth::Identity) {
+        self.app.controls.set(&self.subscriber, identity.user(), self.client);
+    }
+
     /// The cursor after everything delivered so far.
     pub fn cursor(&self) -> String {
         Cursor::encode(&self.positions, &self.channels, self.client)
@@ -278,6 +283,7 @@ impl Drop for HttpSubscription {
         if !self.live {
             return;
         }
+        self.app.controls.remove(&self.subscriber);
         // Local delivery stops now; the engine hears of it from a tracked task. The client
         // stays present for the grace period: its next poll or reconnect keeps it there.
         for (channel, client) in &self.present {

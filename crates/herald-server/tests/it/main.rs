@@ -12,6 +12,7 @@ mod cluster;
 mod config_reference;
 mod demos;
 mod deploy;
+mod disconnect;
 mod drain;
 mod durable;
 mod helpers;

@@ -74,6 +74,7 @@ impl Connection {
             }
             if let Some(client) = taken_back {
                 self.client = client;
+                self.register();
             }
             if declared.is_some() {
                 self.declared_info = declared;
@@ -149,6 +150,7 @@ impl Connection {
         if !self.app.hub.join_presence(&channel, self.presence_entry(&channel)).await {
             // The id taken back belongs to another user: this connection gets its own.
             self.client = ClientId::random();
+            self.register();
             self.app.hub.join_presence(&channel, self.presence_entry(&channel)).await;
         }
         let result = Subscribed {

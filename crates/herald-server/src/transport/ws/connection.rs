@@ -27,6 +27,8 @@ pub(super) struct Connection {
     pub(super) expiry: crate::transport::Expiry,
     /// The client's publish rate, when limited (boxed: most servers do not limit it).
     pub(super) publish_rate: Option<Box<TokenBucket>>,
+    /// Why the server API disconnected it, once it did (boxed: rare).
+    pub(super) told_to_go: Option<Box<(String, bool)>>,
 }
 
 impl Connection {
@@ -34,6 +36,12 @@ impl Connection {
     pub(super) fn set_identity(&mut self, identity: Identity) {
         self.expiry = crate::transport::expiry(&identity);
         self.identity = identity;
+        self.register();
+    }
+
+    /// Tells the control registry who this connection is now (its user and client id).
+    pub(super) fn register(&self) {
+        self.app.controls.set(&self.subscriber, self.identity.user(), self.client);
     }
 
     /// The (shared) frame of a publication this connection has not seen yet, moving its position.

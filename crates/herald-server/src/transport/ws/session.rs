@@ -91,6 +91,7 @@ where
         declared_info: None,
         expiry: None,
         publish_rate,
+        told_to_go: None,
     };
     connection.set_identity(identity);
     run_protocol(connection, inbox, socket, permit, Vec::new())
@@ -154,6 +155,8 @@ pub(crate) enum Ending {
     ProtocolError,
     /// The application ended the connection (the Pusher door's `terminate_connections`).
     Terminated,
+    /// The server API's `disconnect` ended it.
+    Disconnected,
 }
 
 impl Ending {
@@ -180,6 +183,7 @@ impl Ending {
             Self::InvalidUtf8 => "invalid_utf8",
             Self::ProtocolError => "protocol_error",
             Self::Terminated => "terminated",
+            Self::Disconnected => "disconnected",
         }
     }
 
@@ -197,6 +201,8 @@ impl Ending {
             Self::InvalidUtf8 => Some((close_code::INVALID_DATA, "text frame is not valid UTF-8", false)),
             Self::ProtocolError => Some((close_code::PROTOCOL_ERROR, "websocket protocol error", false)),
             Self::Terminated => Some((close_code::GOING_AWAY, "disconnected by the application", false)),
+            // The reason and whether to come back are the API caller's (see `Connection`).
+            Self::Disconnected => Some((close_code::DISCONNECTED, "disconnected by the server", true)),
         }
     }
 
@@ -439,6 +445,12 @@ impl Protocol for Connection {
             Push::Presence(event) => pending.push_back(EncodedPresence::of(&event).ws_frame),
             // Herald's own protocol has no count event (it never asks).
             Push::Count(_) => {}
+            Push::Control(control) => match &*control {
+                herald_core::Control::Disconnect { reason, reconnect } => {
+                    self.told_to_go = Some(Box::new((reason.clone(), *reconnect)));
+                    return Err(Ending::Disconnected);
+                }
+            },
         }
         Ok(())
     }
@@ -452,19 +464,26 @@ impl Protocol for Connection {
             self.app.hub.leave_presence(channel, &client, true);
             self.app.hub.unsubscribe(&self.subscriber, channel).await;
         }
+        self.app.controls.remove(&self.subscriber);
     }
 
     /// Herald's close code, after a `disconnect` push with the positions to recover from.
     fn goodbye(&self, ending: Ending) -> Option<Goodbye> {
-        let (code, reason, reconnect) = ending.goodbye()?;
+        let (mut code, reason, mut reconnect) = ending.goodbye()?;
+        let mut told = reason.to_string();
+        if let (Ending::Disconnected, Some(told_to_go)) = (ending, &self.told_to_go) {
+            (told, reconnect) = (told_to_go.0.clone(), told_to_go.1);
+            if !reconnect {
+                code = close_code::DISCONNECTED_FOR_GOOD;
+            }
+        }
         let last_frame = (ending != Ending::NoPong).then(|| {
             let positions = self
                 .positions
                 .iter()
                 .map(|(channel, position)| (channel.to_string(), wire_position(position)))
                 .collect();
-            let push =
-                DisconnectPush { disconnect: Disconnect { code, reason: reason.to_string(), reconnect, positions } };
+            let push = DisconnectPush { disconnect: Disconnect { code, reason: told, reconnect, positions } };
             frames::text_frame(serde_json::to_string(&push).unwrap_or_default()).1
         });
         Some(Goodbye { code, reason, last_frame })
