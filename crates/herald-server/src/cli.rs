@@ -144,16 +144,7 @@ pub async fn publish(url: &str, channel: &str, data: &str, api_key: Option<&str>
     if let Some(key) = api_key {
         request = request.bearer_auth(key);
     }
-    let response = request.send().await.map_err(|error| {
-        anyhow::anyhow!("cannot reach Herald at {base}: {}", herald_server::http_client::describe(&error))
-    })?;
-    let status = response.status();
-    let body = response.text().await.context("reading Herald's answer")?;
-    if !status.is_success() {
-        bail!("{}", herald_error(status, &body));
-    }
-    println!("{}", body.trim_end());
-    Ok(())
+    print_answer(request, base).await
 }
 
 /// `herald health`: whether the server at `url` is up (`/healthz`) or, with `ready`, ready to
@@ -161,10 +152,14 @@ pub async fn publish(url: &str, channel: &str, data: &str, api_key: Option<&str>
 pub async fn health(url: &str, ready: bool) -> anyhow::Result<()> {
     let base = url.trim_end_matches('/');
     let path = if ready { "readyz" } else { "healthz" };
-    let response =
-        http_client()?.get(format!("{base}/{path}")).timeout(Duration::from_secs(5)).send().await.map_err(|error| {
-            anyhow::anyhow!("cannot reach Herald at {base}: {}", herald_server::http_client::describe(&error))
-        })?;
+    print_answer(http_client()?.get(format!("{base}/{path}")).timeout(Duration::from_secs(5)), base).await
+}
+
+/// Sends the request and prints Herald's answer; an error says why when it is not a success.
+async fn print_answer(request: reqwest::RequestBuilder, base: &str) -> anyhow::Result<()> {
+    let response = request.send().await.map_err(|error| {
+        anyhow::anyhow!("cannot reach Herald at {base}: {}", herald_server::http_client::describe(&error))
+    })?;
     let status = response.status();
     let body = response.text().await.context("reading Herald's answer")?;
     if !status.is_success() {
