@@ -148,8 +148,9 @@ async fn nginx_with_the_documented_config_passes_websockets_streams_and_client_a
     let config = read("deploy/nginx.conf")
         .replace("server 127.0.0.1:8750;", &format!("server {};", server.addr))
         .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
-        // Run as whoever runs the test, in the foreground, with its files in the prefix.
-        .replace("events {}", "events {}\ndaemon off;\npid nginx.pid;\nerror_log logs/error.log;");
+        // In the foreground, one process (killing it leaves no workers behind), its files in the
+        // prefix.
+        .replace("events {}", "events {}\ndaemon off;\nmaster_process off;\npid nginx.pid;\nerror_log logs/error.log;");
     let config_path = prefix.path().join("nginx.conf");
     std::fs::write(&config_path, config).unwrap();
     let child = Command::new(nginx)
