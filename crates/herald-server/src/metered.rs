@@ -12,8 +12,16 @@ use herald_core::{
     Published, Storage,
 };
 
-fn record<T>(component: &'static str, op: &'static str, started: Instant, outcome: &Result<T, EngineError>) {
+/// Runs one call, recording its time and whether it failed.
+async fn timed<T>(
+    component: &'static str,
+    op: &'static str,
+    call: impl Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    let started = Instant::now();
+    let outcome = call.await;
     crate::metrics::backend_call(component, op, started.elapsed(), outcome.is_err());
+    outcome
 }
 
 /// A batch failed as a call when every request in it failed (one request's own failure, such
@@ -44,24 +52,15 @@ impl Engine for MeteredEngine {
     }
 
     async fn subscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
-        let started = Instant::now();
-        let outcome = self.0.subscribe(channels).await;
-        record("engine", "subscribe", started, &outcome);
-        outcome
+        timed("engine", "subscribe", self.0.subscribe(channels)).await
     }
 
     async fn unsubscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
-        let started = Instant::now();
-        let outcome = self.0.unsubscribe(channels).await;
-        record("engine", "unsubscribe", started, &outcome);
-        outcome
+        timed("engine", "unsubscribe", self.0.unsubscribe(channels)).await
     }
 
     async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryPage, EngineError> {
-        let started = Instant::now();
-        let outcome = self.0.history(channel, query).await;
-        record("engine", "history", started, &outcome);
-        outcome
+        timed("engine", "history", self.0.history(channel, query)).await
     }
 
     async fn presence_join(
@@ -70,17 +69,11 @@ impl Engine for MeteredEngine {
         entry: PresenceEntry,
         lease: Duration,
     ) -> Result<(), EngineError> {
-        let started = Instant::now();
-        let outcome = self.0.presence_join(channel, entry, lease).await;
-        record("engine", "presence_join", started, &outcome);
-        outcome
+        timed("engine", "presence_join", self.0.presence_join(channel, entry, lease)).await
     }
 
     async fn presence_leave(&self, channel: &ChannelName, client: &str) -> Result<(), EngineError> {
-        let started = Instant::now();
-        let outcome = self.0.presence_leave(channel, client).await;
-        record("engine", "presence_leave", started, &outcome);
-        outcome
+        timed("engine", "presence_leave", self.0.presence_leave(channel, client)).await
     }
 
     async fn presence_refresh(
@@ -88,24 +81,15 @@ impl Engine for MeteredEngine {
         entries: &[(ChannelName, String)],
         lease: Duration,
     ) -> Result<Vec<usize>, EngineError> {
-        let started = Instant::now();
-        let outcome = self.0.presence_refresh(entries, lease).await;
-        record("engine", "presence_refresh", started, &outcome);
-        outcome
+        timed("engine", "presence_refresh", self.0.presence_refresh(entries, lease)).await
     }
 
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError> {
-        let started = Instant::now();
-        let outcome = self.0.presence(channel).await;
-        record("engine", "presence", started, &outcome);
-        outcome
+        timed("engine", "presence", self.0.presence(channel)).await
     }
 
     async fn presence_count(&self, channel: &ChannelName) -> Result<usize, EngineError> {
-        let started = Instant::now();
-        let outcome = self.0.presence_count(channel).await;
-        record("engine", "presence_count", started, &outcome);
-        outcome
+        timed("engine", "presence_count", self.0.presence_count(channel)).await
     }
 
     async fn sweep(&self) {
@@ -135,10 +119,7 @@ impl Storage for MeteredStorage {
     }
 
     async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryPage, EngineError> {
-        let started = Instant::now();
-        let outcome = self.0.history(channel, query).await;
-        record("storage", "history", started, &outcome);
-        outcome
+        timed("storage", "history", self.0.history(channel, query)).await
     }
 
     async fn sweep(&self) {

@@ -100,14 +100,6 @@ impl Registry {
         }
         found
     }
-
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Acts on one control message on this node; returns how many connections it reached.

@@ -34,9 +34,9 @@ pub struct ConnectionLimiter {
 #[derive(Debug)]
 pub struct ConnectionPermit {
     limiter: Arc<ConnectionLimiter>,
-    /// The address counted against the per-address limit, if there is one.
-    ip: Option<IpAddr>,
     peer: IpAddr,
+    /// Counted against the per-address limit (there is one).
+    per_ip: bool,
     opened: Instant,
     parked_poll: bool,
     transport: Transport,
@@ -94,8 +94,8 @@ impl ConnectionLimiter {
         self.by_transport[transport as usize].fetch_add(1, Ordering::AcqRel);
         let mut permit = ConnectionPermit {
             limiter: self.clone(),
-            ip: None,
             peer: ip,
+            per_ip: false,
             opened: Instant::now(),
             parked_poll: false,
             transport,
@@ -133,7 +133,7 @@ impl ConnectionLimiter {
                 ));
             }
             *count += 1;
-            permit.ip = Some(ip);
+            permit.per_ip = true;
         }
         tracing::debug!(transport = transport.label(), peer = %ip, "connection opened");
         Ok(permit)
@@ -147,7 +147,10 @@ impl Drop for ConnectionPermit {
         if self.parked_poll {
             self.limiter.parked_polls.fetch_sub(1, Ordering::AcqRel);
         }
-        let Some(ip) = self.ip else { return };
+        if !self.per_ip {
+            return;
+        }
+        let ip = self.peer;
         let mut per_ip = self.limiter.per_ip.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(count) = per_ip.get_mut(&ip) {
             *count -= 1;
