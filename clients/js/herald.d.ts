@@ -116,6 +116,8 @@ export interface UnsubscribedEvent {
   channel: string;
   /** Set when the server refused the channel. */
   error?: HeraldError;
+  /** Set when the server ended the subscription (its API's `unsubscribe`): why. */
+  reason?: string;
 }
 
 export interface StateEvent {
@@ -151,7 +153,7 @@ export class Subscription {
   readonly channel: string;
   /** The position of the last publication delivered, or where the subscription started. */
   readonly position: Position | null;
-  /** False once `unsubscribe()` was called or the server refused the channel. */
+  /** False once `unsubscribe()` was called, or the server refused the channel or ended the subscription. */
   readonly active: boolean;
   on<E extends keyof SubscriptionEvents>(event: E, listener: (value: SubscriptionEvents[E]) => void): this;
   off<E extends keyof SubscriptionEvents>(event: E, listener: (value: SubscriptionEvents[E]) => void): this;

@@ -190,6 +190,12 @@ export class Subscription extends Emitter {
     return 'delivered';
   }
 
+  /** The server ended the subscription (its API's `unsubscribe`): it is not brought back. */
+  _unsubscribed(reason) {
+    this.#active = false;
+    this.emit('unsubscribed', { channel: this.channel, reason });
+  }
+
   /** The server refused the channel for good: the subscription ends. */
   _refused(error) {
     this.#active = false;
@@ -493,6 +499,14 @@ export class Herald extends Emitter {
         if (subscription) {
           this.#subscriptions.delete(channel);
           subscription._refused(error);
+        }
+      },
+      unsubscribed: (session, channel, reason) => {
+        if (!current(session)) return;
+        const subscription = this.#subscriptions.get(channel);
+        if (subscription) {
+          this.#subscriptions.delete(channel);
+          subscription._unsubscribed(reason);
         }
       },
       publication: (session, publication) => {
@@ -803,6 +817,8 @@ class WebSocketSession {
       else pending.resolve(message.result);
     } else if (message.disconnect) {
       this.#disconnect = message.disconnect;
+    } else if (message.unsubscribed) {
+      this.#host.unsubscribed(this, message.unsubscribed.channel, message.unsubscribed.reason);
     } else if (message.join || message.leave) {
       const change = message.join ? 'join' : 'leave';
       this.#host.presence(this, message.channel, change, message[change]);
@@ -1058,6 +1074,9 @@ class SseSession extends HttpSession {
       this.host.publication(this, value);
     } else if (type === 'join' || type === 'leave') {
       this.host.presence(this, value.channel, type, value[type]);
+    } else if (type === 'unsubscribed') {
+      // The stream goes on without the channel; the next one is opened without it.
+      this.host.unsubscribed(this, value.channel, value.reason);
     } else if (type === 'disconnect') {
       const disconnect = { code: value.code, reason: value.reason, reconnect: value.reconnect };
       this.end({ disconnect, tokenExpired: value.code === 4003 });
@@ -1069,7 +1088,7 @@ class SseSession extends HttpSession {
     const url = `${this.host.endpoints.http}/sse?${this.query(this.token ? { token: this.token } : {})}`;
     const source = new EventSource(url);
     this.#source = source;
-    for (const type of ['cursor', 'join', 'leave', 'disconnect', 'recovery']) {
+    for (const type of ['cursor', 'join', 'leave', 'unsubscribed', 'disconnect', 'recovery']) {
       source.addEventListener(type, (event) => this.#event(type, event.data, event.lastEventId));
     }
     source.onmessage = (event) => this.#event('message', event.data, event.lastEventId);

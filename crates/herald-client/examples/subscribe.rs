@@ -24,6 +24,10 @@ async fn main() -> Result<(), ClientError> {
                 eprintln!("{}: {}", error.code, error.message);
                 break;
             }
+            Event::Unsubscribed { reason } => {
+                eprintln!("unsubscribed by the server: {reason}");
+                break;
+            }
         }
     }
     Ok(())

@@ -227,6 +227,7 @@ struct Frame<'a> {
     result: Option<&'a RawValue>,
     error: Option<ErrorBody>,
     disconnect: Option<herald_wire::push::Disconnect>,
+    unsubscribed: Option<herald_wire::push::Unsubscribed>,
     #[serde(borrow)]
     channel: Option<Cow<'a, str>>,
     offset: Option<u64>,
@@ -691,6 +692,13 @@ impl Connection {
                 _ if disconnect.reconnect => Ending::Lost,
                 _ => Ending::Final,
             });
+        }
+        if let Some(unsubscribed) = frame.unsubscribed {
+            // The server ended it: not subscribed again on a reconnect.
+            if let Some(subscription) = self.subscriptions.remove(unsubscribed.channel.as_str()) {
+                let _ = subscription.events.try_send(Event::Unsubscribed { reason: unsubscribed.reason });
+            }
+            return None;
         }
         let channel = frame.channel.unwrap_or_default();
         let event = match (frame.join, frame.leave, frame.offset) {

@@ -160,6 +160,11 @@ pub enum Event {
     /// The subscription ends: the server refused to subscribe it again (a token that no longer
     /// grants it, say), or refused the connection (an expired token).
     Error(ErrorBody),
+    /// The subscription ends: the server's API unsubscribed it, saying why. It is not made
+    /// again on a reconnect.
+    Unsubscribed {
+        reason: String,
+    },
 }
 
 /// A page of a channel's history.

@@ -26,7 +26,7 @@ pub enum Push {
     Presence(Arc<PresenceEvent>),
     /// The channel's local subscriber count changed; only to connections that asked for it.
     Count(Arc<SubscriptionCount>),
-    /// The server tells the connection what to do (the server API's `disconnect`).
+    /// The server tells the connection what to do (the server API's `disconnect`, `unsubscribe`).
     Control(Arc<Control>),
 }
 
@@ -35,6 +35,8 @@ pub enum Push {
 pub enum Control {
     /// End the connection, saying why and whether the client should come back.
     Disconnect { reason: String, reconnect: bool },
+    /// Stop delivering one channel to the connection, saying why; the connection stays.
+    Unsubscribe { channel: crate::ChannelName, reason: String },
 }
 
 /// Buffers larger than this are let go once drained, so a burst does not stay in every idle

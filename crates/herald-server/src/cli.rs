@@ -38,15 +38,19 @@ pub async fn subscribe(
     }
     let client = http_client()?;
     let base = url.trim_end_matches('/');
+    // Less any the server unsubscribes.
+    let mut channels = channels.to_vec();
     let mut cursor = since;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(20));
     let mut connected_once = false;
     loop {
-        let mut request = client.get(format!("{base}/stream?{}", stream_query(channels, cursor.as_deref())));
+        let mut request = client.get(format!("{base}/stream?{}", stream_query(&channels, cursor.as_deref())));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        match stream(request, &mut cursor, &mut connected_once, &mut backoff).await {
+        let mut progress =
+            Progress { cursor: &mut cursor, channels: &mut channels, connected_once: &mut connected_once };
+        match stream(request, &mut progress, &mut backoff).await {
             Failure::Refused(why) => match &cursor {
                 Some(cursor) if connected_once => bail!("{why} (resume with --since {cursor})"),
                 _ => bail!("{why}"),
@@ -69,14 +73,18 @@ fn stream_query(channels: &[String], cursor: Option<&str>) -> String {
     query.finish()
 }
 
+/// What a subscriber keeps from one stream to the next.
+struct Progress<'a> {
+    cursor: &'a mut Option<String>,
+    /// The channels still followed: the server may unsubscribe some.
+    channels: &'a mut Vec<String>,
+    connected_once: &'a mut bool,
+}
+
 /// Reads one stream until it ends, printing publications and keeping the cursor; says how it
 /// ended.
-async fn stream(
-    request: reqwest::RequestBuilder,
-    cursor: &mut Option<String>,
-    connected_once: &mut bool,
-    backoff: &mut Backoff,
-) -> Failure {
+async fn stream(request: reqwest::RequestBuilder, progress: &mut Progress<'_>, backoff: &mut Backoff) -> Failure {
+    let Progress { cursor, channels, connected_once } = progress;
     let mut response = match request.send().await {
         Ok(response) => response,
         Err(error) => return Failure::Lost(herald_server::http_client::describe(&error)),
@@ -90,7 +98,7 @@ async fn stream(
         let why = herald_error(status, &body);
         return if transient { Failure::Lost(why) } else { Failure::Refused(why) };
     }
-    *connected_once = true;
+    **connected_once = true;
     backoff.reset();
     let mut buffer = Vec::new();
     let mut stdout = std::io::stdout().lock();
@@ -106,7 +114,7 @@ async fn stream(
             let line: Vec<u8> = buffer.drain(..=end).collect();
             let Ok(value) = serde_json::from_slice::<Value>(&line) else { continue };
             if let Some(next) = value.get("cursor").and_then(Value::as_str) {
-                *cursor = Some(next.to_string());
+                **cursor = Some(next.to_string());
             }
             match value.get("type").and_then(Value::as_str) {
                 // A publication: printed as it came, one line.
@@ -120,6 +128,15 @@ async fn stream(
                 Some("recovery") => {
                     let channel = value.get("channel").and_then(Value::as_str).unwrap_or_default();
                     eprintln!("herald: {channel}: history no longer covers the gap (recovered: false); from now on");
+                }
+                Some("unsubscribed") => {
+                    let channel = value.get("channel").and_then(Value::as_str).unwrap_or_default();
+                    let reason = value.get("reason").and_then(Value::as_str).unwrap_or_default();
+                    eprintln!("herald: {channel}: unsubscribed by the server ({reason})");
+                    channels.retain(|followed| followed != channel);
+                    if channels.is_empty() {
+                        return Failure::Refused("Herald unsubscribed every channel".to_string());
+                    }
                 }
                 Some("disconnect") => {
                     let reason = value.get("reason").and_then(Value::as_str).unwrap_or_default();

@@ -62,6 +62,18 @@ pub struct StreamDisconnect {
     pub cursor: String,
 }
 
+/// The server ended a stream's subscription to one channel: `{"channel","reason","cursor"}`
+/// (an SSE event of type `unsubscribed`; on NDJSON with `"type":"unsubscribed"`), the cursor
+/// no longer naming the channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamUnsubscribed {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub channel: String,
+    pub reason: String,
+    pub cursor: String,
+}
+
 /// A poll's answer: `{"messages":[..],"cursor":"..","events":[..]?,"recovery":[..]?}`, the
 /// messages and events being encoded already.
 pub fn poll_answer(messages_json: &str, cursor: &str, events_json: Option<&str>, recovery: &[Unrecovered]) -> String {

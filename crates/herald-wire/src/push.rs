@@ -1,6 +1,7 @@
 //! What the server sends a WebSocket client unasked (pushes have no `id`): publications (see
 //! [`crate::publication`]), joins and leaves (see [`crate::presence`]), and the disconnect
-//! notice sent before the server closes a connection.
+//! notice sent before the server closes a connection, and the notice that the server ended one
+//! subscription.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,4 +21,18 @@ pub struct Disconnect {
     pub reconnect: bool,
     #[serde(default)]
     pub positions: Positions,
+}
+
+/// `{"unsubscribed":{"channel","reason"}}`: the server (its API's `unsubscribe`) ended the
+/// client's subscription to a channel; the connection and its other subscriptions stay. The
+/// client should not subscribe again on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsubscribedPush {
+    pub unsubscribed: Unsubscribed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsubscribed {
+    pub channel: String,
+    pub reason: String,
 }

@@ -1,6 +1,12 @@
-//! `POST /api/disconnect {user|client, reason?, reconnect?}`: ends a user's connections (every
-//! WebSocket and SSE/NDJSON stream it has, on every node) or one client's, telling them why
-//! and whether to come back. Needs a full API key: it can end anyone's connections.
+//! The server API acting on live connections, on every node of a cluster:
+//! - `POST /api/disconnect {user|client, reason?, reconnect?}` ends a user's connections (every
+//!   WebSocket and SSE/NDJSON stream it has) or one client's, telling them why and whether to
+//!   come back;
+//! - `POST /api/unsubscribe {user|client, channel, reason?}` ends their subscription to one
+//!   channel, telling them why; the connections stay.
+//!
+//! Both need a full API key: they reach anyone's connections. Polls hold no connection: each
+//! poll names its channels afresh.
 
 use axum::Json;
 use axum::extract::State;
@@ -11,7 +17,7 @@ use serde::Deserialize;
 
 use super::caller::JsonBody;
 use super::webhooks::WebhookAdmin;
-use crate::control::{CONTROL_CHANNEL, ControlMessage, Target};
+use crate::control::{CONTROL_CHANNEL, ControlMessage, Order, Target};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -28,6 +34,15 @@ struct DisconnectRequest {
     reconnect: Option<bool>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeRequest {
+    user: Option<String>,
+    client: Option<String>,
+    channel: String,
+    reason: Option<String>,
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
 }
@@ -38,23 +53,51 @@ pub(super) async fn disconnect(
     body: JsonBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let request: DisconnectRequest = body.parse()?;
-    let target = match (request.user, request.client) {
-        (Some(user), None) if !user.is_empty() && user.len() <= MAX_FIELD => Target::User(user),
+    let target = target(request.user, request.client)?;
+    let reason = reason(request.reason, "disconnected by the server")?;
+    let order = Order::Disconnect { reason, reconnect: request.reconnect.unwrap_or(false) };
+    send(&app, ControlMessage { target, order }).await
+}
+
+pub(super) async fn unsubscribe(
+    _admin: WebhookAdmin,
+    State(app): State<AppState>,
+    body: JsonBody,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: UnsubscribeRequest = body.parse()?;
+    let target = target(request.user, request.client)?;
+    let channel = ChannelName::new(&request.channel)
+        .map_err(|error| ApiError::bad_request("invalid_channel", format!("{:?}: {error}", request.channel)))?;
+    let reason = reason(request.reason, "unsubscribed by the server")?;
+    send(&app, ControlMessage { target, order: Order::Unsubscribe { channel: channel.to_string(), reason } }).await
+}
+
+/// The connections a request names: a user's, or one client's.
+fn target(user: Option<String>, client: Option<String>) -> Result<Target, ApiError> {
+    match (user, client) {
+        (Some(user), None) if !user.is_empty() && user.len() <= MAX_FIELD => Ok(Target::User(user)),
         (None, Some(client)) => {
             crate::presence::ClientId::parse(&client)
                 .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, error.code, error.message))?;
-            Target::Client(client)
+            Ok(Target::Client(client))
         }
-        (Some(_), Some(_)) => return Err(invalid("give either user or client, not both")),
-        (None, None) => return Err(invalid("give the user (a token's sub) or the client id to disconnect")),
-        (Some(_), None) => return Err(invalid(format!("user is 1 to {MAX_FIELD} characters"))),
-    };
-    let reason = request.reason.unwrap_or_else(|| "disconnected by the server".to_string());
+        (Some(_), Some(_)) => Err(invalid("give either user or client, not both")),
+        (None, None) => Err(invalid("give the user (a token's sub) or the client id")),
+        (Some(_), None) => Err(invalid(format!("user is 1 to {MAX_FIELD} characters"))),
+    }
+}
+
+fn reason(given: Option<String>, default: &str) -> Result<String, ApiError> {
+    let reason = given.unwrap_or_else(|| default.to_string());
     if reason.is_empty() || reason.len() > MAX_FIELD {
         return Err(invalid(format!("reason is 1 to {MAX_FIELD} characters")));
     }
-    let message = ControlMessage { target, reason, reconnect: request.reconnect.unwrap_or(false) };
-    // Through the engine, so every node (this one included) acts on it.
+    Ok(reason)
+}
+
+/// Publishes the message on the control channel, through the engine, so that every node (this
+/// one included) acts on it.
+async fn send(app: &AppState, message: ControlMessage) -> Result<Json<serde_json::Value>, ApiError> {
     let channel = ChannelName::new(CONTROL_CHANNEL).expect("the control channel's name is valid");
     let data = Bytes::from(serde_json::to_vec(&message).unwrap_or_default());
     let published = app.hub.publish_batch(vec![PublishRequest { channel, data, idempotency_key: None }]).await;

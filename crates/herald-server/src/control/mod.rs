@@ -1,8 +1,9 @@
 //! The server telling connections what to do, on every node: `POST /api/disconnect
-//! {user|client}` publishes a control message on the reserved channel `#herald:control`, which
-//! every node follows through the engine; each node finds its matching connections in its
-//! [`Registry`] and pushes them a [`Control`], which their transport acts on (a WebSocket gets
-//! its `disconnect` push and close, a stream its `disconnect` event).
+//! {user|client}` and `POST /api/unsubscribe {user|client, channel}` publish a control message
+//! on the reserved channel `#herald:control`, which every node follows through the engine; each
+//! node finds its matching connections in its [`Registry`] and pushes them a [`Control`], which
+//! their transport acts on (a WebSocket gets its `disconnect` push and close, or its
+//! `unsubscribed` push; a stream the matching event).
 //!
 //! The `#herald` namespace is the server's: no client may subscribe or publish there, whatever
 //! its token grants ([`reserved`]).
@@ -31,12 +32,37 @@ pub enum Target {
     Client(String),
 }
 
-/// A control message as it travels between nodes.
+/// A control message as it travels between nodes:
+/// `{"target":{"user":"alice"},"disconnect":{"reason","reconnect"}}` and the like.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlMessage {
     pub target: Target,
-    pub reason: String,
-    pub reconnect: bool,
+    #[serde(flatten)]
+    pub order: Order,
+}
+
+/// What the target's connections are to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// End the connections, saying why and whether to come back.
+    Disconnect { reason: String, reconnect: bool },
+    /// Stop delivering one channel; the connections stay.
+    Unsubscribe { channel: String, reason: String },
+}
+
+impl Order {
+    /// What each connection is pushed; `None` for an order no connection can follow.
+    fn control(&self) -> Option<Control> {
+        Some(match self {
+            Self::Disconnect { reason, reconnect } => {
+                Control::Disconnect { reason: reason.clone(), reconnect: *reconnect }
+            }
+            Self::Unsubscribe { channel, reason } => {
+                Control::Unsubscribe { channel: ChannelName::new(channel).ok()?, reason: reason.clone() }
+            }
+        })
+    }
 }
 
 /// This node's connections that controls can reach, with who they are.
@@ -104,7 +130,8 @@ impl Registry {
 
 /// Acts on one control message on this node; returns how many connections it reached.
 pub fn apply(hub: &Hub, registry: &Registry, message: &ControlMessage) -> usize {
-    let control = Arc::new(Control::Disconnect { reason: message.reason.clone(), reconnect: message.reconnect });
+    let Some(control) = message.order.control() else { return 0 };
+    let control = Arc::new(control);
     let connections = registry.matching(&message.target);
     for connection in &connections {
         hub.control(connection, control.clone());
@@ -141,7 +168,7 @@ pub async fn follow(hub: Arc<Hub>, registry: Arc<Registry>, shutdown: Cancellati
                         match serde_json::from_slice::<ControlMessage>(&publication.data) {
                             Ok(message) => {
                                 let reached = apply(&hub, &registry, &message);
-                                tracing::info!(target = ?message.target, reached, "server disconnect");
+                                tracing::info!(target = ?message.target, order = ?message.order, reached, "server control");
                             }
                             Err(error) => tracing::warn!(%error, "a control message that is not one"),
                         }

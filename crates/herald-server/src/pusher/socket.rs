@@ -120,6 +120,12 @@ impl Protocol for PusherSocket {
         }
     }
 
+    /// The Pusher door's connections are not in the control registry: the app ends them with
+    /// its own `terminate_connections`.
+    async fn on_control(&mut self, _control: std::sync::Arc<herald_core::Control>) -> Result<Vec<Bytes>, Ending> {
+        Ok(Vec::new())
+    }
+
     async fn leave_all(&mut self) {
         self.session.leave_all().await;
     }

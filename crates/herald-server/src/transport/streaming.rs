@@ -10,7 +10,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -140,6 +139,28 @@ impl StreamFormat {
         match self {
             Self::Sse => out.put_slice(b": heartbeat\n\n"),
             Self::Ndjson => out.put_slice(herald_wire::http::NDJSON_HEARTBEAT),
+        }
+    }
+
+    /// The server ended the subscription to one channel: an `unsubscribed` SSE event whose
+    /// `id:` is the cursor without it, a typed NDJSON line with that cursor.
+    fn unsubscribed(self, out: &mut BytesMut, channel: &herald_core::ChannelName, reason: &str, cursor: &str) {
+        let mut notice = herald_wire::http::StreamUnsubscribed {
+            kind: None,
+            channel: channel.to_string(),
+            reason: reason.to_string(),
+            cursor: cursor.to_string(),
+        };
+        match self {
+            Self::Sse => {
+                let json = serde_json::to_string(&notice).unwrap_or_default();
+                out.put_slice(format!("event: unsubscribed\nid: {cursor}\ndata: {json}\n\n").as_bytes());
+            }
+            Self::Ndjson => {
+                notice.kind = Some("unsubscribed".to_string());
+                let json = serde_json::to_string(&notice).unwrap_or_default();
+                out.put_slice(format!("{json}\n").as_bytes());
+            }
         }
     }
 
@@ -338,7 +359,16 @@ impl OpenStream {
                                     Push::Presence(event) => format.presence(&mut chunk, &event),
                                     // Herald's own protocol has no count event (it never asks).
                                     Push::Count(_) => {}
-                                    Push::Control(control) => told = Some(End::Told(control)),
+                                    Push::Control(control) => match &*control {
+                                        herald_core::Control::Unsubscribe { channel, reason } => {
+                                            if subscription.remove(channel) {
+                                                format.unsubscribed(&mut chunk, channel, reason, &subscription.cursor());
+                                            }
+                                        }
+                                        herald_core::Control::Disconnect { reason, reconnect } => {
+                                            told = Some(End::Told { reason: reason.clone(), reconnect: *reconnect });
+                                        }
+                                    },
                                 }
                             }
                             crate::metrics::delivered(transport, delivered, oldest_ms);
@@ -374,7 +404,7 @@ impl OpenStream {
 /// Why a stream ends: for a reason of the server's, or told to by the server API.
 enum End {
     Server(u16, &'static str, &'static str),
-    Told(Arc<herald_core::Control>),
+    Told { reason: String, reconnect: bool },
 }
 
 impl End {
@@ -385,13 +415,11 @@ impl End {
                 format.disconnect(chunk, code, reason, true, cursor);
                 (code, metric)
             }
-            Self::Told(control) => match &*control {
-                herald_core::Control::Disconnect { reason, reconnect } => {
-                    let code = if *reconnect { close_code::DISCONNECTED } else { close_code::DISCONNECTED_FOR_GOOD };
-                    format.disconnect(chunk, code, reason, *reconnect, cursor);
-                    (code, "disconnected")
-                }
-            },
+            Self::Told { reason, reconnect } => {
+                let code = if reconnect { close_code::DISCONNECTED } else { close_code::DISCONNECTED_FOR_GOOD };
+                format.disconnect(chunk, code, &reason, reconnect, cursor);
+                (code, "disconnected")
+            }
         }
     }
 }

@@ -272,6 +272,29 @@ impl HttpSubscription {
         self.app.controls.set(&self.subscriber, identity.user(), self.client);
     }
 
+    /// Stops following `channel` (the server API's `unsubscribe`) and leaves its presence now;
+    /// false if this subscription does not follow it.
+    pub fn remove(&mut self, channel: &ChannelName) -> bool {
+        let Some(index) = self.channels.iter().position(|named| named == channel) else {
+            return false;
+        };
+        self.channels.remove(index);
+        self.positions.forget(channel);
+        let left = self.present.iter().position(|(named, _)| named == channel).map(|index| self.present.remove(index));
+        let emptied = self.app.hub.detach(&self.subscriber, std::slice::from_ref(channel));
+        let hub = self.app.hub.clone();
+        self.app.tasks.spawn(async move {
+            if let Some((channel, client)) = left {
+                let client = client.to_string();
+                if hub.leave_presence(&channel, &client, false) {
+                    hub.settle_presence(&channel, &client).await;
+                }
+            }
+            hub.release_interest(&emptied).await;
+        });
+        true
+    }
+
     /// The cursor after everything delivered so far.
     pub fn cursor(&self) -> String {
         Cursor::encode(&self.positions, &self.channels, self.client)

@@ -348,6 +348,7 @@ async fn a_subscription_gets_every_publication_once_across_a_kill_9_and_restart(
             Event::Publication(publication) => seen.push(publication.offset),
             Event::Subscribed { recovered: was, .. } => recovered.push(was),
             Event::Error(error) => panic!("{error:?}"),
+            Event::Unsubscribed { reason } => panic!("unsubscribed: {reason}"),
             Event::Join(_) | Event::Leave(_) => {}
         }
     }

@@ -165,15 +165,23 @@ impl Connection {
 
     async fn unsubscribe(&mut self, id: u64, command: &Command<'_>) -> Result<Vec<Bytes>, ErrorBody> {
         let channel = channel_of(command)?;
-        if self.positions.forget(&channel).is_none() {
+        if !self.leave(&channel).await {
             return Err(ErrorBody::new("not_subscribed", format!("not subscribed to {channel}")));
         }
-        self.app.hub.unsubscribe(&self.subscriber, &channel).await;
-        let client = self.client.to_string();
-        if self.app.hub.leave_presence(&channel, &client, false) {
-            self.app.hub.settle_presence(&channel, &client).await;
-        }
         Ok(vec![result_reply(id, reply::EMPTY)])
+    }
+
+    /// Stops following `channel` and leaves its presence at once; false if not subscribed.
+    pub(super) async fn leave(&mut self, channel: &ChannelName) -> bool {
+        if self.positions.forget(channel).is_none() {
+            return false;
+        }
+        self.app.hub.unsubscribe(&self.subscriber, channel).await;
+        let client = self.client.to_string();
+        if self.app.hub.leave_presence(channel, &client, false) {
+            self.app.hub.settle_presence(channel, &client).await;
+        }
+        true
     }
 
     /// `presence {channel}`: who is there, for clients that may read the channel.

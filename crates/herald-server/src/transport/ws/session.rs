@@ -10,11 +10,12 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{Inbox, PositionTracker, Push};
+use herald_core::{Control, Inbox, PositionTracker, Push};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 
@@ -30,7 +31,7 @@ use crate::transport::Expiry;
 use crate::transport::limits::ConnectionPermit;
 use herald_wire::ErrorBody;
 use herald_wire::close_code;
-use herald_wire::push::{Disconnect, DisconnectPush};
+use herald_wire::push::{Disconnect, DisconnectPush, Unsubscribed, UnsubscribedPush};
 
 /// A ping with no payload: FIN + opcode 9, length 0.
 const PING_FRAME: [u8; 2] = [0x89, 0x00];
@@ -52,7 +53,11 @@ pub(crate) trait Protocol: Send + 'static {
     /// Answers a binary message.
     fn on_binary(&mut self) -> Result<Vec<Bytes>, Ending>;
     /// Queues the frame of a push, if this client gets it; `Err`: the push ends the session.
+    /// Controls go to [`Protocol::on_control`] instead.
     fn queue_push(&mut self, push: Push, pending: &mut VecDeque<Bytes>) -> Result<(), Ending>;
+    /// Acts on what the server API tells the connection: the frames to send, or the ending it
+    /// calls for.
+    fn on_control(&mut self, control: Arc<Control>) -> impl Future<Output = Result<Vec<Bytes>, Ending>> + Send;
     /// Leaves every channel: the session is over.
     fn leave_all(&mut self) -> impl Future<Output = ()> + Send;
     /// How the session says goodbye after `ending`: the close code and reason, and a last
@@ -306,10 +311,29 @@ where
     /// write where the socket takes them. A position moves when its frame is queued: queued
     /// frames are always written before anything else, so positions say what the client gets.
     async fn write_pushes(&mut self, batch: &mut Vec<Push>) -> Result<(), Ending> {
+        // In a block: the list's storage ends before the write below, so it is not kept in
+        // every idle connection's state.
+        {
+            let controls = self.queue_pushes(batch)?;
+            if !controls.is_empty() {
+                Box::pin(self.apply_controls(controls)).await?;
+            }
+        }
+        self.write_pending().await
+    }
+
+    /// Queues the frames of a batch of pushes, and returns the controls among them (rare),
+    /// to be acted on after the others.
+    fn queue_pushes(&mut self, batch: &mut Vec<Push>) -> Result<Vec<Arc<Control>>, Ending> {
         let (mut delivered, mut oldest_ms) = (0, u64::MAX);
+        let mut controls = Vec::new();
         for push in batch.drain(..) {
             let publication_ms = match &push {
                 Push::Publication(publication) => Some(publication.time_ms),
+                Push::Control(control) => {
+                    controls.push(control.clone());
+                    continue;
+                }
                 _ => None,
             };
             let queued = self.pending.len();
@@ -324,7 +348,15 @@ where
         // Counted as handed to the socket (not after the write: nothing more is held across
         // the await, which every idle connection's state would carry).
         crate::metrics::delivered(P::TRANSPORT, delivered, oldest_ms);
-        self.write_pending().await
+        Ok(controls)
+    }
+
+    async fn apply_controls(&mut self, controls: Vec<Arc<Control>>) -> Result<(), Ending> {
+        for control in controls {
+            let frames = self.connection.on_control(control).await?;
+            self.pending.extend(frames);
+        }
+        Ok(())
     }
 
     /// Writes what is queued. Most writes complete at once, and keep nothing in the session's
@@ -444,15 +476,27 @@ impl Protocol for Connection {
             }
             Push::Presence(event) => pending.push_back(EncodedPresence::of(&event).ws_frame),
             // Herald's own protocol has no count event (it never asks).
-            Push::Count(_) => {}
-            Push::Control(control) => match &*control {
-                herald_core::Control::Disconnect { reason, reconnect } => {
-                    self.told_to_go = Some(Box::new((reason.clone(), *reconnect)));
-                    return Err(Ending::Disconnected);
-                }
-            },
+            Push::Count(_) | Push::Control(_) => {}
         }
         Ok(())
+    }
+
+    async fn on_control(&mut self, control: Arc<Control>) -> Result<Vec<Bytes>, Ending> {
+        match &*control {
+            Control::Disconnect { reason, reconnect } => {
+                self.told_to_go = Some(Box::new((reason.clone(), *reconnect)));
+                Err(Ending::Disconnected)
+            }
+            Control::Unsubscribe { channel, reason } => {
+                if !self.leave(channel).await {
+                    return Ok(Vec::new());
+                }
+                let push = UnsubscribedPush {
+                    unsubscribed: Unsubscribed { channel: channel.to_string(), reason: reason.clone() },
+                };
+                Ok(vec![frames::text_frame(serde_json::to_string(&push).unwrap_or_default()).1])
+            }
+        }
     }
 
     async fn leave_all(&mut self) {
