@@ -26,7 +26,8 @@ pub enum Push {
     Presence(Arc<PresenceEvent>),
     /// The channel's local subscriber count changed; only to connections that asked for it.
     Count(Arc<SubscriptionCount>),
-    /// The server tells the connection what to do (the server API's `disconnect`, `unsubscribe`).
+    /// The server tells the connection what to do (the server API's `disconnect`, `subscribe`,
+    /// `unsubscribe`; a token's server-side subscriptions).
     Control(Arc<Control>),
 }
 
@@ -37,6 +38,9 @@ pub enum Control {
     Disconnect { reason: String, reconnect: bool },
     /// Stop delivering one channel to the connection, saying why; the connection stays.
     Unsubscribe { channel: crate::ChannelName, reason: String },
+    /// Subscribe the connection to a channel (a server-side subscription: the token's `subs`
+    /// or the server API's `subscribe`), recovering from `since` when given.
+    Subscribe { channel: crate::ChannelName, since: Option<crate::Position> },
 }
 
 /// Buffers larger than this are let go once drained, so a burst does not stay in every idle

@@ -46,6 +46,11 @@ pub struct Claims {
     pub publish: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<serde_json::Value>,
+    /// Server-side subscriptions: channels the connection is subscribed to as it connects, on
+    /// every transport, without a command of the client's and whatever `channels` grants (the
+    /// token's issuer chose them). Checked when the token is verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subs: Option<Vec<String>>,
 }
 
 /// Who a client is.
@@ -62,6 +67,14 @@ impl Identity {
         match self {
             Self::Anonymous => None,
             Self::User(claims) => claims.exp,
+        }
+    }
+
+    /// The token's server-side subscriptions (its `subs`, checked when it was verified).
+    pub fn server_subscriptions(&self) -> Vec<ChannelName> {
+        match self {
+            Self::Anonymous => Vec::new(),
+            Self::User(claims) => server_subscriptions(claims).unwrap_or_default(),
         }
     }
 
@@ -231,6 +244,7 @@ impl Authenticator {
     /// and issuer are filled in when the claims have none.
     pub fn mint(&self, mut claims: Claims) -> Result<String, String> {
         let secret = self.hmac_secret.as_ref().ok_or("minting needs [auth] hmac_secret")?;
+        server_subscriptions(&claims)?;
         claims.aud = claims.aud.or_else(|| self.audience.clone().map(serde_json::Value::from));
         claims.iss = claims.iss.or_else(|| self.issuer.clone());
         let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).map_err(|error| error.to_string())?;
@@ -303,7 +317,10 @@ impl Authenticator {
             // Configured checks cannot be dodged by leaving the claim out.
             validation.set_required_spec_claims(&required);
             match decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) => return Ok(data.claims),
+                Ok(data) => {
+                    server_subscriptions(&data.claims).map_err(TokenError::Invalid)?;
+                    return Ok(data.claims);
+                }
                 Err(error) => {
                     use jsonwebtoken::errors::ErrorKind;
                     last_error = match error.kind() {
@@ -424,6 +441,29 @@ impl From<Denied> for ApiError {
     fn from(denied: Denied) -> Self {
         ApiError::new(denied.status(), denied.code(), denied.to_string())
     }
+}
+
+/// The most server-side subscriptions a token may name.
+pub const MAX_SERVER_SUBSCRIPTIONS: usize = 64;
+
+/// A token's `subs`: valid channel names outside the server's own namespace, at most
+/// [`MAX_SERVER_SUBSCRIPTIONS`], without repeats.
+fn server_subscriptions(claims: &Claims) -> Result<Vec<ChannelName>, String> {
+    let Some(subs) = &claims.subs else { return Ok(Vec::new()) };
+    if subs.len() > MAX_SERVER_SUBSCRIPTIONS {
+        return Err(format!("subs names {} channels; at most {MAX_SERVER_SUBSCRIPTIONS}", subs.len()));
+    }
+    let mut channels: Vec<ChannelName> = Vec::with_capacity(subs.len());
+    for name in subs {
+        let channel = ChannelName::new(name).map_err(|error| format!("subs: {name:?}: {error}"))?;
+        if crate::control::reserved::is_reserved(&channel) {
+            return Err(format!("subs: {channel} is the server's own"));
+        }
+        if !channels.contains(&channel) {
+            channels.push(channel);
+        }
+    }
+    Ok(channels)
 }
 
 pub fn may_subscribe(identity: &Identity, options: &NamespaceOptions, channel: &ChannelName) -> Result<(), Denied> {

@@ -74,6 +74,10 @@ struct TokenArgs {
     /// Channel patterns it may publish to, comma-separated.
     #[arg(long, value_delimiter = ',')]
     publish: Vec<String>,
+    /// Channels the connection is subscribed to by the server as it connects (server-side
+    /// subscriptions), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    subs: Vec<String>,
     /// How long it is valid, e.g. 1h, 30m.
     #[arg(long, default_value = "1h")]
     ttl: String,
@@ -221,6 +225,7 @@ fn mint_token(args: TokenArgs) -> anyhow::Result<()> {
         channels: (!args.channels.is_empty()).then_some(args.channels),
         publish: Some(args.publish),
         info,
+        subs: (!args.subs.is_empty()).then_some(args.subs),
         ..Default::default()
     };
     println!("{}", auth.mint(claims).map_err(anyhow::Error::msg)?);

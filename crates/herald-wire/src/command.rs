@@ -94,6 +94,9 @@ pub struct Command<'a> {
     /// namespace takes it (`anonymous_info`).
     #[serde(borrow, default, deserialize_with = "present_raw_value", skip_serializing_if = "Option::is_none")]
     pub info: Option<&'a RawValue>,
+    /// `connect`: where the token's server-side subscriptions (`subs`) resume, by channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positions: Option<std::collections::BTreeMap<String, Position>>,
 }
 
 impl<'a> Command<'a> {

@@ -62,6 +62,18 @@ pub struct StreamDisconnect {
     pub cursor: String,
 }
 
+/// The server subscribed a stream to one more channel (the API's `subscribe`):
+/// `{"channel","position","recovered"?,"cursor"}` (an SSE event of type `subscribed`; on NDJSON
+/// with `"type":"subscribed"`), the cursor now naming the channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSubscribed {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(flatten)]
+    pub subscribed: crate::reply::Subscribed,
+    pub cursor: String,
+}
+
 /// The server ended a stream's subscription to one channel: `{"channel","reason","cursor"}`
 /// (an SSE event of type `unsubscribed`; on NDJSON with `"type":"unsubscribed"`), the cursor
 /// no longer naming the channel.

@@ -23,6 +23,14 @@ pub struct Disconnect {
     pub positions: Positions,
 }
 
+/// `{"subscribed":{"channel","position","recovered"?}}`: the server subscribed the client to a
+/// channel (a token's `subs`, the server API's `subscribe`), as a `subscribe` answers; the
+/// publications missed since the position follow, when it resumed from one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribedPush {
+    pub subscribed: crate::reply::Subscribed,
+}
+
 /// `{"unsubscribed":{"channel","reason"}}`: the server (its API's `unsubscribe`) ended the
 /// client's subscription to a channel; the connection and its other subscriptions stay. The
 /// client should not subscribe again on its own.

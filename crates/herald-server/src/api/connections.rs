@@ -2,6 +2,9 @@
 //! - `POST /api/disconnect {user|client, reason?, reconnect?}` ends a user's connections (every
 //!   WebSocket and SSE/NDJSON stream it has) or one client's, telling them why and whether to
 //!   come back;
+//! - `POST /api/subscribe {user|client, channel}` subscribes them to a channel from now on (a
+//!   server-side subscription, whatever their tokens grant), each told with a `subscribed` push
+//!   or event;
 //! - `POST /api/unsubscribe {user|client, channel, reason?}` ends their subscription to one
 //!   channel, telling them why; the connections stay.
 //!
@@ -36,6 +39,14 @@ struct DisconnectRequest {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SubscribeRequest {
+    user: Option<String>,
+    client: Option<String>,
+    channel: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UnsubscribeRequest {
     user: Option<String>,
     client: Option<String>,
@@ -59,6 +70,17 @@ pub(super) async fn disconnect(
     send(&app, ControlMessage { target, order }).await
 }
 
+pub(super) async fn subscribe(
+    _admin: WebhookAdmin,
+    State(app): State<AppState>,
+    body: JsonBody,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: SubscribeRequest = body.parse()?;
+    let target = target(request.user, request.client)?;
+    let channel = channel(&request.channel)?;
+    send(&app, ControlMessage { target, order: Order::Subscribe { channel: channel.to_string() } }).await
+}
+
 pub(super) async fn unsubscribe(
     _admin: WebhookAdmin,
     State(app): State<AppState>,
@@ -66,8 +88,7 @@ pub(super) async fn unsubscribe(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let request: UnsubscribeRequest = body.parse()?;
     let target = target(request.user, request.client)?;
-    let channel = ChannelName::new(&request.channel)
-        .map_err(|error| ApiError::bad_request("invalid_channel", format!("{:?}: {error}", request.channel)))?;
+    let channel = channel(&request.channel)?;
     let reason = reason(request.reason, "unsubscribed by the server")?;
     send(&app, ControlMessage { target, order: Order::Unsubscribe { channel: channel.to_string(), reason } }).await
 }
@@ -85,6 +106,16 @@ fn target(user: Option<String>, client: Option<String>) -> Result<Target, ApiErr
         (None, None) => Err(invalid("give the user (a token's sub) or the client id")),
         (Some(_), None) => Err(invalid(format!("user is 1 to {MAX_FIELD} characters"))),
     }
+}
+
+/// A channel a connection may be subscribed to by the server: any but the server's own.
+fn channel(name: &str) -> Result<ChannelName, ApiError> {
+    let channel = ChannelName::new(name)
+        .map_err(|error| ApiError::bad_request("invalid_channel", format!("{name:?}: {error}")))?;
+    if crate::control::reserved::is_reserved(&channel) {
+        return Err(ApiError::bad_request("invalid_channel", format!("{channel} is the server's own")));
+    }
+    Ok(channel)
 }
 
 fn reason(given: Option<String>, default: &str) -> Result<String, ApiError> {

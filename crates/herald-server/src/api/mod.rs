@@ -28,6 +28,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         // A wildcard, since channel names may contain '/': `/api/channels/a/b/history`.
         ("/channels/{*channel_and_action}", get(channels::channel_resource)),
         ("/disconnect", post(connections::disconnect)),
+        ("/subscribe", post(connections::subscribe)),
         ("/unsubscribe", post(connections::unsubscribe)),
         ("/openapi.json", get(openapi)),
     ];

@@ -1,9 +1,11 @@
 //! The server telling connections what to do, on every node: `POST /api/disconnect
-//! {user|client}` and `POST /api/unsubscribe {user|client, channel}` publish a control message
+//! {user|client}`, `POST /api/subscribe` and `POST /api/unsubscribe {user|client, channel}`
+//! publish a control message
 //! on the reserved channel `#herald:control`, which every node follows through the engine; each
 //! node finds its matching connections in its [`Registry`] and pushes them a [`Control`], which
-//! their transport acts on (a WebSocket gets its `disconnect` push and close, or its
-//! `unsubscribed` push; a stream the matching event).
+//! their transport acts on (a WebSocket gets its `disconnect` push and close, its `subscribed`
+//! or `unsubscribed` push; a stream the matching event). A token's server-side subscriptions
+//! (`subs`) reach a connection the same way, pushed to it alone as it connects.
 //!
 //! The `#herald` namespace is the server's: no client may subscribe or publish there, whatever
 //! its token grants ([`reserved`]).
@@ -49,6 +51,8 @@ pub enum Order {
     Disconnect { reason: String, reconnect: bool },
     /// Stop delivering one channel; the connections stay.
     Unsubscribe { channel: String, reason: String },
+    /// Subscribe the connections to a channel, from now on.
+    Subscribe { channel: String },
 }
 
 impl Order {
@@ -61,6 +65,7 @@ impl Order {
             Self::Unsubscribe { channel, reason } => {
                 Control::Unsubscribe { channel: ChannelName::new(channel).ok()?, reason: reason.clone() }
             }
+            Self::Subscribe { channel } => Control::Subscribe { channel: ChannelName::new(channel).ok()?, since: None },
         })
     }
 }

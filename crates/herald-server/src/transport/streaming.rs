@@ -142,6 +142,21 @@ impl StreamFormat {
         }
     }
 
+    /// The server subscribed the stream to one more channel: a `subscribed` SSE event whose
+    /// `id:` is the cursor that now names it, a typed NDJSON line with that cursor.
+    fn subscribed(self, out: &mut BytesMut, subscribed: &Subscribed, cursor: &str) {
+        let notice = herald_wire::http::StreamSubscribed {
+            kind: (self == Self::Ndjson).then(|| "subscribed".to_string()),
+            subscribed: subscribed.clone(),
+            cursor: cursor.to_string(),
+        };
+        let json = serde_json::to_string(&notice).unwrap_or_default();
+        match self {
+            Self::Sse => out.put_slice(format!("event: subscribed\nid: {cursor}\ndata: {json}\n\n").as_bytes()),
+            Self::Ndjson => out.put_slice(format!("{json}\n").as_bytes()),
+        }
+    }
+
     /// The server ended the subscription to one channel: an `unsubscribed` SSE event whose
     /// `id:` is the cursor without it, a typed NDJSON line with that cursor.
     fn unsubscribed(self, out: &mut BytesMut, channel: &herald_core::ChannelName, reason: &str, cursor: &str) {
@@ -231,7 +246,8 @@ async fn open_stream(
     let (subscription, inbox, opening) = HttpSubscription::open(&app, &query, true, capacity).await?;
     subscription.register_controls(&query.identity);
     let expiry = crate::transport::expiry(&query.identity);
-    let stream = OpenStream { app: app.clone(), subscription, inbox, opening, format, permit, expiry };
+    let who = Box::new((query.identity.clone(), query.declared_info.clone()));
+    let stream = OpenStream { app: app.clone(), subscription, inbox, opening, format, permit, expiry, who };
     let head = [
         (header::CONTENT_TYPE, format.content_type()),
         (header::CACHE_CONTROL, "no-cache"),
@@ -287,6 +303,9 @@ pub struct OpenStream {
     permit: ConnectionPermit,
     /// When the client's token expires, if it does: the stream ends then.
     expiry: crate::transport::Expiry,
+    /// Who the client is, and the presence info it gave itself: for the channels the server
+    /// subscribes it to (boxed: every open stream holds this struct).
+    who: Box<(crate::auth::Identity, Option<Bytes>)>,
 }
 
 impl OpenStream {
@@ -326,7 +345,9 @@ impl OpenStream {
             let mut chunk = BytesMut::new();
             // In a block of its own, so that only the code and metric outlive it: the rest is
             // not held across the writes' awaits, in every open stream's state.
-            let ended = {
+            let (ended, subscribes) = {
+                // The server's subscriptions of this batch (rare): made after it, awaited.
+                let mut subscribes = Vec::new();
                 let ending = tokio::select! {
                     biased;
                     () = &mut stop => Some(End::Server(close_code::GOING_AWAY, "server shutting down", "shutdown")),
@@ -368,6 +389,9 @@ impl OpenStream {
                                         herald_core::Control::Disconnect { reason, reconnect } => {
                                             told = Some(End::Told { reason: reason.clone(), reconnect: *reconnect });
                                         }
+                                        herald_core::Control::Subscribe { channel, since } => {
+                                            subscribes.push((channel.clone(), since.clone()));
+                                        }
                                     },
                                 }
                             }
@@ -380,8 +404,11 @@ impl OpenStream {
                         None
                     }
                 };
-                ending.map(|end| end.write(format, &mut chunk, &subscription.cursor()))
+                (ending.map(|end| end.write(format, &mut chunk, &subscription.cursor())), subscribes)
             };
+            if !subscribes.is_empty() {
+                Box::pin(server_subscribe(subscription, &self.who, format, &mut chunk, subscribes)).await;
+            }
             if let Some((code, metric)) = ended {
                 self.permit.closed(metric);
                 if code == close_code::SLOW_CONSUMER || metric == "disconnected" {
@@ -396,6 +423,40 @@ impl OpenStream {
             if !chunk.is_empty() && !deliver(sink, chunk.freeze(), &app).await {
                 self.permit.closed("write_failed");
                 return;
+            }
+        }
+    }
+}
+
+/// Follows the channels the server subscribed the stream to (the API's `subscribe`): a
+/// `subscribed` notice for each, then the publications missed since its position; one the
+/// engine cannot take is reported as `unsubscribed`, saying why.
+async fn server_subscribe(
+    subscription: &mut HttpSubscription,
+    who: &(crate::auth::Identity, Option<Bytes>),
+    format: StreamFormat,
+    chunk: &mut BytesMut,
+    subscribes: Vec<(herald_core::ChannelName, Option<herald_core::Position>)>,
+) {
+    for (channel, since) in subscribes {
+        if subscription.positions.is_tracked(&channel) {
+            continue;
+        }
+        match subscription.follow(&channel, since.as_ref(), &who.0, who.1.as_ref()).await {
+            Ok(followed) => {
+                format.subscribed(chunk, &followed.subscribed, &subscription.cursor());
+                for publication in &followed.missed {
+                    if let Some(encoded) = if_next(&mut subscription.positions, publication) {
+                        format.publication(chunk, &encoded, &subscription.cursor());
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%channel, code = %error.body.code, "a server-side subscription failed");
+                // Registered before the failure: not followed after all.
+                subscription.remove(&channel);
+                let reason = format!("{}: {}", error.body.code, error.body.message);
+                format.unsubscribed(chunk, &channel, &reason, &subscription.cursor());
             }
         }
     }

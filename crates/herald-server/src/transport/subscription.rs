@@ -69,13 +69,6 @@ impl SubscriptionQuery {
                 }
             }
         }
-        if channels.is_empty() {
-            return Err(ApiError::bad_request("missing_channel", "give at least one channel: ?channel=NAME"));
-        }
-        let limit = app.settings.limits.max_channels_per_request.get();
-        if channels.len() > limit {
-            return Err(ApiError::bad_request("too_many_channels", format!("at most {limit} channels per request")));
-        }
         let last_event_id = headers.get("last-event-id").and_then(|value| value.to_str().ok());
         let cursor = match last_event_id.filter(|id| !id.is_empty()).or(since.as_deref().filter(|s| !s.is_empty())) {
             Some(text) => Some(
@@ -83,10 +76,6 @@ impl SubscriptionQuery {
                     .map_err(|error| ApiError::bad_request("invalid_cursor", format!("{error}; start without one")))?,
             ),
             None => None,
-        };
-        let positions = match positions.filter(|text| !text.is_empty()) {
-            Some(text) => parse_positions(&text, &channels)?,
-            None => Vec::new(),
         };
         let token = token.or_else(|| crate::auth::bearer(headers).map(str::to_string));
         let declared_info = match info {
@@ -105,8 +94,32 @@ impl SubscriptionQuery {
             }
         };
         let identity = crate::auth::identify(app.settings.auth.as_deref(), token.as_deref())?;
-        for channel in &channels {
+        // The token's server-side subscriptions need no grant, and no `channel=`.
+        let server_channels = identity.server_subscriptions();
+        for channel in channels.iter().filter(|channel| !server_channels.contains(channel)) {
             crate::auth::may_subscribe(&identity, app.hub.namespaces().options_for(channel), channel)?;
+        }
+        for channel in server_channels {
+            if !channels.contains(&channel) {
+                channels.push(channel);
+            }
+        }
+        if channels.is_empty() {
+            return Err(ApiError::bad_request("missing_channel", "give at least one channel: ?channel=NAME"));
+        }
+        let limit = app.settings.limits.max_channels_per_request.get();
+        if channels.len() > limit {
+            return Err(ApiError::bad_request("too_many_channels", format!("at most {limit} channels per request")));
+        }
+        let positions = match positions.filter(|text| !text.is_empty()) {
+            Some(text) => parse_positions(&text)?,
+            None => Vec::new(),
+        };
+        if let Some((channel, _)) = positions.iter().find(|(channel, _)| !channels.contains(channel)) {
+            return Err(ApiError::bad_request(
+                "invalid_positions",
+                format!("positions names {channel:?}, which is not one of the request's channels"),
+            ));
         }
         let cursor_is_the_browsers = last_event_id.is_some_and(|id| !id.is_empty());
         let mut query = Self { channels, cursor, positions, timeout, identity, declared_info };
@@ -127,9 +140,8 @@ impl SubscriptionQuery {
     }
 }
 
-/// Reads `positions=`: a JSON object of channel → `{"epoch","offset"}`, each of them one of
-/// the request's channels.
-fn parse_positions(text: &str, channels: &[ChannelName]) -> Result<Vec<(ChannelName, Position)>, ApiError> {
+/// Reads `positions=`: a JSON object of channel → `{"epoch","offset"}`.
+pub fn parse_positions(text: &str) -> Result<Vec<(ChannelName, Position)>, ApiError> {
     let invalid = |message: String| ApiError::bad_request("invalid_positions", message);
     let parsed: std::collections::BTreeMap<String, herald_wire::Position> =
         serde_json::from_str(text).map_err(|error| {
@@ -138,10 +150,8 @@ fn parse_positions(text: &str, channels: &[ChannelName]) -> Result<Vec<(ChannelN
     parsed
         .into_iter()
         .map(|(name, position)| {
-            let channel = channels.iter().find(|channel| channel.as_str() == name).ok_or_else(|| {
-                invalid(format!("positions names {name:?}, which is not one of the request's channels"))
-            })?;
-            Ok((channel.clone(), crate::encode::hub_position(&position)))
+            let channel = ChannelName::new(&name).map_err(|error| invalid(format!("positions: {name:?}: {error}")))?;
+            Ok((channel, crate::encode::hub_position(&position)))
         })
         .collect()
 }
@@ -178,6 +188,14 @@ pub struct HttpSubscription {
     client: ClientId,
     /// Channels whose presence this subscription holds, and under which client id.
     present: Vec<(ChannelName, ClientId)>,
+}
+
+/// What following one channel found: its subscribe result, its position now, and the
+/// publications missed since the position it resumed from.
+pub struct Followed {
+    pub subscribed: herald_wire::reply::Subscribed,
+    pub position: Position,
+    pub missed: Vec<Arc<Publication>>,
 }
 
 /// What opening found: publications missed since the cursor (oldest first per channel) and
@@ -217,54 +235,68 @@ impl HttpSubscription {
         };
         let mut missed_per_channel = Vec::with_capacity(query.channels.len());
         for channel in &query.channels {
-            let since = query.since(channel);
-            let subscribed = if live {
-                // Registered before the await, so a failure or a drop midway still cleans up.
-                subscription.channels.push(channel.clone());
-                app.hub.subscribe(&subscription.subscriber, channel, since).await?
-            } else {
-                subscription.channels.push(channel.clone());
-                app.hub.catch_up(channel, since).await?
-            };
-            let start = match (since, subscribed.recovered) {
-                (Some(since), Some(true)) => since.clone(),
-                _ => subscribed.position.clone(),
-            };
-            if subscribed.recovered == Some(false) {
-                opening
-                    .unrecovered
-                    .push(Unrecovered { channel: channel.clone(), position: subscribed.position.clone() });
+            let followed = subscription
+                .follow(channel, query.since(channel), &query.identity, query.declared_info.as_ref())
+                .await?;
+            if followed.subscribed.recovered == Some(false) {
+                opening.unrecovered.push(Unrecovered { channel: channel.clone(), position: followed.position });
             }
-            opening.subscribed.push(herald_wire::reply::Subscribed {
-                channel: channel.to_string(),
-                position: crate::encode::wire_position(&subscribed.position),
-                recovered: subscribed.recovered,
-            });
-            subscription.positions.track(channel.clone(), start);
-            missed_per_channel.push(subscribed.missed);
-            if live {
-                // Registered before the await, like the channel, for the same reason.
-                let options = app.hub.namespaces().options_for(channel);
-                let entry =
-                    crate::presence::entry(&query.identity, query.declared_info.as_ref(), options, subscription.client);
-                subscription.present.push((channel.clone(), subscription.client));
-                if !app.hub.join_presence(channel, entry).await {
-                    // The cursor's client id is another user's: this client gets its own.
-                    subscription.client = ClientId::random();
-                    subscription.present.pop();
-                    subscription.present.push((channel.clone(), subscription.client));
-                    let entry = crate::presence::entry(
-                        &query.identity,
-                        query.declared_info.as_ref(),
-                        options,
-                        subscription.client,
-                    );
-                    app.hub.join_presence(channel, entry).await;
-                }
-            }
+            opening.subscribed.push(followed.subscribed);
+            missed_per_channel.push(followed.missed);
         }
         opening.missed = merge_by_time(missed_per_channel);
         Ok((subscription, inbox, opening))
+    }
+
+    /// Follows one more channel from `since`: subscribed in the hub when live (read once
+    /// otherwise), tracked, and present when live.
+    pub async fn follow(
+        &mut self,
+        channel: &ChannelName,
+        since: Option<&Position>,
+        identity: &Identity,
+        declared_info: Option<&bytes::Bytes>,
+    ) -> Result<Followed, ApiError> {
+        let app = self.app.clone();
+        // Registered before the await, so a failure or a drop midway still cleans up.
+        self.channels.push(channel.clone());
+        let subscribed = if self.live {
+            app.hub.subscribe(&self.subscriber, channel, since).await?
+        } else {
+            app.hub.catch_up(channel, since).await?
+        };
+        let start = match (since, subscribed.recovered) {
+            (Some(since), Some(true)) => since.clone(),
+            _ => subscribed.position.clone(),
+        };
+        self.positions.track(channel.clone(), start);
+        if self.live {
+            // Registered before the await, like the channel, for the same reason.
+            let options = app.hub.namespaces().options_for(channel);
+            self.present.push((channel.clone(), self.client));
+            if !app
+                .hub
+                .join_presence(channel, crate::presence::entry(identity, declared_info, options, self.client))
+                .await
+            {
+                // The cursor's client id is another user's: this client gets its own.
+                self.client = ClientId::random();
+                self.present.pop();
+                self.present.push((channel.clone(), self.client));
+                app.hub
+                    .join_presence(channel, crate::presence::entry(identity, declared_info, options, self.client))
+                    .await;
+            }
+        }
+        Ok(Followed {
+            subscribed: herald_wire::reply::Subscribed {
+                channel: channel.to_string(),
+                position: crate::encode::wire_position(&subscribed.position),
+                recovered: subscribed.recovered,
+            },
+            position: subscribed.position,
+            missed: subscribed.missed,
+        })
     }
 
     /// Lets the server API's `disconnect` reach this subscription (an open stream's).

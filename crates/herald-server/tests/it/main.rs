@@ -32,6 +32,7 @@ mod python_client;
 mod readme;
 mod resume;
 mod rust_client;
+mod server_subscriptions;
 mod shutdown;
 mod tls;
 mod webhooks;

@@ -1,10 +1,11 @@
 //! The client commands of the JSON protocol: parsing, and what each does to the session.
 
 use bytes::Bytes;
-use herald_core::{ChannelName, HistoryQuery, PublishRequest};
+use herald_core::{ChannelName, HistoryQuery, Position, PublishRequest};
 use herald_wire::ErrorBody;
 use herald_wire::command::{Command, Op, decode};
 use herald_wire::publication::check_idempotency_key;
+use herald_wire::push::{SubscribedPush, Unsubscribed, UnsubscribedPush};
 use herald_wire::reply::{self, Connected, Subscribed};
 
 use super::connection::Connection;
@@ -35,11 +36,12 @@ impl Connection {
         outcome.unwrap_or_else(|error| vec![error_reply(Some(id), error)])
     }
 
-    /// `connect {token?, client?}` (or `refresh {token}`, which must keep the same user): the
-    /// connection takes on the token's identity, keeping its subscriptions, and, before any
-    /// subscription, may take back the client id of an earlier connection (so a quick
-    /// reconnect does not leave and join presence again). The reply says who and which client
-    /// this is.
+    /// `connect {token?, client?, positions?}` (or `refresh {token}`, which must keep the same
+    /// user): the connection takes on the token's identity, keeping its subscriptions, and,
+    /// before any subscription, may take back the client id of an earlier connection (so a
+    /// quick reconnect does not leave and join presence again). The reply says who and which
+    /// client this is; the token's server-side subscriptions follow as `subscribed` pushes,
+    /// resuming from `positions`.
     fn connect(&mut self, id: u64, command: &Command<'_>, refresh: bool) -> Result<Vec<Bytes>, ErrorBody> {
         // Everything is checked before anything changes: a refused connect leaves the
         // connection as it was.
@@ -67,6 +69,16 @@ impl Connection {
                 }
                 Some(Box::new(crate::presence::declared_info(info)?))
             }
+        };
+        let positions = match &command.positions {
+            None => Vec::new(),
+            Some(positions) => positions
+                .iter()
+                .map(|(name, position)| match ChannelName::new(name) {
+                    Ok(channel) => Ok((channel, hub_position(position))),
+                    Err(error) => Err(ErrorBody::new("invalid_positions", format!("positions: {name:?}: {error}"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
         };
         let Some(token) = command.token.as_deref() else {
             if refresh {
@@ -103,9 +115,10 @@ impl Connection {
             }
             (crate::auth::Identity::User(_), true) => {}
         }
-        // The new token may grant less: it must still grant every open subscription.
+        // The new token may grant less: it must still grant every open subscription (but those
+        // the server made, which need no grant).
         let identity = crate::auth::Identity::User(Box::new(claims.clone()));
-        for (channel, _) in self.positions.iter() {
+        for (channel, _) in self.positions.iter().filter(|(channel, _)| !self.is_server_channel(channel)) {
             crate::auth::may_subscribe(&identity, self.app.hub.namespaces().options_for(channel), channel)
                 .map_err(|denied| ErrorBody::new(denied.code(), format!("{denied}; unsubscribe first")))?;
         }
@@ -113,7 +126,7 @@ impl Connection {
             self.client = client;
         }
         let result = Connected { client: self.client.to_string(), user: claims.sub.clone(), expires: Some(claims.exp) };
-        self.set_identity(crate::auth::Identity::User(Box::new(claims)));
+        self.set_identity(crate::auth::Identity::User(Box::new(claims)), &positions);
         Ok(vec![result_reply(id, &json(&result))])
     }
 
@@ -126,8 +139,11 @@ impl Connection {
         if self.positions.len() >= limit {
             return Err(ErrorBody::new("too_many_channels", format!("at most {limit} channels per connection")));
         }
-        crate::auth::may_subscribe(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
-            .map_err(|denied| ErrorBody::new(denied.code(), denied.to_string()))?;
+        // A channel of the token's `subs` needs no grant (the SDK subscribes it again after a gap).
+        if !self.identity.server_subscriptions().contains(&channel) {
+            crate::auth::may_subscribe(&self.identity, self.app.hub.namespaces().options_for(&channel), &channel)
+                .map_err(|denied| ErrorBody::new(denied.code(), denied.to_string()))?;
+        }
         let since = match (&command.since, &command.cursor) {
             (Some(since), _) => Some(hub_position(since)),
             (None, Some(cursor)) => crate::cursor::Cursor::decode(cursor)
@@ -136,10 +152,47 @@ impl Connection {
                 .cloned(),
             (None, None) => None,
         };
+        let (result, missed) = self.join(&channel, since).await?;
+        let mut frames = vec![result_reply(id, &json(&result))];
+        frames.extend(missed);
+        Ok(frames)
+    }
+
+    /// A server-side subscription (a token's `subs`, the API's `subscribe`): as `subscribe`,
+    /// without the grant or the limit, announced by a `subscribed` push before the missed
+    /// publications. One the engine cannot take is reported as `unsubscribed`, saying why.
+    pub(super) async fn server_subscribe(&mut self, channel: &ChannelName, since: Option<&Position>) -> Vec<Bytes> {
+        if self.positions.is_tracked(channel) {
+            return Vec::new();
+        }
+        match self.join(channel, since.cloned()).await {
+            Ok((subscribed, missed)) => {
+                self.rare().server_channels.push(channel.clone());
+                let push = SubscribedPush { subscribed };
+                let mut frames = vec![text_frame(serde_json::to_string(&push).unwrap_or_default()).1];
+                frames.extend(missed);
+                frames
+            }
+            Err(error) => {
+                tracing::warn!(%channel, code = %error.code, "a server-side subscription failed");
+                let reason = format!("{}: {}", error.code, error.message);
+                let push = UnsubscribedPush { unsubscribed: Unsubscribed { channel: channel.to_string(), reason } };
+                vec![text_frame(serde_json::to_string(&push).unwrap_or_default()).1]
+            }
+        }
+    }
+
+    /// Subscribes to `channel` from `since`, joins its presence; the subscribe result and the
+    /// frames of the publications missed since then.
+    async fn join(
+        &mut self,
+        channel: &ChannelName,
+        since: Option<Position>,
+    ) -> Result<(Subscribed, Vec<Bytes>), ErrorBody> {
         let subscribed = self
             .app
             .hub
-            .subscribe(&self.subscriber, &channel, since.as_ref())
+            .subscribe(&self.subscriber, channel, since.as_ref())
             .await
             .map_err(|error| ErrorBody::new("engine_unavailable", error.to_string()))?;
         let start = match (since, subscribed.recovered) {
@@ -147,20 +200,19 @@ impl Connection {
             _ => subscribed.position.clone(),
         };
         self.positions.track(channel.clone(), start);
-        if !self.app.hub.join_presence(&channel, self.presence_entry(&channel)).await {
+        if !self.app.hub.join_presence(channel, self.presence_entry(channel)).await {
             // The id taken back belongs to another user: this connection gets its own.
             self.client = ClientId::random();
             self.register();
-            self.app.hub.join_presence(&channel, self.presence_entry(&channel)).await;
+            self.app.hub.join_presence(channel, self.presence_entry(channel)).await;
         }
         let result = Subscribed {
             channel: channel.to_string(),
             position: wire_position(&subscribed.position),
             recovered: subscribed.recovered,
         };
-        let mut frames = vec![result_reply(id, &json(&result))];
-        frames.extend(subscribed.missed.iter().filter_map(|publication| self.publication_frame(publication)));
-        Ok(frames)
+        let missed = subscribed.missed.iter().filter_map(|publication| self.publication_frame(publication)).collect();
+        Ok((result, missed))
     }
 
     async fn unsubscribe(&mut self, id: u64, command: &Command<'_>) -> Result<Vec<Bytes>, ErrorBody> {
@@ -175,6 +227,9 @@ impl Connection {
     pub(super) async fn leave(&mut self, channel: &ChannelName) -> bool {
         if self.positions.forget(channel).is_none() {
             return false;
+        }
+        if let Some(rare) = &mut self.rare {
+            rare.server_channels.retain(|named| named != channel);
         }
         self.app.hub.unsubscribe(&self.subscriber, channel).await;
         let client = self.client.to_string();

@@ -2,8 +2,10 @@
 //! presence client id), the positions it has reached in each channel, its token's expiry and its
 //! publish rate. The client's commands act on it; the session owns it beside the socket.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use herald_core::{PositionTracker, Publication, SubscriberHandle};
+use herald_core::{ChannelName, Control, Position, PositionTracker, Publication, SubscriberHandle};
 
 use crate::auth::Identity;
 use crate::encode;
@@ -27,16 +29,40 @@ pub(super) struct Connection {
     pub(super) expiry: crate::transport::Expiry,
     /// The client's publish rate, when limited (boxed: most servers do not limit it).
     pub(super) publish_rate: Option<Box<TokenBucket>>,
-    /// Why the server API disconnected it, once it did (boxed: rare).
-    pub(super) told_to_go: Option<Box<(String, bool)>>,
+    /// What few connections need (boxed: every idle connection holds this struct).
+    pub(super) rare: Option<Box<Rare>>,
+}
+
+/// The state of a connection that only some connections have.
+#[derive(Default)]
+pub(super) struct Rare {
+    /// Why the server API disconnected it, once it did, and whether it should come back.
+    pub(super) told_to_go: Option<(String, bool)>,
+    /// Channels the server subscribed it to (a token's `subs`, the API's `subscribe`): they
+    /// need no grant of the token's, and a refreshed token need not grant them.
+    pub(super) server_channels: Vec<ChannelName>,
 }
 
 impl Connection {
-    /// Takes on who the client now is, and when that runs out.
-    pub(super) fn set_identity(&mut self, identity: Identity) {
+    /// Takes on who the client now is, and when that runs out; the token's server-side
+    /// subscriptions follow (from `positions`, where they name them), as pushes to itself.
+    pub(super) fn set_identity(&mut self, identity: Identity, positions: &[(ChannelName, Position)]) {
         self.expiry = crate::transport::expiry(&identity);
         self.identity = identity;
         self.register();
+        for channel in self.identity.server_subscriptions() {
+            let since = positions.iter().find(|(named, _)| *named == channel).map(|(_, position)| position.clone());
+            self.app.hub.control(&self.subscriber, Arc::new(Control::Subscribe { channel, since }));
+        }
+    }
+
+    pub(super) fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+
+    /// Whether the server subscribed this connection to `channel`.
+    pub(super) fn is_server_channel(&self, channel: &ChannelName) -> bool {
+        self.rare.as_ref().is_some_and(|rare| rare.server_channels.contains(channel))
     }
 
     /// Tells the control registry who this connection is now (its user and client id).

@@ -23,22 +23,30 @@ pub async fn upgrade(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     request: Request,
 ) -> Response {
-    // A token may come with the upgrade (`?token=` or `Authorization`), or later in `connect`.
-    let token =
-        query_token(request.uri().query()).or_else(|| crate::auth::bearer(request.headers()).map(str::to_string));
+    // A token may come with the upgrade (`?token=` or `Authorization`), or later in `connect`;
+    // `?positions=` is where the token's server-side subscriptions resume.
+    let query = |name: &str| {
+        form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    };
+    let token = query("token").or_else(|| crate::auth::bearer(request.headers()).map(str::to_string));
+    let positions = match query("positions").filter(|text| !text.is_empty()) {
+        None => Vec::new(),
+        Some(text) => match crate::transport::subscription::parse_positions(&text) {
+            Ok(positions) => positions,
+            Err(error) => return error.into_response(),
+        },
+    };
     let identity = match crate::auth::identify(app.settings.auth.as_deref(), token.as_deref()) {
         Ok(identity) => identity,
         Err(error) => return ApiError::from(error).into_response(),
     };
     let session_app = app.clone();
     accept(app, peer, request, Transport::WebSocket, move |socket, permit| {
-        session::run(session_app, socket, identity, permit)
+        session::run(session_app, socket, identity, positions, permit)
     })
     .unwrap_or_else(IntoResponse::into_response)
-}
-
-fn query_token(query: Option<&str>) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes()).find(|(key, _)| key == "token").map(|(_, value)| value.into_owned())
 }
 
 /// The echo route: same origin check, admission, handshake and limits as `/ws`.

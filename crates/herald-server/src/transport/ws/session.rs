@@ -78,6 +78,7 @@ pub(super) fn run<T>(
     app: AppState,
     socket: WatchedIo<T>,
     identity: Identity,
+    positions: Vec<(herald_core::ChannelName, herald_core::Position)>,
     permit: ConnectionPermit,
 ) -> impl Future<Output = ()>
 where
@@ -96,9 +97,9 @@ where
         declared_info: None,
         expiry: None,
         publish_rate,
-        told_to_go: None,
+        rare: None,
     };
-    connection.set_identity(identity);
+    connection.set_identity(identity, &positions);
     run_protocol(connection, inbox, socket, permit, Vec::new())
 }
 
@@ -484,7 +485,7 @@ impl Protocol for Connection {
     async fn on_control(&mut self, control: Arc<Control>) -> Result<Vec<Bytes>, Ending> {
         match &*control {
             Control::Disconnect { reason, reconnect } => {
-                self.told_to_go = Some(Box::new((reason.clone(), *reconnect)));
+                self.rare().told_to_go = Some((reason.clone(), *reconnect));
                 Err(Ending::Disconnected)
             }
             Control::Unsubscribe { channel, reason } => {
@@ -496,6 +497,7 @@ impl Protocol for Connection {
                 };
                 Ok(vec![frames::text_frame(serde_json::to_string(&push).unwrap_or_default()).1])
             }
+            Control::Subscribe { channel, since } => Ok(self.server_subscribe(channel, since.as_ref()).await),
         }
     }
 
@@ -515,8 +517,10 @@ impl Protocol for Connection {
     fn goodbye(&self, ending: Ending) -> Option<Goodbye> {
         let (mut code, reason, mut reconnect) = ending.goodbye()?;
         let mut told = reason.to_string();
-        if let (Ending::Disconnected, Some(told_to_go)) = (ending, &self.told_to_go) {
-            (told, reconnect) = (told_to_go.0.clone(), told_to_go.1);
+        if let (Ending::Disconnected, Some((reason, told_reconnect))) =
+            (ending, self.rare.as_ref().and_then(|rare| rare.told_to_go.as_ref()))
+        {
+            (told, reconnect) = (reason.clone(), *told_reconnect);
             if !reconnect {
                 code = close_code::DISCONNECTED_FOR_GOOD;
             }
@@ -693,7 +697,7 @@ mod tests {
         let (io, _peer) = tokio::io::duplex(64);
         let socket = WatchedIo::new(io);
         let permit = app.connections.admit([127, 0, 0, 1].into(), Transport::WebSocket).unwrap();
-        let session = run(app, socket, Identity::Anonymous, permit);
+        let session = run(app, socket, Identity::Anonymous, Vec::new(), permit);
         let size = std::mem::size_of_val(&session);
         eprintln!("session future: {size} bytes");
         assert!(size <= 600, "the per-connection future grew to {size} bytes");
