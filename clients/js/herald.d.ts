@@ -166,6 +166,8 @@ interface HeraldEvents {
   state: StateEvent;
   error: HeraldError;
   disconnect: DisconnectNotice;
+  /** A subscription the server made: a channel of the token's `subs` claim, or the server API's `subscribe`. */
+  subscription: Subscription;
 }
 
 /** A connection to Herald over the best transport that works. */
@@ -204,6 +206,8 @@ export class Backoff {
 
 /** The `exp` claim (Unix seconds) of a JWT, read without verifying it; null when absent. */
 export function tokenExpiry(token: string): number | null;
+/** The `subs` claim of a JWT (the channels the server subscribes its connections to), read without verifying it. */
+export function tokenSubs(token: string | null): string[];
 /** How long to wait before renewing a token valid for `remaining` ms more. */
 export function renewalDelay(remaining: number): number;
 /** What an error answer means for the connection. */

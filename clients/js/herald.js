@@ -100,10 +100,22 @@ export class Backoff {
 
 /** The `exp` claim (Unix seconds) of a JWT, read without verifying it; null when absent. */
 export function tokenExpiry(token) {
+  const claims = tokenClaims(token);
+  return typeof claims?.exp === 'number' ? claims.exp : null;
+}
+
+/** The channels a token subscribes its connections to on the server (its `subs` claim). */
+export function tokenSubs(token) {
+  const subs = tokenClaims(token)?.subs;
+  return Array.isArray(subs) ? subs.filter((channel) => typeof channel === 'string') : [];
+}
+
+/** A JWT's claims, read (not verified: the server does that); null when it is not one. */
+function tokenClaims(token) {
+  if (!token) return null;
   try {
     const part = String(token).split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    const claims = JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4)));
-    return typeof claims.exp === 'number' ? claims.exp : null;
+    return JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4)));
   } catch {
     return null;
   }
@@ -257,7 +269,8 @@ function textOf(data) {
  * A connection to Herald over the best transport that works.
  *
  * Events: `state` ({state, transport}), `error` (HeraldError), `disconnect` (the server's
- * notice, {code, reason, reconnect}).
+ * notice, {code, reason, reconnect}), `subscription` (a Subscription the server made: the
+ * token's `subs`, or the server API's `subscribe`).
  */
 export class Herald extends Emitter {
   #options;
@@ -454,6 +467,7 @@ export class Herald extends Emitter {
     }
     if (this.#session !== attempt || this.#closed) return;
     this.#tokenFailures.reset();
+    for (const channel of tokenSubs(token)) this.#serverSubscription(channel);
     const session = new Session(this.#host(), token);
     this.#session = session;
     if (!session.available()) {
@@ -486,12 +500,17 @@ export class Herald extends Emitter {
       endpoints: this.#endpoints,
       options: this.#options,
       subscriptions: () => [...this.#subscriptions.values()],
+      // Channels of the token's `subs`: the server subscribes them, from the positions given.
+      managed: (channel) => tokenSubs(this.#token).includes(channel),
       client: () => this.#client,
       cursor: () => this.#cursor,
       opened: (session, client) => current(session) && this.#opened(session, client),
       failed: (session, outcome) => current(session) && this.#failed(session, outcome),
       subscribed: (session, channel, result) => {
         if (current(session)) this.#subscriptions.get(channel)?._subscribed(result, session.name);
+      },
+      serverSubscribed: (session, channel, result) => {
+        if (current(session)) this.#serverSubscription(channel)._subscribed(result, session.name);
       },
       refused: (session, channel, error) => {
         if (!current(session)) return;
@@ -522,6 +541,17 @@ export class Herald extends Emitter {
       },
       error: (session, error) => current(session) && this.emit('error', error),
     };
+  }
+
+  /** The subscription the server made to `channel`, created (and announced) if new. */
+  #serverSubscription(channel) {
+    let subscription = this.#subscriptions.get(channel);
+    if (!subscription) {
+      subscription = new Subscription(this, channel, null);
+      this.#subscriptions.set(channel, subscription);
+      this.emit('subscription', subscription);
+    }
+    return subscription;
   }
 
   #opened(session, client) {
@@ -713,6 +743,11 @@ class WebSocketSession {
     if (client) fields.client = client;
     const info = this.#host.options.info;
     if (info !== undefined && !this.#token) fields.info = info;
+    const positions = {};
+    for (const subscription of this.#host.subscriptions()) {
+      if (subscription.position && this.#host.managed(subscription.channel)) positions[subscription.channel] = subscription.position;
+    }
+    if (this.#token && Object.keys(positions).length) fields.positions = positions;
     let connected;
     while (!connected) {
       try {
@@ -738,6 +773,11 @@ class WebSocketSession {
 
   add(subscription) {
     if (!this.#opened) return; // subscribed once connected
+    if (this.#host.managed(subscription.channel)) return; // by the server, on connect
+    this.#subscribe(subscription);
+  }
+
+  #subscribe(subscription) {
     const fields = { channel: subscription.channel };
     const position = subscription.position;
     const cursor = this.#host.cursor();
@@ -766,7 +806,7 @@ class WebSocketSession {
   resync(subscription) {
     if (!this.#opened || !subscription) return;
     this.request('unsubscribe', { channel: subscription.channel }).then(
-      () => this.add(subscription),
+      () => this.#subscribe(subscription),
       () => {},
     );
   }
@@ -817,6 +857,8 @@ class WebSocketSession {
       else pending.resolve(message.result);
     } else if (message.disconnect) {
       this.#disconnect = message.disconnect;
+    } else if (message.subscribed) {
+      this.#host.serverSubscribed(this, message.subscribed.channel, message.subscribed);
     } else if (message.unsubscribed) {
       this.#host.unsubscribed(this, message.unsubscribed.channel, message.unsubscribed.reason);
     } else if (message.join || message.leave) {
@@ -918,7 +960,8 @@ class HttpSession {
     const query = new URLSearchParams();
     const positions = {};
     for (const subscription of this.host.subscriptions()) {
-      query.append('channel', subscription.channel);
+      // The token's `subs` are added by the server; their positions still go.
+      if (!this.host.managed(subscription.channel)) query.append('channel', subscription.channel);
       if (subscription.position) positions[subscription.channel] = subscription.position;
     }
     // The cursor resumes channels without a known position and keeps the client's id.
@@ -1074,6 +1117,8 @@ class SseSession extends HttpSession {
       this.host.publication(this, value);
     } else if (type === 'join' || type === 'leave') {
       this.host.presence(this, value.channel, type, value[type]);
+    } else if (type === 'subscribed') {
+      this.host.serverSubscribed(this, value.channel, value);
     } else if (type === 'unsubscribed') {
       // The stream goes on without the channel; the next one is opened without it.
       this.host.unsubscribed(this, value.channel, value.reason);
@@ -1088,7 +1133,7 @@ class SseSession extends HttpSession {
     const url = `${this.host.endpoints.http}/sse?${this.query(this.token ? { token: this.token } : {})}`;
     const source = new EventSource(url);
     this.#source = source;
-    for (const type of ['cursor', 'join', 'leave', 'unsubscribed', 'disconnect', 'recovery']) {
+    for (const type of ['cursor', 'join', 'leave', 'subscribed', 'unsubscribed', 'disconnect', 'recovery']) {
       source.addEventListener(type, (event) => this.#event(type, event.data, event.lastEventId));
     }
     source.onmessage = (event) => this.#event('message', event.data, event.lastEventId);

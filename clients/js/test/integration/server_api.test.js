@@ -1,7 +1,9 @@
-// Against the real server in Node 20: the server API acting on an SDK client's subscriptions.
-// `POST /api/unsubscribe` ends one subscription on WebSocket and on SSE (fetch streaming and
-// npm `eventsource`): the subscription says so with the reason, the others go on, and a
-// reconnect does not bring it back.
+// Against the real server in Node 20: the server making and ending an SDK client's
+// subscriptions. A token's `subs` become subscriptions the client never asked for, delivered
+// once each, in order, across network cuts, on every transport; `POST /api/subscribe` adds one
+// to a live connection; `POST /api/unsubscribe` ends one on WebSocket and on SSE (fetch
+// streaming and npm `eventsource`): the subscription says so with the reason, the others go
+// on, and a reconnect does not bring it back.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
@@ -96,6 +98,51 @@ for (const [name, options] of variants) {
     await publish(server.url, kept, 'again', auth);
     await until(() => received[kept].length === 2, 'the kept channel after the reconnect');
     assert.deepEqual(received[gone], []);
+    herald.close();
+  });
+}
+
+const withPoll = [...variants, ['poll', { transports: ['poll'], pollTimeout: 2 }]];
+
+for (const [name, options] of withPoll) {
+  test(`${name}: the token's subs are subscriptions the client gets without asking, each publication once`, { skip: skipWithoutHerald }, async () => {
+    const slug = name.replace(/\W+/g, '-');
+    const user = `subs-${slug}`;
+    const [inbox, extra] = [`test:inbox-${slug}`, `test:extra-${slug}`];
+    // `channels` grants nothing: the server subscribes what `subs` names.
+    const token = makeToken(SECRET, { sub: user, exp: Math.floor(Date.now() / 1000) + 600, channels: [], subs: [inbox] });
+    const herald = new Herald(proxy.url, { minReconnectDelay: 50, maxReconnectDelay: 500, token, ...options });
+    const made = [];
+    const offsets = { [inbox]: [], [extra]: [] };
+    const recovered = [];
+    herald.on('subscription', (sub) => {
+      made.push(sub.channel);
+      sub.on('publication', (publication) => offsets[sub.channel].push(publication.offset));
+      sub.on('subscribed', (event) => recovered.push(event.recovered));
+    });
+    herald.connect();
+    await until(() => herald.state === 'connected', 'connected');
+    assert.deepEqual(made, [inbox]);
+    await until(async () => (await subscribers(inbox)) === 1, 'the server subscribed it');
+
+    for (let n = 1; n <= 30; n += 1) {
+      await publish(server.url, inbox, { n }, auth);
+      if (n === 10 || n === 20) proxy.cut();
+      await sleep(40);
+    }
+    await until(() => offsets[inbox].length >= 30, `30 publications (have ${offsets[inbox].length})`);
+    await sleep(200);
+    assert.deepEqual(offsets[inbox], Array.from({ length: 30 }, (_, index) => index + 1));
+    assert.ok(!recovered.includes(false), `recovered each time: ${recovered}`);
+
+    if (name !== 'poll') {
+      // The server API adds one to the live connection (polls name their channels themselves).
+      await api('/api/subscribe', { user, channel: extra });
+      await until(() => made.length === 2, 'the subscription the API made');
+      assert.equal(made[1], extra);
+      await publish(server.url, extra, 'hello', auth);
+      await until(() => offsets[extra].length === 1, 'its publication');
+    }
     herald.close();
   });
 }
