@@ -46,8 +46,9 @@ impl Publication {
 #[derive(Default)]
 pub struct EncodedSlot([OnceLock<Box<dyn Any + Send + Sync>>; ENCODED_FORMS]);
 
-/// How many encoded forms one publication keeps: one per door of the server.
-pub const ENCODED_FORMS: usize = 2;
+/// How many encoded forms one publication keeps: one per door of the server, and Herald's
+/// WebSocket frame compressed.
+pub const ENCODED_FORMS: usize = 3;
 
 impl EncodedSlot {
     pub fn get_or_encode<T>(&self, encode: impl FnOnce() -> T) -> T

@@ -175,6 +175,8 @@ pub struct RawWebSocket {
     pub write_timeout: Option<String>,
     pub outbox_capacity: Option<usize>,
     pub echo_route: Option<bool>,
+    pub compression: Option<bool>,
+    pub compression_threshold: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -409,6 +411,10 @@ pub struct WebSocketSettings {
     pub outbox_capacity: NonZeroUsize,
     /// Serves `/ws/echo`, an echo route on the same WebSocket stack, for conformance runs.
     pub echo_route: bool,
+    /// Negotiates permessage-deflate (RFC 7692) with clients that offer it.
+    pub compression: bool,
+    /// Messages shorter than this many bytes go uncompressed.
+    pub compression_threshold: usize,
 }
 
 /// SSE and NDJSON streams.
@@ -710,6 +716,8 @@ fn websocket(raw: &RawWebSocket, overrides: &Overrides) -> Result<WebSocketSetti
         write_timeout: duration("websocket.write_timeout", raw.write_timeout.as_deref(), "10s")?,
         outbox_capacity: non_zero("websocket.outbox_capacity", raw.outbox_capacity.unwrap_or(1024))?,
         echo_route: overrides.ws_echo_route || raw.echo_route.unwrap_or(false),
+        compression: raw.compression.unwrap_or(false),
+        compression_threshold: raw.compression_threshold.unwrap_or(256),
     };
     Ok(websocket)
 }

@@ -11,7 +11,7 @@ use herald_wire::presence::Change;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::transport::ws::frames::text_frame;
+use crate::transport::ws::frames::{self, text_frame};
 
 /// The encoded forms of one publication, cached inside it: one allocation holding a complete
 /// WebSocket text frame, whose payload is the publication JSON every transport uses.
@@ -32,6 +32,25 @@ impl EncodedPublication {
         })
     }
 }
+
+/// A publication's WebSocket frame compressed (permessage-deflate): with the default window
+/// made once and shared like the plain frame, with a smaller one (a client's choice) made for
+/// the caller; the plain frame when it is under `threshold` or does not compress.
+pub fn deflated_frame(publication: &Publication, encoded: &EncodedPublication, window_bits: u8, threshold: usize) -> Bytes {
+    use crate::transport::ws::deflate;
+    let deflated = if window_bits == deflate::DEFAULT_WINDOW_BITS {
+        publication
+            .encoded(|_| DeflatedFrame(frames::compressed_frame(frames::OPCODE_TEXT, encoded.json.as_bytes(), window_bits, threshold)))
+            .0
+    } else {
+        frames::compressed_frame(frames::OPCODE_TEXT, encoded.json.as_bytes(), window_bits, threshold)
+    };
+    deflated.unwrap_or_else(|| encoded.ws_frame.clone())
+}
+
+/// The cached compressed frame of a publication (`None`: it goes plain).
+#[derive(Clone)]
+struct DeflatedFrame(Option<Bytes>);
 
 /// The shared encoding of `publication` if it is the next one for a subscription whose
 /// positions are `positions` (which then move to it); `None` for one it has seen or does not

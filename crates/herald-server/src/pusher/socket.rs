@@ -32,7 +32,8 @@ pub async fn upgrade(
     let refusal = refusal(&app, &key, request.uri().query());
     let pusher_app = app.settings.pusher.by_key(&key).cloned();
     let session_app = app.clone();
-    crate::transport::ws::accept(app, peer, request, Transport::PusherWebSocket, move |socket, permit| async move {
+    // pusher-js negotiates no compression.
+    crate::transport::ws::accept(app, peer, request, Transport::PusherWebSocket, false, move |socket, permit, _| async move {
         match (refusal, pusher_app) {
             (None, Some(pusher_app)) => {
                 let capacity = session_app.settings.websocket.outbox_capacity.get();

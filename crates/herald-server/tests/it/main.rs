@@ -9,6 +9,7 @@ mod bad_input;
 mod binary;
 mod cli;
 mod cluster;
+mod compression;
 mod config_reference;
 mod demos;
 mod deploy;

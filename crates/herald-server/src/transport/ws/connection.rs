@@ -31,6 +31,8 @@ pub(super) struct Connection {
     pub(super) publish_rate: Option<Box<TokenBucket>>,
     /// What few connections need (boxed: every idle connection holds this struct).
     pub(super) rare: Option<Box<Rare>>,
+    /// permessage-deflate, when agreed: publications go compressed.
+    pub(super) deflate: Option<super::deflate::Deflate>,
 }
 
 /// The state of a connection that only some connections have.
@@ -77,6 +79,13 @@ impl Connection {
     }
 
     pub(super) fn publication_frame(&mut self, publication: &Publication) -> Option<Bytes> {
-        encode::if_next(&mut self.positions, publication).map(|encoded| encoded.ws_frame)
+        let encoded = encode::if_next(&mut self.positions, publication)?;
+        Some(match self.deflate {
+            None => encoded.ws_frame,
+            Some(deflate) => {
+                let threshold = self.app.settings.websocket.compression_threshold;
+                encode::deflated_frame(publication, &encoded, deflate.server_window_bits, threshold)
+            }
+        })
     }
 }

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use tokio::time::timeout;
 
+use super::deflate::Deflate;
 use super::frames::{self, Incoming, MessageReader, ReadError};
 use super::session::{CLOSE_WAIT, Ending, close_and_linger, goodbye_after_error, write_frames};
 use super::watched::Socket;
@@ -12,10 +13,17 @@ use crate::state::AppState;
 use crate::transport::limits::ConnectionPermit;
 use herald_wire::close_code;
 
-/// Echoes until the peer or the server closes; `_permit` is the connection's admission.
-pub async fn run(app: AppState, mut socket: Socket, _permit: ConnectionPermit) {
+/// Echoes until the peer or the server closes (compressing what it sends back where
+/// permessage-deflate was agreed); `_permit` is the connection's admission.
+pub async fn run(app: AppState, mut socket: Socket, deflate: Option<Deflate>, _permit: ConnectionPermit) {
     let max_message = app.settings.limits.max_message_size.get();
-    let mut reader = MessageReader::default();
+    let threshold = app.settings.websocket.compression_threshold;
+    let mut reader = MessageReader::new(deflate.is_some());
+    let echo = |opcode: u8, payload: &[u8]| {
+        deflate
+            .and_then(|deflate| frames::compressed_frame(opcode, payload, deflate.server_window_bits, threshold))
+            .unwrap_or_else(|| frames::frame(opcode, payload))
+    };
     let mut pending = VecDeque::new();
     loop {
         let message = tokio::select! {
@@ -23,8 +31,8 @@ pub async fn run(app: AppState, mut socket: Socket, _permit: ConnectionPermit) {
             message = std::future::poll_fn(|context| reader.poll_next(&mut socket, context, max_message)) => message,
         };
         let reply = match message {
-            Ok(Incoming::Text(text)) => frames::frame(frames::OPCODE_TEXT, text.as_bytes()),
-            Ok(Incoming::Binary(data)) => frames::frame(frames::OPCODE_BINARY, &data),
+            Ok(Incoming::Text(text)) => echo(frames::OPCODE_TEXT, text.as_bytes()),
+            Ok(Incoming::Binary(data)) => echo(frames::OPCODE_BINARY, &data),
             Ok(Incoming::Ping(payload)) => frames::frame(frames::OPCODE_PONG, &payload),
             Ok(Incoming::Pong) => continue,
             Ok(Incoming::Close(code)) => {

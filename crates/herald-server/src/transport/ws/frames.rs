@@ -11,6 +11,8 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use tokio::io::AsyncRead;
+
+use super::deflate;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
@@ -53,6 +55,8 @@ pub enum ReadError {
     /// Anything else the protocol forbids: unmasked or reserved-bit frames, unknown opcodes,
     /// fragmented or oversized control frames, a stray continuation, a bad close code.
     Protocol,
+    /// A compressed message that does not decompress (permessage-deflate).
+    InvalidData,
 }
 
 /// Assembles the client's messages from the socket's bytes.
@@ -61,13 +65,17 @@ pub struct MessageReader {
     /// Input read but not yet taken as frames, from `start` on. Empty, with no allocation,
     /// whenever input ends on a frame boundary: the usual state of an open connection.
     input: Vec<u8>,
-    start: usize,
+    start: u32,
+    /// Whether permessage-deflate was agreed: messages may come compressed (RSV1).
+    inflate: bool,
     /// The data message being put together from fragments.
     fragments: Option<Box<Fragments>>,
 }
 
 struct Fragments {
     text: bool,
+    /// Compressed: checked as UTF-8 once decompressed, not fragment by fragment.
+    compressed: bool,
     payload: Vec<u8>,
     /// How much of a text payload is known to be UTF-8: a message is failed at its first
     /// invalid fragment, not when it ends.
@@ -75,6 +83,11 @@ struct Fragments {
 }
 
 impl MessageReader {
+    /// A reader of a connection that agreed permessage-deflate (`inflate`) or not.
+    pub fn new(inflate: bool) -> Self {
+        Self { inflate, ..Self::default() }
+    }
+
     /// The next message, reading the socket as needed. `max_message` bounds a frame and a
     /// whole message alike.
     pub fn poll_next<IO: AsyncRead + Unpin>(
@@ -101,7 +114,7 @@ impl MessageReader {
         needed: usize,
     ) -> Poll<Result<(), ReadError>> {
         if self.start > 0 {
-            self.input.drain(..self.start);
+            self.input.drain(..self.start as usize);
             self.start = 0;
         }
         let unread = self.input.len();
@@ -123,7 +136,7 @@ impl MessageReader {
 
     /// Takes the next whole frame from the input, if there is one.
     fn next_buffered(&mut self, max_message: usize) -> Result<Parsed, ReadError> {
-        let unread = &self.input[self.start..];
+        let unread = &self.input[self.start as usize..];
         if unread.len() < 2 {
             return Ok(Parsed::NeedInput(2));
         }
@@ -137,7 +150,10 @@ impl MessageReader {
             // RFC 6455 5.1: a server closes the connection on an unmasked frame.
             return Err(ReadError::Protocol);
         };
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        // RSV1 marks a compressed message, on its first frame only (RFC 7692 6.1).
+        let compressed = header.rsv1;
+        let may_be_compressed = self.inflate && matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+        if header.rsv2 || header.rsv3 || (compressed && !may_be_compressed) {
             return Err(ReadError::Protocol);
         }
         let header_len = cursor.position() as usize;
@@ -158,12 +174,13 @@ impl MessageReader {
         if unread.len() < frame_len {
             return Ok(Parsed::NeedInput(frame_len));
         }
-        let payload_start = self.start + header_len;
+        let payload_start = self.start as usize + header_len;
         let payload = &mut self.input[payload_start..payload_start + length];
         unmask(payload, mask);
-        let parsed = self.take_frame(header.opcode, header.is_final, payload_start, length);
-        self.start += frame_len;
-        if self.start == self.input.len() {
+        let parsed = self.take_frame(header.opcode, header.is_final, compressed, payload_start, length, max_message);
+        // Frames are at most a message (bounded by the limit) plus a header.
+        self.start = u32::try_from(self.start as usize + frame_len).map_err(|_| ReadError::TooBig)?;
+        if self.start as usize == self.input.len() {
             // Input ended on this frame: let the buffer go.
             self.input = Vec::new();
             self.start = 0;
@@ -172,7 +189,15 @@ impl MessageReader {
     }
 
     /// What the frame whose (unmasked) payload is at `input[at..at + length]` means.
-    fn take_frame(&mut self, opcode: OpCode, is_final: bool, at: usize, length: usize) -> Result<Parsed, ReadError> {
+    fn take_frame(
+        &mut self,
+        opcode: OpCode,
+        is_final: bool,
+        compressed: bool,
+        at: usize,
+        length: usize,
+        max_message: usize,
+    ) -> Result<Parsed, ReadError> {
         let payload = &self.input[at..at + length];
         let message = match (opcode, self.fragments.as_mut()) {
             (OpCode::Control(Control::Ping), _) => Incoming::Ping(payload.to_vec()),
@@ -190,18 +215,18 @@ impl MessageReader {
                 if !is_final {
                     return Ok(Parsed::Fragment);
                 }
-                let Fragments { text, payload, .. } = *self.fragments.take().expect("matched above");
-                complete(text, payload)?
+                let Fragments { text, compressed, payload, .. } = *self.fragments.take().expect("matched above");
+                complete(text, compressed, payload, max_message)?
             }
             (OpCode::Data(data @ (Data::Text | Data::Binary)), None) => {
                 let text = data == Data::Text;
                 if !is_final {
-                    let mut fragments = Box::new(Fragments { text, payload: payload.to_vec(), checked: 0 });
+                    let mut fragments = Box::new(Fragments { text, compressed, payload: payload.to_vec(), checked: 0 });
                     fragments.check_utf8()?;
                     self.fragments = Some(fragments);
                     return Ok(Parsed::Fragment);
                 }
-                complete(text, payload.to_vec())?
+                complete(text, compressed, payload.to_vec(), max_message)?
             }
         };
         Ok(Parsed::Message(message))
@@ -218,7 +243,7 @@ enum Parsed {
 
 impl Fragments {
     fn check_utf8(&mut self) -> Result<(), ReadError> {
-        if !self.text {
+        if !self.text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.payload[self.checked..]) {
@@ -231,7 +256,15 @@ impl Fragments {
     }
 }
 
-fn complete(text: bool, payload: Vec<u8>) -> Result<Incoming, ReadError> {
+fn complete(text: bool, compressed: bool, payload: Vec<u8>, max_message: usize) -> Result<Incoming, ReadError> {
+    let payload = if compressed {
+        deflate::decompress(&payload, max_message).map_err(|error| match error {
+            deflate::InflateError::TooBig => ReadError::TooBig,
+            deflate::InflateError::Invalid => ReadError::InvalidData,
+        })?
+    } else {
+        payload
+    };
     if text {
         String::from_utf8(payload).map(Incoming::Text).map_err(|_| ReadError::InvalidUtf8)
     } else {
@@ -275,6 +308,25 @@ pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
     Bytes::from(frame)
 }
 
+/// The RSV1 bit of a frame's first byte: "this message is compressed" (permessage-deflate).
+pub const RSV1: u8 = 0x40;
+
+/// `payload` as one compressed, final, unmasked frame of `opcode` (RSV1 set); `None` when it
+/// is shorter than `threshold` or would not get smaller (it goes plain then).
+pub fn compressed_frame(opcode: u8, payload: &[u8], window_bits: u8, threshold: usize) -> Option<Bytes> {
+    if payload.len() < threshold {
+        return None;
+    }
+    let compressed = deflate::compress(payload, window_bits);
+    if compressed.len() >= payload.len() {
+        return None;
+    }
+    let mut frame = Vec::with_capacity(compressed.len() + 10);
+    push_header_with(&mut frame, 0x80 | RSV1 | opcode, compressed.len());
+    frame.extend_from_slice(&compressed);
+    Some(Bytes::from(frame))
+}
+
 /// The answer to the client's close frame: its code back, or an empty close frame.
 pub fn close_reply(code: Option<u16>) -> Bytes {
     match code {
@@ -296,7 +348,12 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 
 /// Writes a final, unmasked frame's header for a payload of `length` bytes.
 fn push_header(frame: &mut Vec<u8>, opcode: u8, length: usize) {
-    frame.push(0x80 | opcode);
+    push_header_with(frame, 0x80 | opcode, length);
+}
+
+/// Writes an unmasked frame's header: its first byte (FIN, RSV and opcode bits) and length.
+fn push_header_with(frame: &mut Vec<u8>, first: u8, length: usize) {
+    frame.push(first);
     match length {
         0..=125 => frame.push(length as u8),
         126..=0xffff => {
@@ -322,6 +379,17 @@ pub fn text_frame(json: String) -> (Utf8Bytes, Bytes) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_is_compressed_only_past_the_threshold_and_when_smaller() {
+        let json = br#"{"channel":"a","offset":1,"epoch":"e","data":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","time":1}"#;
+        assert_eq!(compressed_frame(1, json, 15, json.len() + 1), None);
+        let compressed = compressed_frame(1, json, 15, 0).unwrap();
+        assert_eq!(compressed[0], 0x80 | RSV1 | 1);
+        assert!(compressed.len() < json.len());
+        let random: Vec<u8> = (0..300).map(|_| fastrand::u8(..)).collect();
+        assert_eq!(compressed_frame(2, &random, 15, 0), None, "incompressible: sent plain");
+    }
 
     const LIMIT: usize = 1024;
 

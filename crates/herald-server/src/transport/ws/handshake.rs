@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::deflate::Deflate;
 use super::session;
 use super::watched::{Socket, WatchedIo};
 use crate::error::ApiError;
@@ -43,8 +44,8 @@ pub async fn upgrade(
         Err(error) => return ApiError::from(error).into_response(),
     };
     let session_app = app.clone();
-    accept(app, peer, request, Transport::WebSocket, move |socket, permit| {
-        session::run(session_app, socket, identity, positions, permit)
+    accept(app, peer, request, Transport::WebSocket, true, move |socket, permit, deflate| {
+        session::run(session_app, socket, identity, positions, deflate, permit)
     })
     .unwrap_or_else(IntoResponse::into_response)
 }
@@ -56,23 +57,28 @@ pub async fn echo(
     request: Request,
 ) -> Response {
     let echo_app = app.clone();
-    accept(app, peer, request, Transport::WebSocket, move |socket, permit| super::echo::run(echo_app, socket, permit))
+    accept(app, peer, request, Transport::WebSocket, true, move |socket, permit, deflate| {
+        super::echo::run(echo_app, socket, deflate, permit)
+    })
         .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Checks the origin, admits the connection, checks the handshake, answers `101 Switching
-/// Protocols`, and once hyper hands the socket over, runs `serve` on it (with the admission,
-/// held as long as the connection) in a tracked task of its own: the task that waited for the
-/// upgrade ends, so its state does not stay in every connection's.
+/// Protocols` (agreeing permessage-deflate where `compression` allows, the config enables it
+/// and the client offers it), and once hyper hands the socket over, runs `serve` on it (with
+/// the admission, held as long as the connection, and what was agreed) in a tracked task of its
+/// own: the task that waited for the upgrade ends, so its state does not stay in every
+/// connection's.
 pub(crate) fn accept<F, Fut>(
     app: AppState,
     peer: std::net::SocketAddr,
     mut request: Request,
     transport: Transport,
+    compression: bool,
     serve: F,
 ) -> Result<Response, ApiError>
 where
-    F: FnOnce(Socket, ConnectionPermit) -> Fut + Send + 'static,
+    F: FnOnce(Socket, ConnectionPermit, Option<Deflate>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     check_origin(&app.settings, request.headers())?;
@@ -81,6 +87,10 @@ where
     if app.shutdown.is_cancelled() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "server is shutting down"));
     }
+    let agreed = (compression && app.settings.websocket.compression)
+        .then(|| super::deflate::negotiate(request.headers()))
+        .flatten();
+    let deflate = agreed.as_ref().map(|(deflate, _)| *deflate);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (shutdown, tasks) = (app.shutdown.clone(), app.tasks.clone());
     app.tasks.spawn(async move {
@@ -90,7 +100,7 @@ where
         };
         match upgraded {
             Ok(upgraded) => {
-                tasks.spawn(serve(WatchedIo::new(TokioIo::new(upgraded)), permit));
+                tasks.spawn(serve(WatchedIo::new(TokioIo::new(upgraded)), permit, deflate));
             }
             Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
         }
@@ -100,6 +110,9 @@ where
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key);
+    if let Some((_, extensions)) = agreed {
+        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, extensions);
+    }
     Ok(response)
 }
 

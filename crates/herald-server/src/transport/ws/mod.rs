@@ -18,6 +18,7 @@
 
 pub mod commands;
 mod connection;
+pub mod deflate;
 mod echo;
 pub mod frames;
 mod handshake;

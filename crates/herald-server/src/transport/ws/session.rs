@@ -63,6 +63,10 @@ pub(crate) trait Protocol: Send + 'static {
     /// How the session says goodbye after `ending`: the close code and reason, and a last
     /// frame before the close; `None`: no goodbye.
     fn goodbye(&self, ending: Ending) -> Option<Goodbye>;
+    /// Whether the client may send compressed messages (permessage-deflate was agreed).
+    fn inflates(&self) -> bool {
+        false
+    }
 }
 
 /// A session's last words: an optional frame, then a close frame.
@@ -79,6 +83,7 @@ pub(super) fn run<T>(
     socket: WatchedIo<T>,
     identity: Identity,
     positions: Vec<(herald_core::ChannelName, herald_core::Position)>,
+    deflate: Option<super::deflate::Deflate>,
     permit: ConnectionPermit,
 ) -> impl Future<Output = ()>
 where
@@ -98,6 +103,7 @@ where
         expiry: None,
         publish_rate,
         rare: None,
+        deflate,
     };
     connection.set_identity(identity, &positions);
     run_protocol(connection, inbox, socket, permit, Vec::new())
@@ -116,11 +122,12 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
     P: Protocol,
 {
+    let reader = MessageReader::new(protocol.inflates());
     let mut session = Session {
         connection: protocol,
         inbox,
         socket,
-        reader: MessageReader::default(),
+        reader,
         pending: VecDeque::from(greeting),
         permit: Box::new(permit),
     };
@@ -158,6 +165,8 @@ pub(crate) enum Ending {
     WriteFailed,
     TooBig,
     InvalidUtf8,
+    /// A compressed message that does not decompress.
+    InvalidCompressed,
     ProtocolError,
     /// The application ended the connection (the Pusher door's `terminate_connections`).
     Terminated,
@@ -171,6 +180,7 @@ impl Ending {
             ReadError::Gone => Self::PeerGone,
             ReadError::TooBig => Self::TooBig,
             ReadError::InvalidUtf8 => Self::InvalidUtf8,
+            ReadError::InvalidData => Self::InvalidCompressed,
             ReadError::Protocol => Self::ProtocolError,
         }
     }
@@ -187,6 +197,7 @@ impl Ending {
             Self::WriteFailed => "write_failed",
             Self::TooBig => "message_too_big",
             Self::InvalidUtf8 => "invalid_utf8",
+            Self::InvalidCompressed => "invalid_compressed_data",
             Self::ProtocolError => "protocol_error",
             Self::Terminated => "terminated",
             Self::Disconnected => "disconnected",
@@ -205,6 +216,7 @@ impl Ending {
             Self::TokenExpired => Some((close_code::TOKEN_EXPIRED, "token expired: refresh it and reconnect", true)),
             Self::TooBig => Some((close_code::MESSAGE_TOO_BIG, "message too big", false)),
             Self::InvalidUtf8 => Some((close_code::INVALID_DATA, "text frame is not valid UTF-8", false)),
+            Self::InvalidCompressed => Some((close_code::INVALID_DATA, "compressed message does not decompress", false)),
             Self::ProtocolError => Some((close_code::PROTOCOL_ERROR, "websocket protocol error", false)),
             Self::Terminated => Some((close_code::GOING_AWAY, "disconnected by the application", false)),
             // The reason and whether to come back are the API caller's (see `Connection`).
@@ -214,7 +226,7 @@ impl Ending {
 
     /// The read side failed: the socket still holds input that will not be read as frames.
     fn read_failed(self) -> bool {
-        matches!(self, Self::TooBig | Self::InvalidUtf8 | Self::ProtocolError)
+        matches!(self, Self::TooBig | Self::InvalidUtf8 | Self::InvalidCompressed | Self::ProtocolError)
     }
 }
 
@@ -513,6 +525,10 @@ impl Protocol for Connection {
         self.app.controls.remove(&self.subscriber);
     }
 
+    fn inflates(&self) -> bool {
+        self.deflate.is_some()
+    }
+
     /// Herald's close code, after a `disconnect` push with the positions to recover from.
     fn goodbye(&self, ending: Ending) -> Option<Goodbye> {
         let (mut code, reason, mut reconnect) = ending.goodbye()?;
@@ -697,7 +713,7 @@ mod tests {
         let (io, _peer) = tokio::io::duplex(64);
         let socket = WatchedIo::new(io);
         let permit = app.connections.admit([127, 0, 0, 1].into(), Transport::WebSocket).unwrap();
-        let session = run(app, socket, Identity::Anonymous, Vec::new(), permit);
+        let session = run(app, socket, Identity::Anonymous, Vec::new(), None, permit);
         let size = std::mem::size_of_val(&session);
         eprintln!("session future: {size} bytes");
         assert!(size <= 600, "the per-connection future grew to {size} bytes");
