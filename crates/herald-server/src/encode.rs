@@ -36,11 +36,23 @@ impl EncodedPublication {
 /// A publication's WebSocket frame compressed (permessage-deflate): with the default window
 /// made once and shared like the plain frame, with a smaller one (a client's choice) made for
 /// the caller; the plain frame when it is under `threshold` or does not compress.
-pub fn deflated_frame(publication: &Publication, encoded: &EncodedPublication, window_bits: u8, threshold: usize) -> Bytes {
+pub fn deflated_frame(
+    publication: &Publication,
+    encoded: &EncodedPublication,
+    window_bits: u8,
+    threshold: usize,
+) -> Bytes {
     use crate::transport::ws::deflate;
     let deflated = if window_bits == deflate::DEFAULT_WINDOW_BITS {
         publication
-            .encoded(|_| DeflatedFrame(frames::compressed_frame(frames::OPCODE_TEXT, encoded.json.as_bytes(), window_bits, threshold)))
+            .encoded(|_| {
+                DeflatedFrame(frames::compressed_frame(
+                    frames::OPCODE_TEXT,
+                    encoded.json.as_bytes(),
+                    window_bits,
+                    threshold,
+                ))
+            })
             .0
     } else {
         frames::compressed_frame(frames::OPCODE_TEXT, encoded.json.as_bytes(), window_bits, threshold)

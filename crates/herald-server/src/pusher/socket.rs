@@ -33,24 +33,31 @@ pub async fn upgrade(
     let pusher_app = app.settings.pusher.by_key(&key).cloned();
     let session_app = app.clone();
     // pusher-js negotiates no compression.
-    crate::transport::ws::accept(app, peer, request, Transport::PusherWebSocket, false, move |socket, permit, _| async move {
-        match (refusal, pusher_app) {
-            (None, Some(pusher_app)) => {
-                let capacity = session_app.settings.websocket.outbox_capacity.get();
-                let (session, inbox) = PusherSession::new(session_app, pusher_app, capacity);
-                let greeting = vec![text_frame(session.greeting()).1];
-                let protocol = PusherSocket { session, expiry: None, terminated: None };
-                crate::transport::ws::run_protocol(protocol, inbox, socket, permit, greeting).await;
+    crate::transport::ws::accept(
+        app,
+        peer,
+        request,
+        Transport::PusherWebSocket,
+        false,
+        move |socket, permit, _| async move {
+            match (refusal, pusher_app) {
+                (None, Some(pusher_app)) => {
+                    let capacity = session_app.settings.websocket.outbox_capacity.get();
+                    let (session, inbox) = PusherSession::new(session_app, pusher_app, capacity);
+                    let greeting = vec![text_frame(session.greeting()).1];
+                    let protocol = PusherSocket { session, expiry: None, terminated: None };
+                    crate::transport::ws::run_protocol(protocol, inbox, socket, permit, greeting).await;
+                }
+                (refusal, _) => {
+                    let Close { code, reason } = refusal.unwrap_or(Close { code: 4001, reason: "unknown app key" });
+                    let frame = text_frame(events::error(Some(code), reason)).1;
+                    let max_message = session_app.settings.limits.max_message_size.get();
+                    crate::transport::ws::refuse(socket, frame, code, reason, max_message).await;
+                    drop(permit);
+                }
             }
-            (refusal, _) => {
-                let Close { code, reason } = refusal.unwrap_or(Close { code: 4001, reason: "unknown app key" });
-                let frame = text_frame(events::error(Some(code), reason)).1;
-                let max_message = session_app.settings.limits.max_message_size.get();
-                crate::transport::ws::refuse(socket, frame, code, reason, max_message).await;
-                drop(permit);
-            }
-        }
-    })
+        },
+    )
     .unwrap_or_else(IntoResponse::into_response)
 }
 

@@ -137,7 +137,12 @@ async fn publications_go_compressed_to_clients_that_agreed_and_plain_to_others()
     let (plain_byte, plain_payload) = server_frame(&mut plain).await;
     assert_eq!(plain_byte, 0x81);
     assert_eq!(serde_json::from_slice::<Value>(&plain_payload).unwrap()["data"], big_data());
-    assert!(compressed_one.len() * 4 < plain_payload.len(), "{} of {} bytes", compressed_one.len(), plain_payload.len());
+    assert!(
+        compressed_one.len() * 4 < plain_payload.len(),
+        "{} of {} bytes",
+        compressed_one.len(),
+        plain_payload.len()
+    );
     // Under the threshold: plain, even where compression was agreed.
     let (small_byte, small) = server_frame(&mut first).await;
     assert_eq!(small_byte, 0x81);

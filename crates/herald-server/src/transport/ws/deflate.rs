@@ -45,7 +45,8 @@ pub fn negotiate(headers: &HeaderMap) -> Option<(Deflate, HeaderValue)> {
         .flat_map(|value| value.split(','));
     for offer in offers {
         if let Some(deflate) = accept_offer(offer) {
-            let mut response = String::from("permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+            let mut response =
+                String::from("permessage-deflate; server_no_context_takeover; client_no_context_takeover");
             if deflate.server_window_bits != DEFAULT_WINDOW_BITS {
                 response.push_str(&format!("; server_max_window_bits={}", deflate.server_window_bits));
             }
@@ -213,13 +214,15 @@ mod tests {
             assert_eq!(offer(declined), None, "{declined}");
         }
         // The first acceptable offer of several wins.
-        let second = offer("permessage-deflate; server_max_window_bits=8, permessage-deflate; client_max_window_bits=12");
+        let second =
+            offer("permessage-deflate; server_max_window_bits=8, permessage-deflate; client_max_window_bits=12");
         assert_eq!(second.unwrap().0, Deflate { server_window_bits: 15 });
     }
 
     #[test]
     fn what_is_compressed_decompresses_to_the_same_bytes_for_every_window() {
-        let text: Vec<u8> = (0..5000).flat_map(|n: u32| format!("{{\"n\":{n},\"text\":\"hello\"}}").into_bytes()).collect();
+        let text: Vec<u8> =
+            (0..5000).flat_map(|n: u32| format!("{{\"n\":{n},\"text\":\"hello\"}}").into_bytes()).collect();
         for bits in 9..=15 {
             let compressed = compress(&text, bits);
             assert!(compressed.len() < text.len() / 4, "{bits}: {} bytes", compressed.len());

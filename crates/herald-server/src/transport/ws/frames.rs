@@ -382,7 +382,8 @@ mod tests {
 
     #[test]
     fn a_frame_is_compressed_only_past_the_threshold_and_when_smaller() {
-        let json = br#"{"channel":"a","offset":1,"epoch":"e","data":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","time":1}"#;
+        let json =
+            br#"{"channel":"a","offset":1,"epoch":"e","data":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","time":1}"#;
         assert_eq!(compressed_frame(1, json, 15, json.len() + 1), None);
         let compressed = compressed_frame(1, json, 15, 0).unwrap();
         assert_eq!(compressed[0], 0x80 | RSV1 | 1);

@@ -60,7 +60,7 @@ pub async fn echo(
     accept(app, peer, request, Transport::WebSocket, true, move |socket, permit, deflate| {
         super::echo::run(echo_app, socket, deflate, permit)
     })
-        .unwrap_or_else(IntoResponse::into_response)
+    .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Checks the origin, admits the connection, checks the handshake, answers `101 Switching

@@ -216,7 +216,9 @@ impl Ending {
             Self::TokenExpired => Some((close_code::TOKEN_EXPIRED, "token expired: refresh it and reconnect", true)),
             Self::TooBig => Some((close_code::MESSAGE_TOO_BIG, "message too big", false)),
             Self::InvalidUtf8 => Some((close_code::INVALID_DATA, "text frame is not valid UTF-8", false)),
-            Self::InvalidCompressed => Some((close_code::INVALID_DATA, "compressed message does not decompress", false)),
+            Self::InvalidCompressed => {
+                Some((close_code::INVALID_DATA, "compressed message does not decompress", false))
+            }
             Self::ProtocolError => Some((close_code::PROTOCOL_ERROR, "websocket protocol error", false)),
             Self::Terminated => Some((close_code::GOING_AWAY, "disconnected by the application", false)),
             // The reason and whether to come back are the API caller's (see `Connection`).
