@@ -33,6 +33,9 @@ struct Args {
     rate: u64,
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// Pad payloads with feed-like JSON (compresses like real data) rather than `x`s.
+    #[arg(long)]
+    json_payload: bool,
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
     #[arg(long, default_value_t = 5000)]
@@ -73,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         channels: args.channels,
         rate: args.rate,
         payload_bytes: args.payload,
+        json_payload: args.json_payload,
         seconds: args.seconds,
         ramp_per_second: args.ramp,
         publishers: args.publishers,

@@ -11,14 +11,32 @@ pub fn now_micros() -> u64 {
 }
 
 /// The JSON data of message `seq` (counted per channel) on channel index `channel`, padded to
-/// about `size` bytes.
-pub fn message(channel: usize, seq: u64, size: usize) -> String {
-    let head = format!("{{\"c\":{channel},\"s\":{seq},\"t\":{},\"p\":\"", now_micros());
-    let pad = size.saturating_sub(head.len() + 2);
-    let mut text = String::with_capacity(head.len() + pad + 2);
+/// about `size` bytes: with `x`s, or (`json_like`) with a list of feed items, which compresses
+/// about as real JSON does rather than to almost nothing.
+pub fn message(channel: usize, seq: u64, size: usize, json_like: bool) -> String {
+    let head = format!("{{\"c\":{channel},\"s\":{seq},\"t\":{},\"p\":", now_micros());
+    let mut text = String::with_capacity(size + 64);
     text.push_str(&head);
-    text.extend(std::iter::repeat_n('x', pad));
-    text.push_str("\"}");
+    if json_like {
+        text.push('[');
+        let mut state = seq.wrapping_mul(6364136223846793005).wrapping_add(channel as u64 | 1);
+        while text.len() + 2 < size {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let (id, price, stock) = (state >> 40, (state >> 20) % 100_000, (state >> 8) % 500);
+            text.push_str(&format!(
+                "{{\"id\":{id},\"name\":\"item {id}\",\"price\":{}.{:02},\"stock\":{stock}}},",
+                price / 100,
+                price % 100
+            ));
+        }
+        text.pop();
+        text.push_str("]}");
+    } else {
+        let pad = size.saturating_sub(head.len() + 3);
+        text.push('"');
+        text.extend(std::iter::repeat_n('x', pad));
+        text.push_str("\"}");
+    }
     text
 }
 
@@ -101,7 +119,7 @@ mod tests {
 
     #[test]
     fn finds_sequence_and_time_in_any_framing() {
-        let data = message(3, 42, 100);
+        let data = message(3, 42, 100, false);
         assert!((95..=105).contains(&data.len()), "{}", data.len());
         let publication = format!("{{\"channel\":\"b:3\",\"offset\":43,\"epoch\":\"e\",\"data\":{data},\"time\":1}}");
         let found = messages_in(publication.as_bytes());

@@ -30,6 +30,9 @@ pub struct Report {
     pub server_cpu_us_per_delivery: Option<f64>,
     /// The user-space part of it (the rest is the kernel: mostly one socket write a delivery).
     pub server_user_us_per_delivery: Option<f64>,
+    /// WebSocket bytes (frame headers included) the subscribers read per delivered message;
+    /// counted by the `ws-deflate` subscribers only.
+    pub wire_bytes_per_delivery: Option<f64>,
     /// Server RSS growth per open connection when idle, in KiB.
     pub idle_kib_per_connection: Option<f64>,
     pub server_rss_kib_baseline: Option<u64>,

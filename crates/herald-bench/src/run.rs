@@ -24,6 +24,8 @@ pub struct RunConfig {
     /// Messages per second over all channels; 0 only measures idle connections.
     pub rate: u64,
     pub payload_bytes: usize,
+    /// Pad payloads with feed-like JSON (compresses like real data) rather than `x`s.
+    pub json_payload: bool,
     pub seconds: f64,
     /// New connections per second while ramping up.
     pub ramp_per_second: u64,
@@ -51,6 +53,7 @@ impl Default for RunConfig {
             channels: 1,
             rate: 10,
             payload_bytes: 100,
+            json_payload: false,
             seconds: 5.0,
             ramp_per_second: 5000,
             publishers: 4,
@@ -68,6 +71,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     let pids = config.server_pids.clone();
     let rss = || procfs::total_rss_kib(&pids);
     let cpu = || procfs::total_cpu_time(&pids);
+    let received = || crate::target::RECEIVED_FRAME_BYTES.load(Ordering::Relaxed);
     let baseline_rss = rss();
     let latencies = payload::latencies();
     let delivered = Arc::new(AtomicU64::new(0));
@@ -131,6 +135,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
 
     // Publish at a fixed rate, each channel always through the same publisher, in order.
     let cpu_before = cpu();
+    let received_before = received();
     let published_per_channel: Arc<Vec<AtomicU64>> =
         Arc::new((0..config.channels).map(|_| AtomicU64::new(0)).collect());
     let publish_errors = Arc::new(AtomicU64::new(0));
@@ -148,13 +153,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
                 Publisher::connect(config.target, config.publish_over_websocket, &config.endpoints).await?;
             let published = published_per_channel.clone();
             let errors = publish_errors.clone();
-            let (target, size) = (config.target, config.payload_bytes);
+            let (target, size, json_like) = (config.target, config.payload_bytes, config.json_payload);
             worker_tasks.push(tokio::spawn(async move {
                 let mut receiver = receiver;
                 let mut batch = Vec::with_capacity(64);
                 while receiver.recv_many(&mut batch, 64).await > 0 {
                     for (channel, seq) in batch.drain(..) {
-                        let data = payload::message(channel, seq, size);
+                        let data = payload::message(channel, seq, size, json_like);
                         match publisher.publish(&target.channel_name(channel), &data).await {
                             Ok(()) => {
                                 published[channel].fetch_add(1, Ordering::Relaxed);
@@ -212,6 +217,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu_after = cpu();
+    let received_after = received();
     stop.cancel();
 
     let mut report = Report {
@@ -251,6 +257,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         let per_delivery = |spent: Duration| spent.as_micros() as f64 / report.delivered as f64;
         report.server_cpu_us_per_delivery = Some(per_delivery(after.total().saturating_sub(before.total())));
         report.server_user_us_per_delivery = Some(per_delivery(after.user.saturating_sub(before.user)));
+    }
+    if received_after > received_before && report.delivered > 0 {
+        report.wire_bytes_per_delivery = Some((received_after - received_before) as f64 / report.delivered as f64);
     }
     if let Ok(histogram) = latencies.lock()
         && !histogram.is_empty()

@@ -40,6 +40,9 @@ pub enum Transport {
     Poll,
     /// Herald's Pusher door over WebSocket (app key `bench-key`, namespace `bench`).
     Pusher,
+    /// Herald's WebSocket offering permessage-deflate (taken where the server has compression
+    /// on), read by a small client of the generator's own: tungstenite has no compression.
+    WsDeflate,
 }
 
 /// Where a target listens.
@@ -121,6 +124,9 @@ pub async fn subscriber(
             }
             (Target::Herald, Transport::Poll) => {
                 herald_poll(&http, &endpoints, &target.channel_name(channel), &mut ready, &mut sink, &stop).await
+            }
+            (Target::Herald, Transport::WsDeflate) => {
+                herald_ws_deflate(&endpoints, target.channel_name(channel), source, &mut ready, &mut sink, &stop).await
             }
             (Target::Herald, Transport::Pusher) => {
                 herald_pusher(&endpoints, channel, source, &mut ready, &mut sink, &stop).await
@@ -229,6 +235,127 @@ async fn herald_ws(
     }
     signal(ready);
     read_frames(&mut socket, sink, stop, |_| None).await
+}
+
+/// Herald's WebSocket with permessage-deflate offered: the handshake by hand, a masked
+/// `subscribe`, then every frame read, compressed ones (RSV1) inflated, pings answered.
+async fn herald_ws_deflate(
+    endpoints: &Endpoints,
+    channel: String,
+    source: Option<IpAddr>,
+    ready: &mut Option<oneshot::Sender<Result<(), String>>>,
+    sink: &mut Recorder<'_>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let address = host_port(&endpoints.subscribe)?;
+    let socket = TcpSocket::new_v4()?;
+    if let Some(source) = source {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    let stream = socket.connect(address).await?;
+    stream.set_nodelay(true)?;
+    let mut stream = tokio::io::BufReader::with_capacity(4096, stream);
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {address}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    );
+    stream.get_mut().write_all(request.as_bytes()).await?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await?);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        bail!("upgrade refused: {}", String::from_utf8_lossy(&head));
+    }
+    let subscribe = serde_json::json!({"id": 1, "op": "subscribe", "channel": channel}).to_string();
+    stream.get_mut().write_all(&masked_frame(0x81, subscribe.as_bytes())).await?;
+    let mut inflater = flate2::Decompress::new(false);
+    let mut subscribed = false;
+    loop {
+        let (first, mut payload) = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            frame = read_server_frame(&mut stream) => frame?,
+        };
+        match first & 0x0f {
+            0x9 => stream.get_mut().write_all(&masked_frame(0x8A, &payload)).await?,
+            0x8 => return Ok(()),
+            0x1 => {
+                if first & 0x40 != 0 {
+                    payload = inflate(&mut inflater, &payload)?;
+                }
+                if !subscribed {
+                    if payload.starts_with(b"{\"id\":1,") {
+                        if !payload.windows(8).any(|window| window == b"\"result\"") {
+                            bail!("subscribe refused: {}", String::from_utf8_lossy(&payload));
+                        }
+                        subscribed = true;
+                        signal(ready);
+                    }
+                    continue;
+                }
+                sink.record(&payload);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Bytes of the frames `ws-deflate` subscribers have read, headers included.
+pub static RECEIVED_FRAME_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A masked client frame (the mask is fixed: this client's frames are not under test).
+fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![first];
+    match payload.len() {
+        length @ 0..=125 => frame.push(0x80 | length as u8),
+        length => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(length as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(index, byte)| byte ^ mask[index % 4]));
+    frame
+}
+
+/// One unmasked server frame: its first byte and payload.
+async fn read_server_frame(stream: &mut tokio::io::BufReader<TcpStream>) -> anyhow::Result<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let first = stream.read_u8().await?;
+    let length = match stream.read_u8().await? & 0x7f {
+        126 => u64::from(stream.read_u16().await?),
+        127 => stream.read_u64().await?,
+        short => u64::from(short),
+    };
+    let mut payload = vec![0u8; usize::try_from(length)?];
+    stream.read_exact(&mut payload).await?;
+    let header = 2 + match length {
+        0..=125 => 0,
+        126..=0xffff => 2,
+        _ => 8,
+    };
+    RECEIVED_FRAME_BYTES.fetch_add(header + length, std::sync::atomic::Ordering::Relaxed);
+    Ok((first, payload))
+}
+
+/// A compressed message inflated on its own (the server keeps no context between messages).
+fn inflate(inflater: &mut flate2::Decompress, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+    inflater.reset(false);
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(payload.len() * 8 + 64);
+    loop {
+        let before = inflater.total_in();
+        inflater.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)?;
+        input.drain(..(inflater.total_in() - before) as usize);
+        if input.is_empty() && out.len() < out.capacity() {
+            return Ok(out);
+        }
+        out.reserve(out.capacity());
+    }
 }
 
 /// The Pusher door: `connection_established`, subscribe to channel `N` of app `bench`, then
