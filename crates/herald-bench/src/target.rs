@@ -75,16 +75,21 @@ fn host_port(url: &str) -> anyhow::Result<SocketAddr> {
 /// A WebSocket client with small buffers (thousands of them share one process), optionally
 /// from a given loopback source address so runs can exceed one address's ports.
 async fn ws_connect(url: &str, source: Option<IpAddr>) -> anyhow::Result<Socket> {
-    let address = host_port(url)?;
+    let stream = tcp_connect(host_port(url)?, source).await?;
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0).max_write_buffer_size(1 << 20);
+    let (socket, _) = client_async_with_config(url, stream, Some(config)).await?;
+    Ok(socket)
+}
+
+/// A TCP connection to `address`, from `source` when given, with Nagle off.
+async fn tcp_connect(address: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     if let Some(source) = source {
         socket.bind(SocketAddr::new(source, 0))?;
     }
     let stream = socket.connect(address).await?;
     stream.set_nodelay(true)?;
-    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0).max_write_buffer_size(1 << 20);
-    let (socket, _) = client_async_with_config(url, stream, Some(config)).await?;
-    Ok(socket)
+    Ok(stream)
 }
 
 fn ws_url(base: &str, path: &str) -> String {
@@ -249,13 +254,7 @@ async fn herald_ws_deflate(
 ) -> anyhow::Result<()> {
     use tokio::io::AsyncReadExt;
     let address = host_port(&endpoints.subscribe)?;
-    let socket = TcpSocket::new_v4()?;
-    if let Some(source) = source {
-        socket.bind(SocketAddr::new(source, 0))?;
-    }
-    let stream = socket.connect(address).await?;
-    stream.set_nodelay(true)?;
-    let mut stream = tokio::io::BufReader::with_capacity(4096, stream);
+    let mut stream = tokio::io::BufReader::with_capacity(4096, tcp_connect(address, source).await?);
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: {address}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
