@@ -767,17 +767,15 @@ class WebSocketSession {
     clearTimeout(this.#openTimer);
     this.#opened = true;
     this.#host.opened(this, connected.client);
-    for (const subscription of this.#host.subscriptions()) this.add(subscription);
+    // The token's `subs` were subscribed by the server on connect, from the positions given.
+    for (const subscription of this.#host.subscriptions()) {
+      if (!this.#host.managed(subscription.channel)) this.add(subscription);
+    }
     this.#keepAlive();
   }
 
   add(subscription) {
     if (!this.#opened) return; // subscribed once connected
-    if (this.#host.managed(subscription.channel)) return; // by the server, on connect
-    this.#subscribe(subscription);
-  }
-
-  #subscribe(subscription) {
     const fields = { channel: subscription.channel };
     const position = subscription.position;
     const cursor = this.#host.cursor();
@@ -806,7 +804,7 @@ class WebSocketSession {
   resync(subscription) {
     if (!this.#opened || !subscription) return;
     this.request('unsubscribe', { channel: subscription.channel }).then(
-      () => this.#subscribe(subscription),
+      () => this.add(subscription),
       () => {},
     );
   }

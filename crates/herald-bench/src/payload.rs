@@ -29,7 +29,9 @@ pub fn message(channel: usize, seq: u64, size: usize, json_like: bool) -> String
                 price % 100
             ));
         }
-        text.pop();
+        if text.ends_with(',') {
+            text.pop();
+        }
         text.push_str("]}");
     } else {
         let pad = size.saturating_sub(head.len() + 3);

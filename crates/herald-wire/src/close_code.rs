@@ -13,6 +13,9 @@ pub const NO_PONG: u16 = 4002;
 pub const TOKEN_EXPIRED: u16 = 4003;
 /// The server API disconnected the client, asking it to come back (`reconnect: true`).
 pub const DISCONNECTED: u16 = 4004;
+/// A server-side subscription could not be made (the engine failed): reconnect, and the
+/// server subscribes it again.
+pub const SUBSCRIBE_FAILED: u16 = 4005;
 /// The server API disconnected the client for good (`reconnect: false`): do not reconnect
 /// without a change (a new token, a user's action).
 pub const DISCONNECTED_FOR_GOOD: u16 = 4500;

@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -345,70 +346,64 @@ impl OpenStream {
             let mut chunk = BytesMut::new();
             // In a block of its own, so that only the code and metric outlive it: the rest is
             // not held across the writes' awaits, in every open stream's state.
-            let (ended, subscribes) = {
-                // The server's subscriptions of this batch (rare): made after it, awaited.
-                let mut subscribes = Vec::new();
-                let ending = tokio::select! {
-                    biased;
-                    () = &mut stop => Some(End::Server(close_code::GOING_AWAY, "server shutting down", "shutdown")),
-                    () = crate::transport::until_expiry(&mut self.expiry) => {
-                        let reason = "token expired: get a fresh one and reconnect";
-                        Some(End::Server(close_code::TOKEN_EXPIRED, reason, "token_expired"))
-                    }
-                    () = sink.gone() => {
-                        self.permit.closed("peer_gone");
-                        return;
-                    }
-                    received = self.inbox.recv_many(&mut batch, CHUNK_BATCH) => match received {
-                        Err(_) => Some(End::Server(
-                            close_code::SLOW_CONSUMER,
-                            "slow consumer: reconnect and recover from your cursor",
-                            "slow_consumer",
-                        )),
-                        Ok(_) => {
-                            // Locals of this branch only: nothing here is held across an await, which
-                            // every open stream's state would carry.
-                            let (mut told, mut delivered, mut oldest_ms) = (None, 0, u64::MAX);
-                            for push in batch.drain(..) {
-                                match push {
-                                    Push::Publication(publication) => {
-                                        if let Some(encoded) = if_next(&mut subscription.positions, &publication) {
-                                            format.publication(&mut chunk, &encoded, &subscription.cursor());
-                                            (delivered, oldest_ms) = (delivered + 1, oldest_ms.min(publication.time_ms));
-                                        }
-                                    }
-                                    Push::Presence(event) => format.presence(&mut chunk, &event),
-                                    // Herald's own protocol has no count event (it never asks).
-                                    Push::Count(_) => {}
-                                    Push::Control(control) => match &*control {
-                                        herald_core::Control::Unsubscribe { channel, reason } => {
-                                            if subscription.remove(channel) {
-                                                format.unsubscribed(&mut chunk, channel, reason, &subscription.cursor());
+            let ended = {
+                let (ending, controls) = {
+                    // What the server API told the stream (rare): acted on in order after the batch.
+                    let mut controls = Vec::new();
+                    let ending = tokio::select! {
+                        biased;
+                        () = &mut stop => Some(End::Server(close_code::GOING_AWAY, "server shutting down", "shutdown")),
+                        () = crate::transport::until_expiry(&mut self.expiry) => {
+                            let reason = "token expired: get a fresh one and reconnect";
+                            Some(End::Server(close_code::TOKEN_EXPIRED, reason, "token_expired"))
+                        }
+                        () = sink.gone() => {
+                            self.permit.closed("peer_gone");
+                            return;
+                        }
+                        received = self.inbox.recv_many(&mut batch, CHUNK_BATCH) => match received {
+                            Err(_) => Some(End::Server(
+                                close_code::SLOW_CONSUMER,
+                                "slow consumer: reconnect and recover from your cursor",
+                                "slow_consumer",
+                            )),
+                            Ok(_) => {
+                                // Locals of this branch only: nothing here is held across an await, which
+                                // every open stream's state would carry.
+                                let (mut delivered, mut oldest_ms) = (0, u64::MAX);
+                                for push in batch.drain(..) {
+                                    match push {
+                                        Push::Publication(publication) => {
+                                            if let Some(encoded) = if_next(&mut subscription.positions, &publication) {
+                                                format.publication(&mut chunk, &encoded, &subscription.cursor());
+                                                (delivered, oldest_ms) = (delivered + 1, oldest_ms.min(publication.time_ms));
                                             }
                                         }
-                                        herald_core::Control::Disconnect { reason, reconnect } => {
-                                            told = Some(End::Told { reason: reason.clone(), reconnect: *reconnect });
-                                        }
-                                        herald_core::Control::Subscribe { channel, since } => {
-                                            subscribes.push((channel.clone(), since.clone()));
-                                        }
-                                    },
+                                        Push::Presence(event) => format.presence(&mut chunk, &event),
+                                        // Herald's own protocol has no count event (it never asks).
+                                        Push::Count(_) => {}
+                                        Push::Control(control) => controls.push(control),
+                                    }
                                 }
+                                crate::metrics::delivered(transport, delivered, oldest_ms);
+                                None
                             }
-                            crate::metrics::delivered(transport, delivered, oldest_ms);
-                            told
+                        },
+                        _ = heartbeat.tick() => {
+                            format.heartbeat(&mut chunk);
+                            None
                         }
-                    },
-                    _ = heartbeat.tick() => {
-                        format.heartbeat(&mut chunk);
-                        None
-                    }
+                    };
+                    (ending, controls)
                 };
-                (ending.map(|end| end.write(format, &mut chunk, &subscription.cursor())), subscribes)
+                let ending = match ending {
+                    None if !controls.is_empty() => {
+                        Box::pin(apply_controls(subscription, &self.who, format, &mut chunk, controls)).await
+                    }
+                    ending => ending,
+                };
+                ending.map(|end| end.write(format, &mut chunk, &subscription.cursor()))
             };
-            if !subscribes.is_empty() {
-                Box::pin(server_subscribe(subscription, &self.who, format, &mut chunk, subscribes)).await;
-            }
             if let Some((code, metric)) = ended {
                 self.permit.closed(metric);
                 if code == close_code::SLOW_CONSUMER || metric == "disconnected" {
@@ -428,38 +423,52 @@ impl OpenStream {
     }
 }
 
-/// Follows the channels the server subscribed the stream to (the API's `subscribe`): a
-/// `subscribed` notice for each, then the publications missed since its position; one the
-/// engine cannot take is reported as `unsubscribed`, saying why.
-async fn server_subscribe(
+/// Acts, in order, on what the server API told the stream: a channel less (an `unsubscribed`
+/// notice), a channel more (a `subscribed` notice, then what was missed since its position),
+/// or the end (returned, as when the engine cannot take a subscription: the client reconnects
+/// and its token's `subs` are made again).
+async fn apply_controls(
     subscription: &mut HttpSubscription,
     who: &(crate::auth::Identity, Option<Bytes>),
     format: StreamFormat,
     chunk: &mut BytesMut,
-    subscribes: Vec<(herald_core::ChannelName, Option<herald_core::Position>)>,
-) {
-    for (channel, since) in subscribes {
-        if subscription.positions.is_tracked(&channel) {
-            continue;
-        }
-        match subscription.follow(&channel, since.as_ref(), &who.0, who.1.as_ref()).await {
-            Ok(followed) => {
-                format.subscribed(chunk, &followed.subscribed, &subscription.cursor());
-                for publication in &followed.missed {
-                    if let Some(encoded) = if_next(&mut subscription.positions, publication) {
-                        format.publication(chunk, &encoded, &subscription.cursor());
+    controls: Vec<Arc<herald_core::Control>>,
+) -> Option<End> {
+    for control in controls {
+        match &*control {
+            herald_core::Control::Disconnect { reason, reconnect } => {
+                return Some(End::Told { reason: reason.clone(), reconnect: *reconnect });
+            }
+            herald_core::Control::Unsubscribe { channel, reason } => {
+                if subscription.remove(channel) {
+                    format.unsubscribed(chunk, channel, reason, &subscription.cursor());
+                }
+            }
+            herald_core::Control::Subscribe { channel, since } => {
+                if subscription.positions.is_tracked(channel) {
+                    continue;
+                }
+                match subscription.follow(channel, since.as_ref(), &who.0, who.1.as_ref()).await {
+                    Ok(followed) => {
+                        format.subscribed(chunk, &followed.subscribed, &subscription.cursor());
+                        for publication in &followed.missed {
+                            if let Some(encoded) = if_next(&mut subscription.positions, publication) {
+                                format.publication(chunk, &encoded, &subscription.cursor());
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%channel, code = %error.body.code, "a server-side subscription failed");
+                        // Registered before the failure: not followed after all.
+                        subscription.remove(channel);
+                        let reason = "a server-side subscription failed: reconnect";
+                        return Some(End::Server(close_code::SUBSCRIBE_FAILED, reason, "subscribe_failed"));
                     }
                 }
             }
-            Err(error) => {
-                tracing::warn!(%channel, code = %error.body.code, "a server-side subscription failed");
-                // Registered before the failure: not followed after all.
-                subscription.remove(&channel);
-                let reason = format!("{}: {}", error.body.code, error.body.message);
-                format.unsubscribed(chunk, &channel, &reason, &subscription.cursor());
-            }
         }
     }
+    None
 }
 
 /// Why a stream ends: for a reason of the server's, or told to by the server API.

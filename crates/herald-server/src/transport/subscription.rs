@@ -99,6 +99,11 @@ impl SubscriptionQuery {
         for channel in channels.iter().filter(|channel| !server_channels.contains(channel)) {
             crate::auth::may_subscribe(&identity, app.hub.namespaces().options_for(channel), channel)?;
         }
+        // The limit is on what the client asks for: the token's `subs` have a bound of their own.
+        let limit = app.settings.limits.max_channels_per_request.get();
+        if channels.len() > limit {
+            return Err(ApiError::bad_request("too_many_channels", format!("at most {limit} channels per request")));
+        }
         for channel in server_channels {
             if !channels.contains(&channel) {
                 channels.push(channel);
@@ -106,10 +111,6 @@ impl SubscriptionQuery {
         }
         if channels.is_empty() {
             return Err(ApiError::bad_request("missing_channel", "give at least one channel: ?channel=NAME"));
-        }
-        let limit = app.settings.limits.max_channels_per_request.get();
-        if channels.len() > limit {
-            return Err(ApiError::bad_request("too_many_channels", format!("at most {limit} channels per request")));
         }
         let positions = match positions.filter(|text| !text.is_empty()) {
             Some(text) => parse_positions(&text)?,

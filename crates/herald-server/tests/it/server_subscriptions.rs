@@ -101,15 +101,27 @@ async fn a_websocket_is_subscribed_to_its_token_s_subs_and_recovers_them_after_a
     assert!(announced.iter().all(|push| push["subscribed"]["recovered"] == true), "{after:?}");
     assert_eq!(data_of(&after), [pair("u:alice", "three"), pair("u:news", "four")]);
 
-    // A refresh keeps them, though `channels` grants none of them.
+    // A refresh keeps them, though `channels` grants none of them, and does not bring back
+    // one the client left.
+    let reply = second.command(json!({"op": "unsubscribe", "channel": "u:news"})).await;
+    assert!(reply.get("result").is_some(), "{reply}");
     let reply = second.command(json!({"op": "refresh", "token": token})).await;
     assert!(reply.get("result").is_some(), "{reply}");
+    publish(&server, "u:news", "after the refresh").await;
+    publish(&server, "u:alice", "five").await;
+    assert_eq!(data_of(&pushes(&mut second, 1).await), [pair("u:alice", "five")], "u:news stays left");
 
     // The same positions on the upgrade URL: recovered there too.
     let encoded: String = form_urlencoded::byte_serialize(Value::Object(positions).to_string().as_bytes()).collect();
     let mut third = WsClient::connect(&format!("{}?token={token}&positions={encoded}", server.ws_url())).await;
-    let after = pushes(&mut third, 4).await;
-    assert_eq!(data_of(&after), [pair("u:alice", "three"), pair("u:news", "four")]);
+    let after = pushes(&mut third, 6).await;
+    let expected = [
+        pair("u:alice", "three"),
+        pair("u:alice", "five"),
+        pair("u:news", "four"),
+        pair("u:news", "after the refresh"),
+    ];
+    assert_eq!(data_of(&after), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

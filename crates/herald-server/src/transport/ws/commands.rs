@@ -5,7 +5,7 @@ use herald_core::{ChannelName, HistoryQuery, Position, PublishRequest};
 use herald_wire::ErrorBody;
 use herald_wire::command::{Command, Op, decode};
 use herald_wire::publication::check_idempotency_key;
-use herald_wire::push::{SubscribedPush, Unsubscribed, UnsubscribedPush};
+use herald_wire::push::SubscribedPush;
 use herald_wire::reply::{self, Connected, Subscribed};
 
 use super::connection::Connection;
@@ -116,9 +116,11 @@ impl Connection {
             (crate::auth::Identity::User(_), true) => {}
         }
         // The new token may grant less: it must still grant every open subscription (but those
-        // the server made, which need no grant).
+        // the server made and those of its `subs`, which need no grant).
         let identity = crate::auth::Identity::User(Box::new(claims.clone()));
-        for (channel, _) in self.positions.iter().filter(|(channel, _)| !self.is_server_channel(channel)) {
+        let subs = identity.server_subscriptions();
+        let needs_grant = |channel: &ChannelName| !self.is_server_channel(channel) && !subs.contains(channel);
+        for (channel, _) in self.positions.iter().filter(|(channel, _)| needs_grant(channel)) {
             crate::auth::may_subscribe(&identity, self.app.hub.namespaces().options_for(channel), channel)
                 .map_err(|denied| ErrorBody::new(denied.code(), format!("{denied}; unsubscribe first")))?;
         }
@@ -126,7 +128,10 @@ impl Connection {
             self.client = client;
         }
         let result = Connected { client: self.client.to_string(), user: claims.sub.clone(), expires: Some(claims.exp) };
-        self.set_identity(crate::auth::Identity::User(Box::new(claims)), &positions);
+        self.set_identity(identity);
+        if !refresh {
+            self.subscribe_token_subs(&positions);
+        }
         Ok(vec![result_reply(id, &json(&result))])
     }
 
@@ -160,10 +165,15 @@ impl Connection {
 
     /// A server-side subscription (a token's `subs`, the API's `subscribe`): as `subscribe`,
     /// without the grant or the limit, announced by a `subscribed` push before the missed
-    /// publications. One the engine cannot take is reported as `unsubscribed`, saying why.
-    pub(super) async fn server_subscribe(&mut self, channel: &ChannelName, since: Option<&Position>) -> Vec<Bytes> {
+    /// publications. When the engine cannot take it the connection ends, asking the client to
+    /// reconnect (its `subs` are made again then).
+    pub(super) async fn server_subscribe(
+        &mut self,
+        channel: &ChannelName,
+        since: Option<&Position>,
+    ) -> Result<Vec<Bytes>, super::session::Ending> {
         if self.positions.is_tracked(channel) {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         match self.join(channel, since.cloned()).await {
             Ok((subscribed, missed)) => {
@@ -171,13 +181,11 @@ impl Connection {
                 let push = SubscribedPush { subscribed };
                 let mut frames = vec![text_frame(serde_json::to_string(&push).unwrap_or_default()).1];
                 frames.extend(missed);
-                frames
+                Ok(frames)
             }
             Err(error) => {
                 tracing::warn!(%channel, code = %error.code, "a server-side subscription failed");
-                let reason = format!("{}: {}", error.code, error.message);
-                let push = UnsubscribedPush { unsubscribed: Unsubscribed { channel: channel.to_string(), reason } };
-                vec![text_frame(serde_json::to_string(&push).unwrap_or_default()).1]
+                Err(super::session::Ending::SubscribeFailed)
             }
         }
     }

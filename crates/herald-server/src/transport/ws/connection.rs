@@ -46,12 +46,17 @@ pub(super) struct Rare {
 }
 
 impl Connection {
-    /// Takes on who the client now is, and when that runs out; the token's server-side
-    /// subscriptions follow (from `positions`, where they name them), as pushes to itself.
-    pub(super) fn set_identity(&mut self, identity: Identity, positions: &[(ChannelName, Position)]) {
+    /// Takes on who the client now is, and when that runs out.
+    pub(super) fn set_identity(&mut self, identity: Identity) {
         self.expiry = crate::transport::expiry(&identity);
         self.identity = identity;
         self.register();
+    }
+
+    /// Has the token's server-side subscriptions made (from `positions`, where they name
+    /// them), as controls pushed to itself: when the client connects, not on a refresh, so a
+    /// channel it or the server API unsubscribed stays so.
+    pub(super) fn subscribe_token_subs(&mut self, positions: &[(ChannelName, Position)]) {
         for channel in self.identity.server_subscriptions() {
             let since = positions.iter().find(|(named, _)| *named == channel).map(|(_, position)| position.clone());
             self.app.hub.control(&self.subscriber, Arc::new(Control::Subscribe { channel, since }));

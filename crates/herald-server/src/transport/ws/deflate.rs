@@ -18,6 +18,8 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 pub struct Deflate {
     /// The server's LZ77 window, 2^bits bytes (9..=15; 15 unless the client asked for less).
     pub server_window_bits: u8,
+    /// Whether the client named the window (then the answer names it too, RFC 7692 7.1.2.1).
+    pub window_named: bool,
 }
 
 /// The largest window, which a shared compression of a publication uses.
@@ -47,7 +49,7 @@ pub fn negotiate(headers: &HeaderMap) -> Option<(Deflate, HeaderValue)> {
         if let Some(deflate) = accept_offer(offer) {
             let mut response =
                 String::from("permessage-deflate; server_no_context_takeover; client_no_context_takeover");
-            if deflate.server_window_bits != DEFAULT_WINDOW_BITS {
+            if deflate.window_named {
                 response.push_str(&format!("; server_max_window_bits={}", deflate.server_window_bits));
             }
             return Some((deflate, HeaderValue::from_str(&response).ok()?));
@@ -64,7 +66,7 @@ fn accept_offer(offer: &str) -> Option<Deflate> {
         return None;
     }
     let mut seen: Vec<String> = Vec::new();
-    let mut deflate = Deflate { server_window_bits: DEFAULT_WINDOW_BITS };
+    let mut deflate = Deflate { server_window_bits: DEFAULT_WINDOW_BITS, window_named: false };
     for part in parts {
         let (name, value) = match part.split_once('=') {
             Some((name, value)) => (name.trim().to_ascii_lowercase(), Some(value.trim().trim_matches('"'))),
@@ -83,6 +85,7 @@ fn accept_offer(offer: &str) -> Option<Deflate> {
             ("server_max_window_bits", Some(bits)) => {
                 // zlib's raw deflate has no 256-byte window: an offer that needs one is declined.
                 deflate.server_window_bits = window_bits(bits).filter(|bits| *bits >= 9)?;
+                deflate.window_named = true;
             }
             _ => return None,
         }
@@ -195,11 +198,16 @@ mod tests {
     #[test]
     fn offers_are_accepted_or_declined_as_rfc_7692_says() {
         let plain = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
-        assert_eq!(offer("permessage-deflate"), Some((Deflate { server_window_bits: 15 }, plain.into())));
+        let default = Deflate { server_window_bits: 15, window_named: false };
+        assert_eq!(offer("permessage-deflate"), Some((default, plain.into())));
         // What Chrome and Firefox send.
         assert_eq!(offer("permessage-deflate; client_max_window_bits").unwrap().1, plain);
         let limited = offer("permessage-deflate; server_max_window_bits=10").unwrap();
-        assert_eq!(limited, (Deflate { server_window_bits: 10 }, format!("{plain}; server_max_window_bits=10")));
+        let ten = Deflate { server_window_bits: 10, window_named: true };
+        assert_eq!(limited, (ten, format!("{plain}; server_max_window_bits=10")));
+        // Named, even at the default: the answer names it back.
+        let fifteen = offer("permessage-deflate; server_max_window_bits=15").unwrap();
+        assert_eq!(fifteen.1, format!("{plain}; server_max_window_bits=15"));
         for declined in [
             "x-webkit-deflate-frame",
             "permessage-deflate; server_max_window_bits",
@@ -216,7 +224,7 @@ mod tests {
         // The first acceptable offer of several wins.
         let second =
             offer("permessage-deflate; server_max_window_bits=8, permessage-deflate; client_max_window_bits=12");
-        assert_eq!(second.unwrap().0, Deflate { server_window_bits: 15 });
+        assert_eq!(second.unwrap().0, default);
     }
 
     #[test]

@@ -105,7 +105,8 @@ where
         rare: None,
         deflate,
     };
-    connection.set_identity(identity, &positions);
+    connection.set_identity(identity);
+    connection.subscribe_token_subs(&positions);
     run_protocol(connection, inbox, socket, permit, Vec::new())
 }
 
@@ -168,6 +169,8 @@ pub(crate) enum Ending {
     /// A compressed message that does not decompress.
     InvalidCompressed,
     ProtocolError,
+    /// A server-side subscription failed (the engine): the client reconnects, and it is made again.
+    SubscribeFailed,
     /// The application ended the connection (the Pusher door's `terminate_connections`).
     Terminated,
     /// The server API's `disconnect` ended it.
@@ -201,6 +204,7 @@ impl Ending {
             Self::ProtocolError => "protocol_error",
             Self::Terminated => "terminated",
             Self::Disconnected => "disconnected",
+            Self::SubscribeFailed => "subscribe_failed",
         }
     }
 
@@ -221,6 +225,9 @@ impl Ending {
             }
             Self::ProtocolError => Some((close_code::PROTOCOL_ERROR, "websocket protocol error", false)),
             Self::Terminated => Some((close_code::GOING_AWAY, "disconnected by the application", false)),
+            Self::SubscribeFailed => {
+                Some((close_code::SUBSCRIBE_FAILED, "a server-side subscription failed: reconnect", true))
+            }
             // The reason and whether to come back are the API caller's (see `Connection`).
             Self::Disconnected => Some((close_code::DISCONNECTED, "disconnected by the server", true)),
         }
@@ -511,7 +518,7 @@ impl Protocol for Connection {
                 };
                 Ok(vec![frames::text_frame(serde_json::to_string(&push).unwrap_or_default()).1])
             }
-            Control::Subscribe { channel, since } => Ok(self.server_subscribe(channel, since.as_ref()).await),
+            Control::Subscribe { channel, since } => self.server_subscribe(channel, since.as_ref()).await,
         }
     }
 
