@@ -165,15 +165,15 @@ impl Connection {
 
     /// A server-side subscription (a token's `subs`, the API's `subscribe`): as `subscribe`,
     /// without the grant or the limit, announced by a `subscribed` push before the missed
-    /// publications. When the engine cannot take it the connection ends, asking the client to
-    /// reconnect (its `subs` are made again then).
+    /// publications. `None` when the engine cannot take it: the connection is to end, asking
+    /// the client to reconnect (its `subs` are made again then).
     pub(super) async fn server_subscribe(
         &mut self,
         channel: &ChannelName,
         since: Option<&Position>,
-    ) -> Result<Vec<Bytes>, super::session::Ending> {
+    ) -> Option<Vec<Bytes>> {
         if self.positions.is_tracked(channel) {
-            return Ok(Vec::new());
+            return Some(Vec::new());
         }
         match self.join(channel, since.cloned()).await {
             Ok((subscribed, missed)) => {
@@ -181,11 +181,11 @@ impl Connection {
                 let push = SubscribedPush { subscribed };
                 let mut frames = vec![text_frame(serde_json::to_string(&push).unwrap_or_default()).1];
                 frames.extend(missed);
-                Ok(frames)
+                Some(frames)
             }
             Err(error) => {
                 tracing::warn!(%channel, code = %error.code, "a server-side subscription failed");
-                Err(super::session::Ending::SubscribeFailed)
+                None
             }
         }
     }

@@ -518,7 +518,9 @@ impl Protocol for Connection {
                 };
                 Ok(vec![frames::text_frame(serde_json::to_string(&push).unwrap_or_default()).1])
             }
-            Control::Subscribe { channel, since } => self.server_subscribe(channel, since.as_ref()).await,
+            Control::Subscribe { channel, since } => {
+                self.server_subscribe(channel, since.as_ref()).await.ok_or(Ending::SubscribeFailed)
+            }
         }
     }
 
