@@ -104,10 +104,16 @@ export function tokenExpiry(token) {
   return typeof claims?.exp === 'number' ? claims.exp : null;
 }
 
+/** The last token's `subs`: asked for once per subscription on every (re)connect. */
+let lastSubs = { token: null, subs: [] };
+
 /** The channels a token subscribes its connections to on the server (its `subs` claim). */
 export function tokenSubs(token) {
-  const subs = tokenClaims(token)?.subs;
-  return Array.isArray(subs) ? subs.filter((channel) => typeof channel === 'string') : [];
+  if (token !== lastSubs.token) {
+    const subs = tokenClaims(token)?.subs;
+    lastSubs = { token, subs: Array.isArray(subs) ? subs.filter((channel) => typeof channel === 'string') : [] };
+  }
+  return lastSubs.subs;
 }
 
 /** A JWT's claims, read (not verified: the server does that); null when it is not one. */

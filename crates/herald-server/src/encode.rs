@@ -105,6 +105,20 @@ pub fn hub_position(position: &herald_wire::Position) -> herald_core::Position {
     herald_core::Position { epoch: Epoch::new(&position.epoch), offset: position.offset }
 }
 
+/// A `positions` object (channel → position, as `positions=` and `connect` carry it) in the
+/// hub's types; the error names a key that is not a channel.
+pub fn hub_positions<'a>(
+    positions: impl IntoIterator<Item = (&'a String, &'a herald_wire::Position)>,
+) -> Result<Vec<(herald_core::ChannelName, herald_core::Position)>, String> {
+    positions
+        .into_iter()
+        .map(|(name, position)| match herald_core::ChannelName::new(name) {
+            Ok(channel) => Ok((channel, hub_position(position))),
+            Err(error) => Err(format!("positions: {name:?}: {error}")),
+        })
+        .collect()
+}
+
 /// A publish's outcome as the publisher is answered.
 pub fn published(published: &herald_core::Published) -> herald_wire::publication::Published {
     herald_wire::publication::Published {

@@ -121,19 +121,13 @@ impl StreamFormat {
     }
 
     fn unrecovered(self, out: &mut BytesMut, notice: &Unrecovered, cursor: &str) {
-        let mut notice = notice.wire();
-        match self {
-            Self::Sse => {
-                let json = serde_json::to_string(&notice).unwrap_or_default();
-                out.put_slice(format!("event: recovery\nid: {cursor}\ndata: {json}\n\n").as_bytes());
-            }
-            Self::Ndjson => {
-                notice.kind = Some("recovery".to_string());
-                notice.cursor = Some(cursor.to_string());
-                let json = serde_json::to_string(&notice).unwrap_or_default();
-                out.put_slice(format!("{json}\n").as_bytes());
-            }
-        }
+        self.notice(out, "recovery", Some(cursor), |kind| {
+            let mut notice = notice.wire();
+            // The NDJSON line carries the cursor itself; on SSE it is the event's id.
+            notice.cursor = kind.is_some().then(|| cursor.to_string());
+            notice.kind = kind;
+            serde_json::to_string(&notice).unwrap_or_default()
+        });
     }
 
     fn heartbeat(self, out: &mut BytesMut) {
@@ -146,56 +140,54 @@ impl StreamFormat {
     /// The server subscribed the stream to one more channel: a `subscribed` SSE event whose
     /// `id:` is the cursor that now names it, a typed NDJSON line with that cursor.
     fn subscribed(self, out: &mut BytesMut, subscribed: &Subscribed, cursor: &str) {
-        let notice = herald_wire::http::StreamSubscribed {
-            kind: (self == Self::Ndjson).then(|| "subscribed".to_string()),
-            subscribed: subscribed.clone(),
-            cursor: cursor.to_string(),
-        };
-        let json = serde_json::to_string(&notice).unwrap_or_default();
-        match self {
-            Self::Sse => out.put_slice(format!("event: subscribed\nid: {cursor}\ndata: {json}\n\n").as_bytes()),
-            Self::Ndjson => out.put_slice(format!("{json}\n").as_bytes()),
-        }
+        self.notice(out, "subscribed", Some(cursor), |kind| {
+            let notice = herald_wire::http::StreamSubscribed {
+                kind,
+                subscribed: subscribed.clone(),
+                cursor: cursor.to_string(),
+            };
+            serde_json::to_string(&notice).unwrap_or_default()
+        });
     }
 
     /// The server ended the subscription to one channel: an `unsubscribed` SSE event whose
     /// `id:` is the cursor without it, a typed NDJSON line with that cursor.
     fn unsubscribed(self, out: &mut BytesMut, channel: &herald_core::ChannelName, reason: &str, cursor: &str) {
-        let mut notice = herald_wire::http::StreamUnsubscribed {
-            kind: None,
-            channel: channel.to_string(),
-            reason: reason.to_string(),
-            cursor: cursor.to_string(),
-        };
-        match self {
-            Self::Sse => {
-                let json = serde_json::to_string(&notice).unwrap_or_default();
-                out.put_slice(format!("event: unsubscribed\nid: {cursor}\ndata: {json}\n\n").as_bytes());
-            }
-            Self::Ndjson => {
-                notice.kind = Some("unsubscribed".to_string());
-                let json = serde_json::to_string(&notice).unwrap_or_default();
-                out.put_slice(format!("{json}\n").as_bytes());
-            }
-        }
+        self.notice(out, "unsubscribed", Some(cursor), |kind| {
+            let notice = herald_wire::http::StreamUnsubscribed {
+                kind,
+                channel: channel.to_string(),
+                reason: reason.to_string(),
+                cursor: cursor.to_string(),
+            };
+            serde_json::to_string(&notice).unwrap_or_default()
+        });
     }
 
     fn disconnect(self, out: &mut BytesMut, code: u16, reason: &str, reconnect: bool, cursor: &str) {
-        let mut notice = herald_wire::http::StreamDisconnect {
-            kind: None,
-            code,
-            reason: reason.to_string(),
-            reconnect,
-            cursor: cursor.to_string(),
-        };
+        self.notice(out, "disconnect", None, |kind| {
+            let notice = herald_wire::http::StreamDisconnect {
+                kind,
+                code,
+                reason: reason.to_string(),
+                reconnect,
+                cursor: cursor.to_string(),
+            };
+            serde_json::to_string(&notice).unwrap_or_default()
+        });
+    }
+
+    /// A named notice: on SSE an event of that type (with `id:` where given), on NDJSON a line
+    /// whose `type` names it. `encode` makes its JSON, given the NDJSON type (`None` on SSE).
+    fn notice(self, out: &mut BytesMut, event: &str, id: Option<&str>, encode: impl FnOnce(Option<String>) -> String) {
         match self {
             Self::Sse => {
-                let json = serde_json::to_string(&notice).unwrap_or_default();
-                out.put_slice(format!("event: disconnect\ndata: {json}\n\n").as_bytes());
+                let json = encode(None);
+                let id = id.map(|id| format!("id: {id}\n")).unwrap_or_default();
+                out.put_slice(format!("event: {event}\n{id}data: {json}\n\n").as_bytes());
             }
             Self::Ndjson => {
-                notice.kind = Some("disconnect".to_string());
-                let json = serde_json::to_string(&notice).unwrap_or_default();
+                let json = encode(Some(event.to_string()));
                 out.put_slice(format!("{json}\n").as_bytes());
             }
         }

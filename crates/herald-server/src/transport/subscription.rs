@@ -148,13 +148,7 @@ pub fn parse_positions(text: &str) -> Result<Vec<(ChannelName, Position)>, ApiEr
         serde_json::from_str(text).map_err(|error| {
             invalid(format!("positions must be a JSON object of channel to {{\"epoch\",\"offset\"}}: {error}"))
         })?;
-    parsed
-        .into_iter()
-        .map(|(name, position)| {
-            let channel = ChannelName::new(&name).map_err(|error| invalid(format!("positions: {name:?}: {error}")))?;
-            Ok((channel, crate::encode::hub_position(&position)))
-        })
-        .collect()
+    crate::encode::hub_positions(&parsed).map_err(invalid)
 }
 
 /// A channel whose position could not be recovered: the client should reload its state.

@@ -72,13 +72,9 @@ impl Connection {
         };
         let positions = match &command.positions {
             None => Vec::new(),
-            Some(positions) => positions
-                .iter()
-                .map(|(name, position)| match ChannelName::new(name) {
-                    Ok(channel) => Ok((channel, hub_position(position))),
-                    Err(error) => Err(ErrorBody::new("invalid_positions", format!("positions: {name:?}: {error}"))),
-                })
-                .collect::<Result<Vec<_>, _>>()?,
+            Some(positions) => {
+                encode::hub_positions(positions).map_err(|message| ErrorBody::new("invalid_positions", message))?
+            }
         };
         let Some(token) = command.token.as_deref() else {
             if refresh {
